@@ -1,0 +1,268 @@
+"""Settings and paths.
+
+Settings come from three layers, later ones winning: the defaults declared in
+:data:`SETTINGS`, the TOML file at :func:`config_path`, and ``SUPERVISOR_*`` environment
+variables (``sandbox.memory`` is overridden by ``SUPERVISOR_SANDBOX_MEMORY``).
+
+Every key is declared with its type, so a typo or a wrong type is an error that names the
+key and where it came from, instead of a setting silently ignored. Environment variables
+that match no key are ignored on purpose: other programs (supervisord among them) export
+``SUPERVISOR_*`` variables of their own.
+
+``SUPERVISOR_HOME`` moves everything (database, keys, logs, socket, and the config file
+unless ``SUPERVISOR_CONFIG`` names one) into one folder; tests use it so they never touch
+the real home.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor.errors import ConfigError
+
+APP = "supervisor"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared setting: its dotted key, type, default and a line of help."""
+
+    key: str
+    type: type
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "SUPERVISOR_" + self.key.replace(".", "_").replace("-", "_").upper()
+
+
+SETTINGS: dict[str, Setting] = {
+    s.key: s
+    for s in [
+        Setting("model", str, "", "Default model: a litellm model string or an alias."),
+        Setting("sandbox.backend", str, "docker", "Sandbox backend for new agents."),
+        Setting("sandbox.image", str, "", "Sandbox image; empty means the built-in default."),
+        Setting("sandbox.memory", str, "2g", "Memory limit per sandbox (Docker syntax)."),
+        Setting("sandbox.cpus", float, 2.0, "CPU limit per sandbox, in cores."),
+        Setting("sandbox.pids", int, 512, "Process limit per sandbox."),
+        Setting("sandbox.pool_size", int, 2, "Ready sandboxes kept warm for new agents."),
+        Setting("sandbox.env_allow", list, [], "Host environment variables passed in."),
+        Setting("budget.daily_usd", float, 0.0, "Fleet spend limit per day (0: none)."),
+        Setting("budget.run_usd", float, 0.0, "Default spend limit per run (0: none)."),
+        Setting("budget.agent_usd", float, 0.0, "Default spend limit per agent (0: none)."),
+        Setting("plugins.disabled", list, [], "Plugin names never to load."),
+    ]
+}
+
+
+def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def home(environ: Mapping[str, str] | None = None) -> Path | None:
+    value = _env(environ).get("SUPERVISOR_HOME")
+    return Path(value).expanduser() if value else None
+
+
+def data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where state lives: the database, keys, logs, the socket."""
+    explicit = home(environ)
+    if explicit is not None:
+        return explicit
+    from platformdirs import user_data_path
+
+    return user_data_path(APP, appauthor=False)
+
+
+def config_path(environ: Mapping[str, str] | None = None) -> Path:
+    env = _env(environ)
+    if env.get("SUPERVISOR_CONFIG"):
+        return Path(env["SUPERVISOR_CONFIG"]).expanduser()
+    explicit = home(environ)
+    if explicit is not None:
+        return explicit / "config.toml"
+    from platformdirs import user_config_path
+
+    return user_config_path(APP, appauthor=False) / "config.toml"
+
+
+def db_path(environ: Mapping[str, str] | None = None) -> Path:
+    return data_dir(environ) / "supervisor.db"
+
+
+def ensure_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Create the data directory owner-only, or say clearly why it cannot be used."""
+    path = data_dir(environ)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"data directory {path} cannot be created: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"data directory {path} is not writable")
+    return path
+
+
+def coerce(setting: Setting, value: Any, where: str) -> Any:
+    """Check (and for strings from the command line or environment, parse) a value."""
+    t = setting.type
+    if isinstance(value, str) and t is not str:
+        value = _parse_text(setting, value, where)
+    if t is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if t is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    if type(value) is not t:
+        raise ConfigError(
+            f"{where}: {setting.key} must be {_type_name(t)}, got {_type_name(type(value))} "
+            f"{value!r}"
+        )
+    return value
+
+
+def _parse_text(setting: Setting, text: str, where: str) -> Any:
+    t = setting.type
+    try:
+        if t is int:
+            return int(text)
+        if t is float:
+            return float(text)
+        if t is bool:
+            lowered = text.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(text)
+        if t is list:
+            return [part.strip() for part in text.split(",") if part.strip()]
+    except ValueError:
+        pass
+    raise ConfigError(f"{where}: {setting.key} must be {_type_name(t)}, got {text!r}")
+
+
+def _type_name(t: type) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list of strings",
+    }.get(t, t.__name__)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in SETTINGS:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The settings stored in ``path`` (flattened to dotted keys), validated."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    try:
+        table = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in _flatten(table).items():
+        setting = SETTINGS.get(key)
+        if setting is None:
+            raise ConfigError(f"{path}: unknown setting {key!r}{_suggest(key)}")
+        values[key] = coerce(setting, value, str(path))
+    return values
+
+
+def _suggest(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, SETTINGS, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def write_file(path: Path, values: Mapping[str, Any]) -> None:
+    """Write ``values`` (dotted keys) as nested TOML, atomically."""
+    import tomli_w
+
+    nested: dict[str, Any] = {}
+    for key in sorted(values):
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = values[key]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(nested), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Config:
+    """Resolved settings, with where each value came from."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+    path: Path
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+
+def load(environ: Mapping[str, str] | None = None) -> Config:
+    env = _env(environ)
+    path = config_path(environ)
+    values = {key: s.default for key, s in SETTINGS.items()}
+    sources = dict.fromkeys(SETTINGS, "default")
+    for key, value in read_file(path).items():
+        values[key] = value
+        sources[key] = str(path)
+    for key, setting in SETTINGS.items():
+        if setting.env in env:
+            values[key] = coerce(setting, env[setting.env], f"environment {setting.env}")
+            sources[key] = f"env {setting.env}"
+    return Config(values=values, sources=sources, path=path)
+
+
+def set_value(key: str, text: str, environ: Mapping[str, str] | None = None) -> Any:
+    """Parse ``text`` for ``key`` and store it in the config file; returns the value."""
+    setting = SETTINGS.get(key)
+    if setting is None:
+        raise ConfigError(f"unknown setting {key!r}{_suggest(key)}")
+    value = coerce(setting, text, "value")
+    path = config_path(environ)
+    current = read_file(path)
+    current[key] = value
+    write_file(path, current)
+    return value
+
+
+def unset_value(key: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Remove ``key`` from the config file; returns whether it was there."""
+    if key not in SETTINGS:
+        raise ConfigError(f"unknown setting {key!r}{_suggest(key)}")
+    path = config_path(environ)
+    current = read_file(path)
+    if key not in current:
+        return False
+    del current[key]
+    write_file(path, current)
+    return True

@@ -1,0 +1,74 @@
+"""The one vocabulary of events.
+
+Everything an agent does becomes an :class:`Event`: the engine emits it, the store persists
+it, the server streams it, the TUI renders it, ``supervisor logs`` prints it, and resume
+replays it. ``type`` is one of :class:`EventType`; ``data`` holds the type's fields as
+JSON-able values; ``text`` is what full-text search sees (message text, a command, output).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class EventType(StrEnum):
+    RUN_CREATED = "run.created"
+    RUN_STATUS = "run.status"
+    AGENT_CREATED = "agent.created"
+    AGENT_STATUS = "agent.status"
+    MESSAGE_DELTA = "message.delta"
+    MESSAGE = "message"
+    TOOL_STARTED = "tool.started"
+    TOOL_FINISHED = "tool.finished"
+    COST = "cost"
+    NOTE_WRITTEN = "note.written"
+    APPROVAL_ASKED = "approval.asked"
+    APPROVAL_RESOLVED = "approval.resolved"
+    HUMAN_ASKED = "human.asked"
+    HUMAN_ANSWERED = "human.answered"
+    ARTIFACT = "artifact"
+    STEP = "step"
+    LOG = "log"
+
+
+@dataclass
+class Event:
+    """One thing that happened. ``id`` is assigned by the store, in order, on append."""
+
+    type: str
+    run_id: str | None = None
+    agent_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+    ts: float = field(default_factory=time.time)
+    id: int | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        import json
+
+        return {
+            "id": self.id,
+            "ts": self.ts,
+            "run_id": self.run_id,
+            "agent_id": self.agent_id,
+            "type": str(self.type),
+            "data": json.dumps(self.data, separators=(",", ":"), default=str),
+            "text": self.text,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Event:
+        import json
+
+        return cls(
+            id=row["id"],
+            ts=row["ts"],
+            run_id=row["run_id"],
+            agent_id=row["agent_id"],
+            type=row["type"],
+            data=json.loads(row["data"]) if row["data"] else {},
+            text=row["text"] or "",
+        )

@@ -1,0 +1,1 @@
+"""Sandboxes: where an agent's commands run. Backends are plugins (``register_sandboxes``)."""

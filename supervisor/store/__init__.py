@@ -1,0 +1,393 @@
+"""The SQLite store: one database file, one writer thread, readers that never block.
+
+Writes are queued to a single writer thread that commits them in batches (one
+transaction per batch), so the engine can append thousands of events per second without
+waiting on disk. Event ids are assigned inside the writer's transaction, so they are
+unique and increasing even if two processes share the file. Subscribers are told about
+events only after they are committed: anything a client has been shown survives a crash.
+
+Readers use their own connection per thread; in WAL mode they never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from supervisor.errors import StoreError
+from supervisor.events import Event
+from supervisor.store.migrations import migrations
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+BATCH_MAX = 10_000
+EVENT_COLUMNS = ("id", "ts", "run_id", "agent_id", "type", "data", "text")
+_INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * 7)})"
+
+Subscriber = Callable[[list[Event]], None]
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with supervisor's pragmas; autocommit, transactions are explicit."""
+    try:
+        if readonly:
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+        else:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL survives a crash of the process (not of the machine) and is much faster.
+            conn.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: cannot be opened as a database: {exc}") from None
+    return conn
+
+
+def check_file(path: Path) -> None:
+    """Refuse, without touching it, a file that is not a SQLite database."""
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot be read: {exc.strerror}") from None
+    if header and header != SQLITE_HEADER:
+        raise StoreError(f"{path}: not a SQLite database (refusing to touch it)")
+
+
+def inspect_existing(path: Path) -> None:
+    """Refuse foreign, newer or corrupt databases, reading only (not even the WAL switch)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    conn = connect(path, readonly=True)
+    try:
+        db = Database(conn)
+        tables = set(db.table_names())
+        known = {m.name for m in migrations._migrations}
+        applied = {m.name for m in migrations.applied(db)}
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: database is corrupt or unreadable: {exc}") from None
+    finally:
+        conn.close()
+    user_tables = {t for t in tables if not t.startswith(("_sqlite", "sqlite_"))}
+    if user_tables and not applied:
+        raise StoreError(f"{path}: not a supervisor database (it holds tables of another program)")
+    newer = applied - known
+    if newer:
+        raise StoreError(
+            f"{path}: written by a newer supervisor (unknown migration "
+            f"{sorted(newer)[0]}); upgrade supervisor to use it"
+        )
+
+
+def migrate(db: Database, path: Path) -> None:
+    """Apply pending migrations (after :func:`inspect_existing` accepted the file)."""
+    try:
+        migrations.apply(db)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: cannot apply schema migrations: {exc}") from None
+
+
+class _Flush:
+    """A marker in the write queue; set once everything queued before it is committed
+    (and, with ``index``, searchable)."""
+
+    def __init__(self, index: bool) -> None:
+        self.index = index
+        self.done = threading.Event()
+
+
+class _Stop:
+    pass
+
+
+class Store:
+    """The database: queue writes with :meth:`append` / :meth:`write`, read with :attr:`db`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._subscribers: list[Subscriber] = []
+        self._local = threading.local()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.errors: list[str] = []
+
+    # -- lifecycle
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating and migrating if needed) the database at ``path``."""
+        store = cls(path)
+        check_file(store.path)
+        inspect_existing(store.path)
+        conn = connect(store.path)
+        try:
+            migrate(Database(conn), store.path)
+        finally:
+            conn.close()
+        store._thread = threading.Thread(target=store._writer, name="store-writer", daemon=True)
+        store._thread.start()
+        return store
+
+    def close(self) -> None:
+        """Commit everything queued, then stop the writer."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(_Stop())
+            self._thread.join()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing
+
+    def append(self, event: Event) -> None:
+        """Queue an event; never blocks. Its ``id`` is set once it is committed."""
+        self._queue.put(event)
+
+    def extend(self, events: list[Event]) -> None:
+        """Queue many events at once (cheaper than one :meth:`append` per event)."""
+        self._queue.put(events)
+
+    def write(self, fn: Callable[[Database], Any]) -> Future[Any]:
+        """Run ``fn(db)`` in the writer's transaction; the future holds its result."""
+        future: Future[Any] = Future()
+        self._queue.put((fn, future))
+        return future
+
+    def flush(self, timeout: float | None = None, *, index: bool = False) -> bool:
+        """Wait until everything queued so far is committed; False on timeout.
+
+        With ``index``, also wait until those events are found by :meth:`search_events`
+        (indexing otherwise runs whenever the writer is idle, normally within
+        milliseconds).
+        """
+        marker = _Flush(index)
+        self._queue.put(marker)
+        return marker.done.wait(timeout)
+
+    async def aflush(self, *, index: bool = False) -> None:
+        await asyncio.to_thread(self.flush, index=index)
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        """Call ``fn(events)`` in the writer thread after each commit; returns unsubscribe."""
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn)
+
+    def _writer(self) -> None:
+        conn = connect(self.path)
+        db = Database(conn)
+        stop = False
+        behind = True  # whether events may be waiting to be indexed
+        while not stop:
+            if behind:
+                try:
+                    first = self._queue.get_nowait()
+                except queue.Empty:
+                    # Idle: index a chunk, then look at the queue again.
+                    behind = self._index_events(conn)
+                    continue
+            else:
+                first = self._queue.get()
+            batch = [first]
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(isinstance(op, _Stop) for op in batch)
+            committed = self._commit(conn, db, batch)
+            behind = behind or bool(committed)
+            if any(isinstance(op, _Flush) and op.index for op in batch) or stop:
+                while self._index_events(conn):
+                    pass
+                behind = False
+            for fn in list(self._subscribers):
+                if committed:
+                    try:
+                        fn(committed)
+                    except Exception as exc:  # a subscriber must not kill the writer
+                        self.errors.append(f"subscriber failed: {exc!r}")
+            for op in batch:
+                if isinstance(op, _Flush):
+                    op.done.set()
+        conn.close()
+
+    def _index_events(self, conn: sqlite3.Connection, chunk: int = 5000) -> bool:
+        """Index the next ``chunk`` unindexed events for search; True if more remain."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            done = conn.execute(
+                "SELECT indexed_up_to FROM search_state WHERE name = 'events'"
+            ).fetchone()[0]
+            upto = conn.execute(
+                "SELECT max(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
+                (done, chunk),
+            ).fetchone()[0]
+            if upto is None:
+                conn.execute("COMMIT")
+                return False
+            conn.execute(
+                "INSERT INTO events_fts (rowid, text) SELECT id, text FROM events "
+                "WHERE id > ? AND id <= ? AND text != ''",
+                (done, upto),
+            )
+            conn.execute("UPDATE search_state SET indexed_up_to = ? WHERE name = 'events'", (upto,))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.errors.append(f"indexing failed: {exc}")
+            return False
+        return True
+
+    def _commit(self, conn: sqlite3.Connection, db: Database, batch: list[Any]) -> list[Event]:
+        events: list[Event] = []
+        outcomes: list[tuple[Future[Any], Any, Exception | None]] = []
+        rows: list[tuple[Any, ...]] = []
+        try:
+            # IMMEDIATE takes the write lock now, so the ids read below stay ours.
+            conn.execute("BEGIN IMMEDIATE")
+            next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+            for op in batch:
+                if isinstance(op, Event):
+                    op.id = next_id
+                    next_id += 1
+                    rows.append(_event_row(op))
+                    events.append(op)
+                elif isinstance(op, list):
+                    for event in op:
+                        event.id = next_id
+                        next_id += 1
+                        rows.append(_event_row(event))
+                        events.append(event)
+                elif isinstance(op, tuple):
+                    if rows:
+                        # Keep order: events queued before a write are inserted before it.
+                        conn.executemany(_INSERT_EVENT, rows)
+                        rows = []
+                    fn, future = op
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        result = fn(db)
+                    except Exception as exc:
+                        # Undo just this write; the rest of the batch still commits.
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        outcomes.append((future, None, exc))
+                    else:
+                        conn.execute("RELEASE op")
+                        outcomes.append((future, result, None))
+            if rows:
+                conn.executemany(_INSERT_EVENT, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.errors.append(f"write failed: {exc}")
+            for op in batch:
+                if isinstance(op, tuple):
+                    op[1].set_exception(StoreError(f"{self.path}: write failed: {exc}"))
+            return []
+        # Futures resolve only after COMMIT: a caller never sees a write that could vanish.
+        for future, result, error in outcomes:
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+        return events
+
+    # -- reading
+
+    @property
+    def db(self) -> Database:
+        """A sqlite-utils Database for reading, one connection per thread."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+            db = self._local.db = Database(conn)
+        return db
+
+    def events(
+        self,
+        *,
+        run_id: str | None = None,
+        agent_id: str | None = None,
+        after: int = 0,
+        limit: int | None = None,
+    ) -> Iterator[Event]:
+        """Committed events in order, optionally of one run or agent, after an id."""
+        where = ["id > ?"]
+        args: list[Any] = [after]
+        if run_id is not None:
+            where.append("run_id = ?")
+            args.append(run_id)
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            args.append(agent_id)
+        for row in self.db["events"].rows_where(
+            " AND ".join(where), args, order_by="id", limit=limit
+        ):
+            yield Event.from_row(row)
+
+    def search_events(self, query: str, *, limit: int = 20) -> list[Event]:
+        """Full-text search over event text, newest first; any user string is safe."""
+        from sqlite_utils.db import Table
+
+        table = self.db["events"]
+        assert isinstance(table, Table)
+        # Ordering by rowid lets FTS5 stop after `limit` hits instead of ranking every
+        # match, which keeps search fast on millions of events.
+        sql = (
+            "SELECT events.* FROM events JOIN events_fts ON events.id = events_fts.rowid "
+            "WHERE events_fts MATCH ? ORDER BY events_fts.rowid DESC LIMIT ?"
+        )
+        quoted = self.db.quote_fts(query)
+        return [Event.from_row(dict(r)) for r in self.db.query(sql, [quoted, limit])]
+
+    def search_notes(self, query: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """Full-text search over memory notes, most relevant first."""
+        from sqlite_utils.db import Table
+
+        table = self.db["notes"]
+        assert isinstance(table, Table)
+        return list(table.search(query, limit=limit, quote=True))
+
+
+def _event_row(event: Event) -> tuple[Any, ...]:
+    row = event.to_row()
+    return tuple(row[c] for c in EVENT_COLUMNS)
+
+
+def open_default() -> Store:
+    """Open the store in the configured data directory."""
+    from supervisor import config
+
+    directory = config.ensure_data_dir()
+    store = Store.open(directory / "supervisor.db")
+    os.chmod(store.path, 0o600)
+    return store

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor import plugins
+
+REPO = Path(__file__).resolve().parent.parent
+SUPERVISOR = [sys.executable, "-m", "supervisor.cli"]
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own SUPERVISOR_HOME; the real home is never touched."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("SUPERVISOR_HOME", str(path))
+    for name in list(os.environ):
+        if name.startswith("SUPERVISOR_") and name not in {
+            "SUPERVISOR_HOME",
+            "SUPERVISOR_REQUIRE_DOCKER",
+        }:
+            monkeypatch.delenv(name)
+    plugins.reset()
+    yield path
+    plugins.reset()
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess, as a user would, in the test's environment."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [*SUPERVISOR, *args], capture_output=True, text=True, env=full_env, timeout=120, **kw
+    )  # type: ignore[call-overload]
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any(item.get_closest_marker("docker") for item in items):
+        return
+    if docker_available():
+        return
+    if os.environ.get("SUPERVISOR_REQUIRE_DOCKER") == "1":
+        # CI must exercise the real engine: a missing one is a failure, not a skip.
+        fail = pytest.mark.usefixtures("_docker_required_but_missing")
+        for item in items:
+            if item.get_closest_marker("docker"):
+                item.add_marker(fail)
+        return
+    skip = pytest.mark.skip(reason="no Docker engine answers (start dockerd to run these)")
+    for item in items:
+        if item.get_closest_marker("docker"):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def _docker_required_but_missing() -> None:
+    pytest.fail("SUPERVISOR_REQUIRE_DOCKER=1 but no Docker engine answers")
