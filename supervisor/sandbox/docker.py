@@ -1,34 +1,504 @@
-"""Built-in plugin: the Docker sandbox backend and its doctor checks."""
+"""Built-in plugin: the Docker sandbox backend and its doctor checks.
+
+Each sandbox is one long-lived container (``sleep infinity`` under ``init``), hardened by
+default: a non-root user, every capability dropped, no-new-privileges, pids/memory/CPU
+limits, a read-only root filesystem with tmpfs /tmp and home, no network unless granted,
+never the Docker socket, and only the environment it is given. The workspace is a named
+volume, so it survives the container being recreated. Commands run in one persistent bash
+reached through an exec socket (~0.2 ms a round trip instead of ~60 ms for ``docker exec``).
+
+Containers, volumes and pool members carry labels (``supervisor.*``) naming the data
+directory, run and agent, so a crashed supervisor's leftovers are found and removed, or
+re-adopted when their run resumes.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import io
+import os
+import re
+import socket
+import struct
+import tarfile
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from supervisor import Check, CheckResult, hookimpl
+from supervisor import Check, CheckResult, SandboxBackend, hookimpl
+from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
+from supervisor.sandbox.shell import STDERR, STDOUT, PersistentShell
 
 ENGINE_FIX = (
     "start a Docker engine (e.g. `sudo systemctl start docker`, or `sudo dockerd &`), "
     "or run agents with --sandbox local (unisolated)"
 )
+LABEL = "supervisor"
+USER = "1000:1000"
+SINCE_FILE = "/tmp/.supervisor-cmd-start"
 
 
-def docker_client(timeout: int = 5) -> Any:
+class EngineUnavailable(SandboxError):
+    """No Docker engine answers."""
+
+
+def docker_client(timeout: int = 60) -> Any:
     """A Docker SDK client from the environment (DOCKER_HOST etc.); raises if none answers."""
     import docker
 
-    client = docker.from_env(timeout=timeout)
-    client.ping()
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EngineUnavailable(
+            f"no Docker engine answers ({reason[:160]}); {ENGINE_FIX}"
+        ) from None
     return client
+
+
+def home_label() -> str:
+    """Identifies the data directory, so two SUPERVISOR_HOMEs never touch each other's
+    containers."""
+    from supervisor import config
+
+    return hashlib.sha256(str(config.data_dir().resolve()).encode()).hexdigest()[:12]
+
+
+def process_owner() -> str:
+    """This process, as ``pid:start-ticks`` (a reused pid does not look alive)."""
+    return f"{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def owner_alive(owner: str) -> bool:
+    pid, _, ticks = owner.partition(":")
+    try:
+        return _start_ticks(int(pid)) == ticks
+    except (ValueError, OSError):
+        return False
+
+
+def _start_ticks(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+# -- the exec socket
+
+
+class _ExecSocket:
+    """A bash started by ``docker exec`` with stdin attached; frames demultiplexed."""
+
+    def __init__(self, raw: socket.socket) -> None:
+        self._raw = raw
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        buf = b""
+        try:
+            while True:
+                data = await loop.sock_recv(self._raw, 256 * 1024)
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= 8:
+                    stream, size = buf[0], struct.unpack(">I", buf[4:8])[0]
+                    if len(buf) < 8 + size:
+                        break
+                    self._queue.put_nowait((stream, buf[8 : 8 + size]))
+                    buf = buf[8 + size :]
+        except OSError:
+            pass
+        finally:
+            self._queue.put_nowait(None)
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self._raw, data)
+
+    async def recv(self) -> tuple[int, bytes] | None:
+        frame = await self._queue.get()
+        if frame is None:
+            self._queue.put_nowait(None)  # every later recv sees the end too
+        return frame
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        self._raw.close()
+
+
+def _raw_socket(api: Any, exec_id: str) -> socket.socket:
+    sock = api.exec_start(exec_id, socket=True)
+    raw: socket.socket = getattr(sock, "_sock", sock)
+    return raw
+
+
+def _read_frames(raw: socket.socket, sinks: dict[int, Any]) -> None:
+    """Blocking: read demultiplexed frames into ``sinks[stream].write`` until EOF."""
+    buf = b""
+    while True:
+        data = raw.recv(256 * 1024)
+        if not data:
+            return
+        buf += data
+        while len(buf) >= 8:
+            stream, size = buf[0], struct.unpack(">I", buf[4:8])[0]
+            if len(buf) < 8 + size:
+                break
+            sink = sinks.get(stream)
+            if sink is not None:
+                sink.write(buf[8 : 8 + size])
+            buf = buf[8 + size :]
+
+
+# -- the sandbox
+
+
+class DockerSandbox(Sandbox):
+    backend = "docker"
+    isolated = True
+
+    def __init__(
+        self,
+        spec: SandboxSpec,
+        *,
+        client: Any = None,
+        container: Any = None,
+        spool_dir: Path | None = None,
+    ) -> None:
+        super().__init__(spec)
+        self._client = client
+        self.container = container
+        self._spool_dir = spool_dir
+        self._shell: PersistentShell | None = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    @property
+    def id(self) -> str:
+        return str(self.container.id) if self.container is not None else ""
+
+    @property
+    def name(self) -> str:
+        return str(self.container.name) if self.container is not None else ""
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        from supervisor.sandbox import workspace
+
+        staged = None
+        if self.spec.workspace is not None:
+            staged = workspace.stage(self.spec.workspace, self.spec.agent_id)
+        try:
+            await asyncio.to_thread(self._create)
+            await self._open_shell()
+            if staged is not None:
+                await self.copy_in(staged[1], "/workspace")
+                result = await self.exec(workspace.init_script(self.spec.agent_id))
+                if not result.ok:
+                    raise SandboxError(
+                        f"sandbox {self.name}: workspace setup failed: "
+                        f"{result.stderr.strip()[-500:]}"
+                    )
+        except BaseException:
+            await self.destroy()
+            raise
+        finally:
+            if staged is not None:
+                staged[0].cleanup()
+
+    def _labels(self, pool_owner: str = "") -> dict[str, str]:
+        labels = {
+            f"{LABEL}.managed": "1",
+            f"{LABEL}.home": home_label(),
+            f"{LABEL}.run": self.spec.run_id,
+            f"{LABEL}.agent": self.spec.agent_id,
+            f"{LABEL}.network": "1" if self.spec.network else "0",
+        }
+        if pool_owner:
+            labels[f"{LABEL}.pool"] = pool_owner
+        labels.update(self.spec.labels)
+        return labels
+
+    def _create(self, pool_owner: str = "") -> None:
+        import docker.errors
+        import docker.types
+
+        from supervisor.sandbox.image import default_image_tag
+
+        client = self.client
+        image = self.spec.image or default_image_tag()
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise SandboxError(
+                f"sandbox image {image} is missing; run `supervisor sandbox build`"
+            ) from None
+        labels = self._labels(pool_owner)
+        volume = client.volumes.create(
+            name=f"sv-ws-{_slug(self.spec.agent_id) or os.urandom(4).hex()}-{os.urandom(3).hex()}",
+            labels=labels,
+        )
+        device_requests = None
+        if self.spec.gpus:
+            if "nvidia" not in (client.info().get("Runtimes") or {}):
+                raise SandboxError(
+                    "GPUs were asked for, but this Docker engine has no "
+                    "NVIDIA runtime (install the NVIDIA Container Toolkit)"
+                )
+            device_requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        try:
+            self.container = client.containers.run(
+                image,
+                ["sleep", "infinity"],
+                name=self._container_name(),
+                detach=True,
+                init=True,
+                labels=labels,
+                user=USER,
+                working_dir="/workspace",
+                environment=dict(self.spec.env),
+                hostname="sandbox",
+                read_only=True,
+                tmpfs={
+                    "/tmp": "rw,nosuid,nodev,size=1g",
+                    "/home/agent": "rw,nosuid,nodev,size=512m,uid=1000,gid=1000",
+                },
+                volumes={volume.name: {"bind": "/workspace", "mode": "rw"}},
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                network_mode="bridge" if self.spec.network else "none",
+                mem_limit=self.spec.memory,
+                memswap_limit=self.spec.memory,  # no swap: a memory hog is killed, not slowed
+                nano_cpus=int(self.spec.cpus * 1e9),
+                pids_limit=self.spec.pids,
+                device_requests=device_requests,
+            )
+        except BaseException:
+            volume.remove(force=True)
+            raise
+
+    def _container_name(self) -> str:
+        run = _slug(self.spec.run_id)[:8] or "pool"
+        agent = _slug(self.spec.agent_id)[:24] or os.urandom(3).hex()
+        return f"sv-{run}-{agent}-{os.urandom(2).hex()}"
+
+    async def _open_shell(self) -> None:
+        api = self.client.api
+        cid = self.container.id
+
+        async def open_transport() -> _ExecSocket:
+            def create() -> socket.socket:
+                exec_id = api.exec_create(
+                    cid,
+                    ["bash", "--noprofile", "--norc"],
+                    stdin=True,
+                    stdout=True,
+                    stderr=True,
+                    tty=False,
+                    user=USER,
+                    workdir="/workspace",
+                )["Id"]
+                raw = _raw_socket(api, exec_id)
+                raw.setblocking(False)
+                return raw
+
+            try:
+                raw = await asyncio.to_thread(create)
+            except Exception as exc:
+                raise SandboxError(f"sandbox {self.name}: cannot start a shell: {exc}") from None
+            return _ExecSocket(raw)
+
+        async def kill(script: str) -> None:
+            await asyncio.to_thread(self._exec_io, ["sh", "-c", script])
+
+        self._shell = PersistentShell(
+            self.name, open_transport, kill, since_file=SINCE_FILE, spool_dir=self._spool_dir
+        )
+        await self._shell.start()
+
+    async def stop(self) -> None:
+        if self._shell is not None:
+            await self._shell.close()
+            self._shell = None
+        if self.container is not None:
+            await asyncio.to_thread(self.container.stop, timeout=5)
+
+    async def destroy(self) -> None:
+        if self._shell is not None:
+            await self._shell.close()
+            self._shell = None
+        if self.container is not None:
+            await asyncio.to_thread(remove_container, self.client, self.container)
+
+    # -- commands
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> ExecResult:
+        if self._shell is None:
+            if self.container is None:
+                raise SandboxError("sandbox is not started")
+            await self._open_shell()
+        assert self._shell is not None
+        result = await self._shell.run(command, timeout=timeout, env=env, cwd=cwd)
+        if result.exit_code == -1 and not await asyncio.to_thread(self._running):
+            raise SandboxError(f"sandbox {self.name} died while running a command")
+        return result
+
+    def _running(self) -> bool:
+        try:
+            self.container.reload()
+        except Exception:
+            return False
+        return bool(self.container.status == "running")
+
+    def _exec_io(
+        self,
+        cmd: list[str],
+        stdin: Callable[[socket.socket], None] | bytes | None = None,
+        stdout: Any = None,
+    ) -> tuple[int, bytes]:
+        """Run ``cmd`` as the agent's user with optional stdin; (exit code, stderr).
+
+        stdout goes to ``stdout.write`` when given (tar streams, file reads).
+        """
+        api = self.client.api
+        exec_id = api.exec_create(
+            self.container.id,
+            cmd,
+            stdin=stdin is not None,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            user=USER,
+            workdir="/workspace",
+        )["Id"]
+        raw = _raw_socket(api, exec_id)
+        err = io.BytesIO()
+        try:
+            if isinstance(stdin, bytes):
+                raw.sendall(stdin)
+                raw.shutdown(socket.SHUT_WR)
+            elif stdin is not None:
+                stdin(raw)
+                raw.shutdown(socket.SHUT_WR)
+            _read_frames(raw, {STDOUT: stdout or io.BytesIO(), STDERR: err})
+        finally:
+            raw.close()
+        code = api.exec_inspect(exec_id)["ExitCode"]
+        return int(code if code is not None else -1), err.getvalue()
+
+    # -- files
+
+    async def read_file(self, path: str) -> bytes:
+        out = io.BytesIO()
+        code, err = await asyncio.to_thread(self._exec_io, ["cat", "--", path], None, out)
+        if code != 0:
+            raise SandboxError(f"cannot read {path}: {err.decode(errors='replace').strip()}")
+        return out.getvalue()
+
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        script = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1" && chmod "$2" "$1"'
+        code, err = await asyncio.to_thread(
+            self._exec_io, ["sh", "-c", script, "sh", path, f"{mode:o}"], data
+        )
+        if code != 0:
+            raise SandboxError(f"cannot write {path}: {err.decode(errors='replace').strip()}")
+
+    async def list_files(self, path: str) -> list[FileInfo]:
+        out = io.BytesIO()
+        code, err = await asyncio.to_thread(
+            self._exec_io,
+            ["find", path, "-mindepth", "1", "-maxdepth", "1", "-printf", r"%y %s %m %p\0"],
+            None,
+            out,
+        )
+        if code != 0:
+            raise SandboxError(f"cannot list {path}: {err.decode(errors='replace').strip()}")
+        kinds = {"f": "file", "d": "dir", "l": "link"}
+        entries = []
+        for record in out.getvalue().split(b"\0"):
+            if record:
+                kind, size, mode, name = record.decode(errors="replace").split(" ", 3)
+                entries.append(FileInfo(name, kinds.get(kind, "other"), int(size), int(mode, 8)))
+        return sorted(entries, key=lambda e: e.path)
+
+    async def copy_in(self, source: Path, dest: str) -> None:
+        def send(raw: socket.socket) -> None:
+            with raw.makefile("wb") as fh, tarfile.open(fileobj=fh, mode="w|") as tar:
+                if source.is_dir():
+                    for child in sorted(source.iterdir()):
+                        tar.add(child, arcname=child.name, filter=_owned_by_agent)
+                else:
+                    tar.add(source, arcname=source.name, filter=_owned_by_agent)
+
+        script = 'mkdir -p -- "$1" && tar -x --no-same-owner -C "$1"'
+        code, err = await asyncio.to_thread(self._exec_io, ["sh", "-c", script, "sh", dest], send)
+        if code != 0:
+            raise SandboxError(f"cannot copy into {dest}: {err.decode(errors='replace').strip()}")
+
+    async def copy_out(self, source: str, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile() as spool:
+            code, err = await asyncio.to_thread(
+                self._exec_io, ["tar", "-c", "-C", source, "."], None, spool
+            )
+            if code != 0:
+                raise SandboxError(f"cannot copy out {source}: {err.decode(errors='replace')}")
+            spool.seek(0)
+            with tarfile.open(fileobj=spool, mode="r:") as tar:
+                tar.extractall(dest, filter="data")
+
+
+def _owned_by_agent(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 1000
+    info.uname = info.gname = "agent"
+    return info
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")
+
+
+def remove_container(client: Any, container: Any) -> None:
+    """Remove a container and its workspace volume(s), whatever state they are in."""
+    import docker.errors
+
+    try:
+        container.reload()
+        mounts = [m.get("Name") for m in container.attrs.get("Mounts", []) if m.get("Name")]
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        return
+    for name in mounts:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.volumes.get(name).remove(force=True)
+
+
+# -- doctor checks
 
 
 def check_engine() -> CheckResult:
     try:
-        client = docker_client()
+        client = docker_client(timeout=5)
         version = client.version().get("Version", "?")
-    except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return CheckResult(False, f"not reachable ({reason[:160]})", ENGINE_FIX)
+    except EngineUnavailable as exc:
+        return CheckResult(False, str(exc).split(";")[0], ENGINE_FIX)
     return CheckResult(True, f"reachable, version {version}")
 
 
@@ -38,8 +508,8 @@ def check_image() -> CheckResult:
 
     tag = config.load()["sandbox.image"] or default_image_tag()
     try:
-        client = docker_client()
-    except Exception:
+        client = docker_client(timeout=5)
+    except EngineUnavailable:
         return CheckResult(False, f"{tag}: cannot look (no Docker engine)", ENGINE_FIX)
     import docker.errors
 
@@ -52,6 +522,22 @@ def check_image() -> CheckResult:
             "run `supervisor sandbox build` (the first agent also builds it)",
         )
     return CheckResult(True, tag)
+
+
+def _factory(spec: SandboxSpec, **kwargs: Any) -> DockerSandbox:
+    return DockerSandbox(spec, **kwargs)
+
+
+@hookimpl
+def register_sandboxes(register: Callable[[SandboxBackend], None]) -> None:
+    register(
+        SandboxBackend(
+            "docker",
+            _factory,
+            isolated=True,
+            description="a hardened Docker container per agent (default)",
+        )
+    )
 
 
 @hookimpl

@@ -1,0 +1,131 @@
+"""The Sandbox interface every backend implements, and what an exec returns."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class SandboxError(Exception):
+    """A sandbox failed (died, could not start, refused a file operation).
+
+    The message names the sandbox and what went wrong; the engine reports it and the
+    other sandboxes keep going.
+    """
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """The outcome of one command in a sandbox.
+
+    ``stdout``/``stderr`` are decoded (invalid UTF-8 replaced) and capped: when a stream
+    was longer than the cap, its head and tail are kept, ``*_truncated`` is set, and
+    ``output_path`` names the host file where the full output (up to a size limit) was
+    saved.
+    """
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+    timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    output_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    kind: str  # file | dir | link | other
+    size: int
+    mode: int
+
+
+@dataclass
+class SandboxSpec:
+    """What an agent asks of its sandbox. Defaults are the safe ones."""
+
+    run_id: str
+    agent_id: str
+    workspace: Path | None = None  # a host folder or git repo copied in at start
+    network: bool = False
+    gpus: bool = False
+    memory: str = "2g"
+    cpus: float = 2.0
+    pids: int = 512
+    image: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Sandbox(ABC):
+    """Where one agent's commands run. All methods are coroutines; one sandbox may be
+    used from many tasks at once (execs are serialized, never interleaved)."""
+
+    backend: str = ""
+    isolated: bool = True
+    workdir: str = "/workspace"
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+
+    @property
+    @abstractmethod
+    def id(self) -> str:
+        """A stable identifier (container id, or a folder for the local backend)."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Create and start the sandbox; returns once a command would be answered."""
+
+    @abstractmethod
+    async def exec(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> ExecResult:
+        """Run ``command`` in the sandbox's persistent shell.
+
+        The working directory and exported variables persist between calls, as in a
+        terminal, unless ``cwd`` or ``env`` is given: then the command runs in a subshell
+        with them. On ``timeout`` the command's processes are killed and the shell stays
+        usable.
+        """
+
+    @abstractmethod
+    async def read_file(self, path: str) -> bytes: ...
+
+    @abstractmethod
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None: ...
+
+    @abstractmethod
+    async def list_files(self, path: str) -> list[FileInfo]: ...
+
+    @abstractmethod
+    async def copy_in(self, source: Path, dest: str) -> None:
+        """Copy a host file or folder tree into the sandbox at ``dest``."""
+
+    @abstractmethod
+    async def copy_out(self, source: str, dest: Path) -> None:
+        """Copy a sandbox file or folder tree out to the host folder ``dest``."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop the sandbox; its files stay until :meth:`destroy`."""
+
+    @abstractmethod
+    async def destroy(self) -> None:
+        """Remove the sandbox and everything in it."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "id": self.id, "isolated": self.isolated}
