@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -164,6 +165,147 @@ def config_unset(key: str) -> None:
         click.echo(f"{key} unset")
     else:
         click.echo(f"{key} was not set")
+
+
+@cli.group()
+def sandbox() -> None:
+    """Build, list, enter and prune sandboxes."""
+
+
+def _progress(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@sandbox.command("build")
+@click.option(
+    "--offline",
+    "mode",
+    flag_value="offline",
+    help="Build from a Debian root filesystem (debootstrap), without pulling a base image.",
+)
+@click.option("--online", "mode", flag_value="online", help="Only build from the base image.")
+@click.option("--force", is_flag=True, help="Rebuild even if an image with this hash exists.")
+def sandbox_build(mode: str | None, force: bool) -> None:
+    """Build the default sandbox image (skipped when its sources are unchanged)."""
+    from supervisor import config as cfg
+    from supervisor.sandbox import image
+    from supervisor.sandbox.docker import docker_client
+
+    mode = mode or cfg.load()["sandbox.build"]
+    try:
+        tag = image.build(docker_client(), mode=mode, progress=_progress, force=force)
+    except image.ImageBuildError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(tag)
+
+
+@sandbox.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def sandbox_ls(as_json: bool) -> None:
+    """List supervisor's sandboxes: run, agent, age, state, memory."""
+    from dataclasses import asdict
+
+    from supervisor.sandbox.manager import list_sandboxes
+
+    rows = list_sandboxes()
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no sandboxes")
+        return
+    click.echo(f"{'NAME':34} {'RUN':10} {'AGENT':16} {'AGE':>7} {'STATE':9} {'MEM':>8}")
+    for r in rows:
+        mem = f"{r.memory_mb:.0f}MiB" if r.memory_mb is not None else "-"
+        agent = r.agent or ("(pool)" if r.pool else "")
+        click.echo(
+            f"{r.name:34} {r.run[:10]:10} {agent[:16]:16} {_age(r.age_s):>7} {r.state:9} {mem:>8}"
+        )
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@sandbox.command("shell")
+@click.argument("agent")
+def sandbox_shell(agent: str) -> None:
+    """Open an interactive shell inside AGENT's sandbox, as the agent's user."""
+    import os
+
+    from supervisor.sandbox.docker import DockerSandbox
+    from supervisor.sandbox.manager import find_agent_sandbox
+
+    box = find_agent_sandbox(agent)
+    if isinstance(box, DockerSandbox):
+        flags = ["-it"] if sys.stdin.isatty() else ["-i"]
+        os.execvp(
+            "docker",
+            ["docker", "exec", *flags, "-u", "1000:1000", "-w", "/workspace", box.id, "bash", "-l"],
+        )
+    os.chdir(box.workdir)
+    os.execvp("bash", ["bash"])
+
+
+@sandbox.command("prune")
+def sandbox_prune() -> None:
+    """Remove sandboxes, volumes and networks that no live run owns."""
+    from supervisor.sandbox.manager import prune
+
+    removed = prune()
+    for item in removed:
+        click.echo(f"removed {item}")
+    click.echo(f"{len(removed)} removed")
+
+
+@cli.group()
+def agent() -> None:
+    """Review an agent's work."""
+
+
+@agent.command("diff")
+@click.argument("name")
+def agent_diff(name: str) -> None:
+    """Show what agent NAME changed in its workspace."""
+    import asyncio
+
+    from supervisor.sandbox.manager import find_agent_sandbox
+    from supervisor.sandbox.workspace import diff
+
+    click.echo(asyncio.run(diff(find_agent_sandbox(name))), nl=False)
+
+
+@agent.command("apply")
+@click.argument("name")
+@click.option(
+    "--repo",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to bring the work (default: the folder the run started from).",
+)
+@click.option(
+    "--patch",
+    "as_patch",
+    is_flag=True,
+    help="Apply as a patch to the working tree instead of fetching a branch.",
+)
+def agent_apply(name: str, repo: Path | None, as_patch: bool) -> None:
+    """Bring agent NAME's work back: as branch supervisor/NAME, or as a patch.
+
+    Never overwrites uncommitted work: a patch that does not apply cleanly is saved
+    instead, and its path printed.
+    """
+    import asyncio
+
+    from supervisor.sandbox.manager import find_agent_sandbox, run_workspace
+    from supervisor.sandbox.workspace import apply
+
+    target = repo or run_workspace(name)
+    message = asyncio.run(apply(find_agent_sandbox(name), target, as_patch=as_patch))
+    click.echo(message)
 
 
 def main() -> None:

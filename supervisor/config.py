@@ -48,6 +48,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("model", str, "", "Default model: a litellm model string or an alias."),
         Setting("sandbox.backend", str, "docker", "Sandbox backend for new agents."),
         Setting("sandbox.image", str, "", "Sandbox image; empty means the built-in default."),
+        Setting("sandbox.build", str, "auto", "Image build: auto, online or offline."),
         Setting("sandbox.memory", str, "2g", "Memory limit per sandbox (Docker syntax)."),
         Setting("sandbox.cpus", float, 2.0, "CPU limit per sandbox, in cores."),
         Setting("sandbox.pids", int, 512, "Process limit per sandbox."),

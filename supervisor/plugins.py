@@ -33,6 +33,7 @@ from supervisor.types import PluginInfo
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "supervisor.checks",
     "supervisor.sandbox.docker",
+    "supervisor.sandbox.local",
 )
 
 ENTRY_POINT_GROUP = "supervisor"

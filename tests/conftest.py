@@ -25,6 +25,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             "SUPERVISOR_REQUIRE_DOCKER",
         }:
             monkeypatch.delenv(name)
+    # Tests never pull from a registry: images are built from Debian packages.
+    monkeypatch.setenv("SUPERVISOR_SANDBOX_BUILD", "offline")
     plugins.reset()
     yield path
     plugins.reset()
@@ -73,3 +75,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def _docker_required_but_missing() -> None:
     pytest.fail("SUPERVISOR_REQUIRE_DOCKER=1 but no Docker engine answers")
+
+
+@pytest.fixture(scope="session")
+def sandbox_image() -> str:
+    """The default sandbox image, built (offline) once per session if missing."""
+    if not docker_available():
+        pytest.skip("no Docker engine")
+    from supervisor.sandbox import image
+    from supervisor.sandbox.docker import docker_client
+
+    return image.build(docker_client(), mode="offline", progress=lambda line: None)
+
+
+@pytest.fixture
+def docker_client():  # type: ignore[no-untyped-def]
+    from supervisor.sandbox.docker import docker_client as make
+
+    return make()
+
+
+@pytest.fixture
+async def sandbox_factory(sandbox_image, tmp_path):  # type: ignore[no-untyped-def]
+    """Start Docker sandboxes for a test; every one is destroyed afterwards."""
+    from supervisor.sandbox.base import SandboxSpec
+    from supervisor.sandbox.docker import DockerSandbox
+
+    made: list[DockerSandbox] = []
+
+    async def make(**kw):  # type: ignore[no-untyped-def]
+        spec = SandboxSpec(
+            run_id=kw.pop("run_id", "run1"), agent_id=kw.pop("agent_id", f"a{len(made)}"), **kw
+        )
+        box = DockerSandbox(spec, spool_dir=tmp_path / "spool")
+        made.append(box)
+        await box.start()
+        return box
+
+    yield make
+    for box in made:
+        await box.destroy()

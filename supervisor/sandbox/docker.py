@@ -24,6 +24,7 @@ import socket
 import struct
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -192,26 +193,55 @@ class DockerSandbox(Sandbox):
 
     # -- lifecycle
 
-    async def start(self) -> None:
+    @classmethod
+    def attach(cls, container_id: str, *, client: Any = None) -> DockerSandbox:
+        """A sandbox object for an existing container (re-adoption, CLI commands)."""
+        import docker.errors
+
+        client = client or docker_client()
+        try:
+            container = client.containers.get(container_id)
+        except docker.errors.NotFound:
+            raise SandboxError(f"sandbox container {container_id[:12]} no longer exists") from None
+        labels = container.labels
+        spec = SandboxSpec(
+            run_id=labels.get(f"{LABEL}.run", ""),
+            agent_id=labels.get(f"{LABEL}.agent", ""),
+            network=labels.get(f"{LABEL}.network") == "1",
+        )
+        return cls(spec, client=client, container=container)
+
+    async def start(self, *, pool_owner: str = "", prepare: bool = True) -> None:
+        """Create the container, open its shell, and (unless a pool member, which is
+        prepared when handed out) fill the workspace."""
+        from supervisor.sandbox import workspace
+
+        if self.spec.workspace is not None:
+            workspace.check(self.spec.workspace)  # fail before creating anything
+        try:
+            await asyncio.to_thread(self._create, pool_owner)
+            await self._open_shell()
+            if prepare:
+                await self.prepare()
+        except BaseException:
+            await self.destroy()
+            raise
+
+    async def prepare(self) -> None:
+        """Fill /workspace from the spec's folder or repo, and make it a git repo."""
         from supervisor.sandbox import workspace
 
         staged = None
         if self.spec.workspace is not None:
             staged = workspace.stage(self.spec.workspace, self.spec.agent_id)
         try:
-            await asyncio.to_thread(self._create)
-            await self._open_shell()
             if staged is not None:
                 await self.copy_in(staged[1], "/workspace")
-                result = await self.exec(workspace.init_script(self.spec.agent_id))
-                if not result.ok:
-                    raise SandboxError(
-                        f"sandbox {self.name}: workspace setup failed: "
-                        f"{result.stderr.strip()[-500:]}"
-                    )
-        except BaseException:
-            await self.destroy()
-            raise
+            result = await self.exec(workspace.init_script(self.spec.agent_id or "pool"))
+            if not result.ok:
+                raise SandboxError(
+                    f"sandbox {self.name}: workspace setup failed: {result.stderr.strip()[-500:]}"
+                )
         finally:
             if staged is not None:
                 staged[0].cleanup()
@@ -266,13 +296,11 @@ class DockerSandbox(Sandbox):
                 labels=labels,
                 user=USER,
                 working_dir="/workspace",
-                environment=dict(self.spec.env),
+                # HOME lives in /tmp: only /workspace and /tmp are writable.
+                environment={"HOME": "/tmp/home", **self.spec.env},
                 hostname="sandbox",
                 read_only=True,
-                tmpfs={
-                    "/tmp": "rw,nosuid,nodev,size=1g",
-                    "/home/agent": "rw,nosuid,nodev,size=512m,uid=1000,gid=1000",
-                },
+                tmpfs={"/tmp": "rw,nosuid,nodev,size=1g"},
                 volumes={volume.name: {"bind": "/workspace", "mode": "rw"}},
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
@@ -361,11 +389,17 @@ class DockerSandbox(Sandbox):
         return result
 
     def _running(self) -> bool:
-        try:
-            self.container.reload()
-        except Exception:
-            return False
-        return bool(self.container.status == "running")
+        # The exec socket can close a moment before the engine marks a killed container
+        # as exited, so look a few times before believing it still runs.
+        for _ in range(5):
+            try:
+                self.container.reload()
+            except Exception:
+                return False
+            if self.container.status != "running":
+                return False
+            time.sleep(0.1)
+        return True
 
     def _exec_io(
         self,

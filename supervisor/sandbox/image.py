@@ -37,8 +37,9 @@ def source_hash(directory: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def default_image_tag(name: str = "default") -> str:
-    return f"{IMAGE_REPOSITORY}:{name}-{source_hash(sandboxes_dir() / name)}"
+def default_image_tag(name: str = "default", directory: Path | None = None) -> str:
+    directory = directory or sandboxes_dir() / name
+    return f"{IMAGE_REPOSITORY}:{name}-{source_hash(directory)}"
 
 
 # -- building
@@ -116,6 +117,7 @@ def build(
     mode: str = "auto",
     progress: Progress = print,
     force: bool = False,
+    directory: Path | None = None,
 ) -> str:
     """Build the sandbox image ``name`` unless an image with its source hash exists.
 
@@ -125,8 +127,8 @@ def build(
     """
     import docker.errors
 
-    directory = sandboxes_dir() / name
-    tag = default_image_tag(name)
+    directory = directory or sandboxes_dir() / name
+    tag = default_image_tag(name, directory)
     if not force:
         try:
             client.images.get(tag)

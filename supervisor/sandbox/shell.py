@@ -179,7 +179,10 @@ class PersistentShell:
     async def start(self) -> None:
         transport = await self._open()
         nonce = secrets.token_hex(16)
-        await transport.send(f"printf '__SV_READY_{nonce}_%s__\\n' \"$$\"\n".encode())
+        # HOME may point into a fresh tmpfs (the Docker sandbox's /tmp/home).
+        await transport.send(
+            f'mkdir -p "$HOME" 2>/dev/null; printf \'__SV_READY_{nonce}_%s__\\n\' "$$"\n'.encode()
+        )
         marker = f"__SV_READY_{nonce}_".encode()
         buf = b""
         while marker not in buf or not buf.endswith(b"__\n"):

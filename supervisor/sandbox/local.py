@@ -1,0 +1,246 @@
+"""Built-in plugin: the local backend — a plain bash on this machine, in a temp workspace.
+
+Not isolated: commands run as you, with your files and network in reach. It exists for
+machines without Docker and for quick experiments, only when asked for (``--sandbox
+local``), and is always shown as unisolated. The environment is still limited to what the
+agent is given (plus PATH, LANG and a private HOME).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from supervisor import SandboxBackend, hookimpl
+from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
+from supervisor.sandbox.shell import STDERR, STDOUT, PersistentShell
+
+
+class _PipeShell:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        self._open = 2
+        assert proc.stdout is not None and proc.stderr is not None
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._pump(proc.stdout, STDOUT)),
+            loop.create_task(self._pump(proc.stderr, STDERR)),
+        ]
+
+    async def _pump(self, reader: asyncio.StreamReader, stream: int) -> None:
+        while True:
+            data = await reader.read(256 * 1024)
+            if not data:
+                break
+            self._queue.put_nowait((stream, data))
+        self._open -= 1
+        if self._open == 0:
+            self._queue.put_nowait(None)
+
+    async def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        await self.proc.stdin.drain()
+
+    async def recv(self) -> tuple[int, bytes] | None:
+        frame = await self._queue.get()
+        if frame is None:
+            self._queue.put_nowait(None)
+        return frame
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        for task in self._tasks:
+            task.cancel()
+
+
+class LocalSandbox(Sandbox):
+    backend = "local"
+    isolated = False
+
+    def __init__(
+        self, spec: SandboxSpec, *, root: Path | None = None, spool_dir: Path | None = None
+    ) -> None:
+        super().__init__(spec)
+        self._root_parent = root
+        self.root: Path | None = None
+        self._spool_dir = spool_dir
+        self._shell: PersistentShell | None = None
+
+    @classmethod
+    def attach(cls, root: Path) -> LocalSandbox:
+        """A sandbox object for an existing local sandbox folder."""
+        if not (root / "workspace").is_dir():
+            raise SandboxError(f"local sandbox {root} no longer exists")
+        sandbox = cls(SandboxSpec(run_id="", agent_id=root.name))
+        sandbox.root = root
+        return sandbox
+
+    @property
+    def id(self) -> str:
+        return str(self.root or "")
+
+    @property
+    def workdir(self) -> str:  # type: ignore[override]
+        return str(self.root / "workspace") if self.root else ""
+
+    async def start(self) -> None:
+        from supervisor.sandbox import workspace
+
+        parent = self._root_parent
+        if parent is None:
+            from supervisor import config
+
+            parent = config.ensure_data_dir() / "local"
+        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root = Path(tempfile.mkdtemp(prefix=f"{self.spec.agent_id or 'sandbox'}-", dir=parent))
+        (self.root / "home").mkdir()
+        ws = self.root / "workspace"
+        if self.spec.workspace is not None:
+            tmp, staged = workspace.stage(self.spec.workspace, self.spec.agent_id)
+            with tmp:
+                shutil.copytree(staged, ws, symlinks=True)
+        else:
+            ws.mkdir()
+        await self._open_shell()
+        result = await self.exec(
+            workspace.init_script(self.spec.agent_id).replace("cd /workspace", f"cd {ws}")
+        )
+        if not result.ok:
+            raise SandboxError(f"local sandbox: workspace setup failed: {result.stderr[-500:]}")
+
+    async def _open_shell(self) -> None:
+        assert self.root is not None
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "HOME": str(self.root / "home"),
+            **self.spec.env,
+        }
+        root = self.root
+
+        async def open_transport() -> _PipeShell:
+            proc = await asyncio.create_subprocess_exec(
+                "bash",
+                "--noprofile",
+                "--norc",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=root / "workspace",
+                env=env,
+                start_new_session=True,
+            )
+            return _PipeShell(proc)
+
+        async def kill(script: str) -> None:
+            proc = await asyncio.create_subprocess_exec("sh", "-c", script)
+            await proc.wait()
+
+        self._shell = PersistentShell(
+            f"local-{root.name}",
+            open_transport,
+            kill,
+            since_file=str(root / ".cmd-start"),
+            spool_dir=self._spool_dir,
+        )
+        await self._shell.start()
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> ExecResult:
+        if self._shell is None:
+            if self.root is None:
+                raise SandboxError("sandbox is not started")
+            await self._open_shell()
+        assert self._shell is not None
+        return await self._shell.run(command, timeout=timeout, env=env, cwd=cwd)
+
+    def _path(self, path: str) -> Path:
+        assert self.root is not None
+        p = Path(path)
+        return p if p.is_absolute() else self.root / "workspace" / p
+
+    async def read_file(self, path: str) -> bytes:
+        try:
+            return self._path(path).read_bytes()
+        except OSError as exc:
+            raise SandboxError(f"cannot read {path}: {exc.strerror}") from None
+
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        target = self._path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(mode)
+        except OSError as exc:
+            raise SandboxError(f"cannot write {path}: {exc.strerror}") from None
+
+    async def list_files(self, path: str) -> list[FileInfo]:
+        entries = []
+        try:
+            for child in sorted(self._path(path).iterdir()):
+                st = child.lstat()
+                kind = (
+                    "link"
+                    if stat.S_ISLNK(st.st_mode)
+                    else "dir"
+                    if stat.S_ISDIR(st.st_mode)
+                    else "file"
+                    if stat.S_ISREG(st.st_mode)
+                    else "other"
+                )
+                entries.append(FileInfo(str(child), kind, st.st_size, stat.S_IMODE(st.st_mode)))
+        except OSError as exc:
+            raise SandboxError(f"cannot list {path}: {exc.strerror}") from None
+        return entries
+
+    async def copy_in(self, source: Path, dest: str) -> None:
+        target = self._path(dest)
+        if source.is_dir():
+            shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / source.name)
+
+    async def copy_out(self, source: str, dest: Path) -> None:
+        shutil.copytree(self._path(source), dest, symlinks=True, dirs_exist_ok=True)
+
+    async def stop(self) -> None:
+        if self._shell is not None:
+            await self._shell.close()
+            self._shell = None
+
+    async def destroy(self) -> None:
+        await self.stop()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _factory(spec: SandboxSpec, **kwargs: object) -> LocalSandbox:
+    return LocalSandbox(spec, **kwargs)  # type: ignore[arg-type]
+
+
+@hookimpl
+def register_sandboxes(register: Callable[[SandboxBackend], None]) -> None:
+    register(
+        SandboxBackend(
+            "local",
+            _factory,
+            isolated=False,
+            description="a plain shell on this machine (NOT isolated)",
+        )
+    )
