@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from supervisor import __version__
-from supervisor.errors import InputError
+from supervisor.errors import InputError, SupervisorError
 
 
 class Group(click.Group):
@@ -26,6 +26,10 @@ class Group(click.Group):
         except InputError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except SupervisorError as exc:
+            # Expected failures of the work itself (a sandbox died, a build failed).
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -192,12 +196,7 @@ def sandbox_build(mode: str | None, force: bool) -> None:
     from supervisor.sandbox.docker import docker_client
 
     mode = mode or cfg.load()["sandbox.build"]
-    try:
-        tag = image.build(docker_client(), mode=mode, progress=_progress, force=force)
-    except image.ImageBuildError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    click.echo(tag)
+    click.echo(image.build(docker_client(), mode=mode, progress=_progress, force=force))
 
 
 @sandbox.command("ls")

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from supervisor.errors import SupervisorError
 
-class SandboxError(Exception):
+
+class SandboxError(SupervisorError):
     """A sandbox failed (died, could not start, refused a file operation).
 
     The message names the sandbox and what went wrong; the engine reports it and the

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import Check, CheckResult, SandboxBackend, hookimpl
+from supervisor.errors import InputError
 from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
 from supervisor.sandbox.shell import STDERR, STDOUT, PersistentShell
 
@@ -42,8 +43,8 @@ USER = "1000:1000"
 SINCE_FILE = "/tmp/.supervisor-cmd-start"
 
 
-class EngineUnavailable(SandboxError):
-    """No Docker engine answers."""
+class EngineUnavailable(SandboxError, InputError):
+    """No Docker engine answers (reported like bad input: one line, exit code 2)."""
 
 
 def docker_client(timeout: int = 60) -> Any:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from supervisor.errors import SupervisorError
+
 IMAGE_REPOSITORY = "supervisor-sandbox"
 
 
@@ -45,7 +47,7 @@ def default_image_tag(name: str = "default", directory: Path | None = None) -> s
 # -- building
 
 
-class ImageBuildError(Exception):
+class ImageBuildError(SupervisorError):
     """The image could not be built; the message names the failing step and its log tail."""
 
 

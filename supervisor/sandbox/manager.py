@@ -145,6 +145,7 @@ class SandboxPool:
     async def _hand_out(self, sandbox: DockerSandbox, spec: SandboxSpec) -> None:
         sandbox.spec = spec
         await asyncio.to_thread(sandbox.container.rename, sandbox._container_name())
+        await asyncio.to_thread(sandbox.container.reload)
         await sandbox.prepare()
         if spec.env:
             exports = "; ".join(f"export {k}={quote(v)}" for k, v in spec.env.items())
