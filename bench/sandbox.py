@@ -5,7 +5,8 @@ Four measurements in one run, all against the default sandbox image:
 1. Exec round trip. The same commands (``true`` and ``echo hello``) in the same container,
    three ways: the sandbox's persistent shell (``sandbox.exec``), ``docker exec`` as a
    subprocess (what a naive supervisor would do), and the SDK's ``container.exec_run``.
-   The two slow ways run fewer iterations (--slow-iterations) to keep the run short.
+   Iteration counts are per command; the two slow ways run fewer (--slow-iterations) to
+   keep the run short.
 2. Cold start: a new DockerSandbox from nothing until its first command is answered
    (container and workspace volume created, shell opened, workspace made a git repo, then
    one ``true``).
@@ -13,13 +14,18 @@ Four measurements in one run, all against the default sandbox image:
    workspace setup); the pool is refilled before every acquire so each finds one ready.
 4. --concurrent sandboxes started at once with asyncio.gather: wall time until all
    answer, then the memory each idle one uses (cgroup usage from the engine's stats,
-   averaged over the containers), then all destroyed at once.
+   averaged over the containers; page cache of the image's files is charged to whichever
+   container read them first, so this is the private footprint), then all destroyed at
+   once. The blocking engine calls go through asyncio's default thread pool, as in the
+   supervisor itself.
 
-It runs under a fresh, temporary SUPERVISOR_HOME, so every container and volume it makes
-carries that home's label; all of them are removed at the end, even on error or Ctrl-C.
+All sandboxes share one Docker client and use one image, resolved at start (--image, or
+the default tag). It runs under a fresh, temporary SUPERVISOR_HOME, so every container
+and volume it makes carries that home's label; all of them are removed at the end, even
+on error, Ctrl-C or SIGTERM.
 
     .venv/bin/python bench/sandbox.py [--iterations 300] [--slow-iterations 100]
-                                      [--cold 10] [--warm 10] [--concurrent 50]
+        [--cold 10] [--warm 10] [--pool-size 3] [--concurrent 50] [--image TAG]
 
 Progress goes to stderr; the last line printed to stdout is one JSON object.
 """
@@ -32,6 +38,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +54,8 @@ HOME = tempfile.mkdtemp(prefix="bench-sandbox-home-")
 os.environ["SUPERVISOR_HOME"] = HOME
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import docker.errors  # noqa: E402
 
 from supervisor.sandbox.base import SandboxSpec  # noqa: E402
 from supervisor.sandbox.docker import (  # noqa: E402
@@ -101,17 +110,16 @@ def timed_sync(fn: Callable[[], Any], n: int) -> list[float]:
 
 
 async def bench_exec(
-    client: Any, created: list[DockerSandbox], iterations: int, slow_iterations: int
+    client: Any, image: str, created: list[DockerSandbox], iterations: int, slow_iterations: int
 ) -> dict[str, Any]:
-    box = DockerSandbox(SandboxSpec(run_id=RUN_ID, agent_id="exec"), client=client)
+    box = DockerSandbox(SandboxSpec(run_id=RUN_ID, agent_id="exec", image=image), client=client)
     created.append(box)
     await box.start()
     container = client.containers.get(box.id)
     samples: dict[str, list[float]] = {"persistent": [], "docker_cli": [], "sdk_exec_run": []}
 
     for cmd in COMMANDS:
-        # A few untimed runs each, so first-use costs (connection setup, page cache) of
-        # one method are not charged to it.
+
         async def persistent(cmd: str = cmd) -> None:
             result = await box.exec(cmd)
             if not result.ok:
@@ -129,6 +137,8 @@ async def bench_exec(
             if result.exit_code != 0:
                 raise RuntimeError(f"exec_run: {cmd!r} exited {result.exit_code}")
 
+        # A few untimed runs of each method first, so its one-off costs (connection setup,
+        # page cache) do not land in its samples.
         await timed_async(persistent, 5)
         log(f"exec {cmd!r}: persistent shell x{iterations}")
         samples["persistent"] += await timed_async(persistent, iterations)
@@ -163,10 +173,14 @@ async def bench_exec(
 # -- 2. cold start
 
 
-async def bench_cold(client: Any, created: list[DockerSandbox], n: int) -> dict[str, Any]:
+async def bench_cold(
+    client: Any, image: str, created: list[DockerSandbox], n: int
+) -> dict[str, Any]:
     samples = []
     for i in range(n):
-        box = DockerSandbox(SandboxSpec(run_id=RUN_ID, agent_id=f"cold{i}"), client=client)
+        box = DockerSandbox(
+            SandboxSpec(run_id=RUN_ID, agent_id=f"cold{i}", image=image), client=client
+        )
         created.append(box)
         t = time.perf_counter()
         await box.start()
@@ -188,9 +202,14 @@ async def bench_cold(client: Any, created: list[DockerSandbox], n: int) -> dict[
 
 
 async def bench_warm(
-    client: Any, created: list[DockerSandbox], pools: list[SandboxPool], n: int, size: int
+    client: Any,
+    image: str,
+    created: list[DockerSandbox],
+    pools: list[SandboxPool],
+    n: int,
+    size: int,
 ) -> dict[str, Any]:
-    pool = SandboxPool(size, client=client)
+    pool = SandboxPool(size, client=client, defaults=SandboxSpec("", "", image=image))
     pools.append(pool)
     pool.fill()
     log(f"warm pool: filling {size} members")
@@ -200,7 +219,7 @@ async def bench_warm(
         if pool._ready.qsize() < size:  # a refill that failed would make this a cold start
             raise RuntimeError(f"warm pool did not refill: {pool.errors[-1:] or 'timed out'}")
         t = time.perf_counter()
-        box = await pool.acquire(SandboxSpec(run_id=RUN_ID, agent_id=f"warm{i}"))
+        box = await pool.acquire(SandboxSpec(run_id=RUN_ID, agent_id=f"warm{i}", image=image))
         samples.append(time.perf_counter() - t)
         created.append(box)
         result = await box.exec("true")
@@ -235,9 +254,11 @@ def memory_usage(container: Any) -> tuple[int, int]:
     return usage, usage - inactive
 
 
-async def bench_concurrent(client: Any, created: list[DockerSandbox], n: int) -> dict[str, Any]:
+async def bench_concurrent(
+    client: Any, image: str, created: list[DockerSandbox], n: int
+) -> dict[str, Any]:
     boxes = [
-        DockerSandbox(SandboxSpec(run_id=RUN_ID, agent_id=f"many{i}"), client=client)
+        DockerSandbox(SandboxSpec(run_id=RUN_ID, agent_id=f"many{i}", image=image), client=client)
         for i in range(n)
     ]
     created.extend(boxes)
@@ -313,16 +334,19 @@ def sweep(client: Any, label: str) -> int:
     return removed
 
 
-async def run(args: argparse.Namespace, client: Any) -> dict[str, Any]:
+async def run(args: argparse.Namespace, client: Any, image: str) -> dict[str, Any]:
     created: list[DockerSandbox] = []
     pools: list[SandboxPool] = []
     result: dict[str, Any] = {}
     try:
         for name, phase in [
-            ("exec", lambda: bench_exec(client, created, args.iterations, args.slow_iterations)),
-            ("cold", lambda: bench_cold(client, created, args.cold)),
-            ("warm", lambda: bench_warm(client, created, pools, args.warm, args.pool_size)),
-            ("concurrent", lambda: bench_concurrent(client, created, args.concurrent)),
+            (
+                "exec",
+                lambda: bench_exec(client, image, created, args.iterations, args.slow_iterations),
+            ),
+            ("cold", lambda: bench_cold(client, image, created, args.cold)),
+            ("warm", lambda: bench_warm(client, image, created, pools, args.warm, args.pool_size)),
+            ("concurrent", lambda: bench_concurrent(client, image, created, args.concurrent)),
         ]:
             t = time.perf_counter()
             log(f"phase {name}")
@@ -343,25 +367,41 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=10, help="warm-pool acquisitions")
     parser.add_argument("--pool-size", type=int, default=3)
     parser.add_argument("--concurrent", type=int, default=50, help="sandboxes started at once")
+    parser.add_argument("--image", default="", help="sandbox image (default: the default tag)")
     args = parser.parse_args()
 
+    # A plain kill must clean up too: turned into KeyboardInterrupt, it unwinds through the
+    # same finally blocks as Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        result = bench(args)
+    finally:
+        shutil.rmtree(HOME, ignore_errors=True)
+    print(json.dumps(result))
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     client = docker_client()
     label = home_label()
-    image = default_image_tag()
-    log(f"image {image}, SUPERVISOR_HOME {HOME} (label {label})")
-    result: dict[str, Any] = {}
+    # Resolved once and pinned on every spec: the default tag hashes the image sources, so
+    # an edit to them mid-run would otherwise switch later phases to an unbuilt image.
+    image = args.image or default_image_tag()
     try:
-        result = asyncio.run(run(args, client))
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        sys.exit(f"bench/sandbox: image {image} is not built (`supervisor sandbox build`)")
+    log(f"image {image}, SUPERVISOR_HOME {HOME} (label {label})")
+    try:
+        result = asyncio.run(run(args, client, image))
     finally:
         leftovers = sweep(client, label)
         if leftovers:
             log(f"swept {leftovers} leftover containers/volumes")
-        shutil.rmtree(HOME, ignore_errors=True)
     result["image"] = image
     result["cpus"] = os.cpu_count()
     result["total_wall_s"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -48,9 +48,16 @@ async def test_timeout_kills_the_command_and_keeps_the_shell(sandbox_factory) ->
     await box.exec("cd /tmp; export KEEP=1; sleep 300 >/dev/null 2>&1 &")
     r = await box.exec("echo started; sleep 100 | cat", timeout=1)
     assert r.timed_out and r.stdout == "started\n" and r.duration_s < 5
-    r = await box.exec("pwd; echo $KEEP; pgrep -c sleep")
+    r = await box.exec("pwd; echo $KEEP; pgrep -a sleep")
     # cwd and variables survive; the earlier background sleep survives, the timed-out one not.
-    assert r.stdout == "/tmp\n1\n1\n"
+    assert r.stdout.splitlines()[:2] == ["/tmp", "1"]
+    assert "sleep 300" in r.stdout and "sleep 100" not in r.stdout
+
+
+async def test_killing_processes_by_name_spares_the_sandbox(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
+    box = await sandbox_factory()
+    await box.exec("pkill sleep; pkill -f sleep; killall -q bash")
+    assert (await box.exec("echo still here")).stdout == "still here\n"
 
 
 async def test_binary_and_invalid_utf8_output(sandbox_factory) -> None:  # type: ignore[no-untyped-def]

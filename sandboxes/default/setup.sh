@@ -10,4 +10,6 @@ git config --system init.defaultBranch main
 git config --system safe.directory '*'
 git config --system user.name "supervisor agent"
 git config --system user.email "agent@supervisor.invalid"
+# The container idles on this name, so an agent running `pkill sleep` keeps its sandbox.
+ln -s /bin/sleep /usr/local/bin/sandbox-idle
 rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb

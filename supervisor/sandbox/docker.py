@@ -1,6 +1,7 @@
 """Built-in plugin: the Docker sandbox backend and its doctor checks.
 
-Each sandbox is one long-lived container (``sleep infinity`` under ``init``), hardened by
+Each sandbox is one long-lived container (``sandbox-idle infinity`` — sleep under a name
+an agent's ``pkill sleep`` does not hit — under ``init``), hardened by
 default: a non-root user, every capability dropped, no-new-privileges, pids/memory/CPU
 limits, a read-only root filesystem with tmpfs /tmp and home, no network unless granted,
 never the Docker socket, and only the environment it is given. The workspace is a named
@@ -290,7 +291,7 @@ class DockerSandbox(Sandbox):
         try:
             self.container = client.containers.run(
                 image,
-                ["sleep", "infinity"],
+                ["sandbox-idle", "infinity"],
                 name=self._container_name(),
                 detach=True,
                 init=True,

@@ -58,16 +58,22 @@ def quote(command: str) -> str:
 
 
 def kill_script(shell_pid: int, since_file: str) -> str:
-    """A POSIX sh script that kills the shell's descendants started at or after the tick
-    count in ``since_file`` (written by the shell as each command starts), repeating a
-    few times so processes forked during the kill are caught too."""
+    """A POSIX sh script that kills the shell's descendants started by the current command.
+
+    ``since_file`` holds the clock tick and the last pid handed out when the command began
+    (written by the shell). A process is the command's if it started in a later tick, or
+    in that same tick with a higher pid: ticks are 10 ms, and commands run back to back
+    often share one. The sweep repeats so processes forked during the kill are caught.
+    """
     return (
-        f"since=$(cat {since_file} 2>/dev/null || echo 0); "
+        f"read since lastpid < {since_file} 2>/dev/null || since=0 lastpid=0; "
         'tree() { for c in $(pgrep -P "$1"); do echo "$c"; tree "$c"; done; }; '
         "for round in 1 2 3; do "
         f"  for p in $(tree {shell_pid}); do "
         "    st=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f20); "
-        '    [ -n "$st" ] && [ "$st" -ge "$since" ] && kill -KILL "$p" 2>/dev/null; '
+        '    [ -n "$st" ] || continue; '
+        '    if [ "$st" -gt "$since" ] || { [ "$st" -eq "$since" ] && [ "$p" -gt "$lastpid" ]; }; '
+        '    then kill -KILL "$p" 2>/dev/null; fi; '
         "  done; "
         "done; true"
     )
@@ -232,8 +238,8 @@ class PersistentShell:
         else:
             line = f"eval {body} </dev/null"
         script = (
-            "read -r __sv_up __sv_x </proc/uptime; "
-            f'printf %s "${{__sv_up/./}}" >{self._since_file} 2>/dev/null; '
+            "read -r __sv_up __sv_x </proc/uptime; read -r __sv_pid </proc/sys/kernel/ns_last_pid; "
+            f'printf "%s %s\\n" "${{__sv_up/./}}" "$__sv_pid" >{self._since_file} 2>/dev/null; '
             f"{line}; "
             f"printf '__SV_{nonce}_%d__\\n' \"$?\"; printf '__SV_{nonce}__\\n' >&2\n"
         )
