@@ -181,3 +181,28 @@ def test_unknown_backend_is_input_error() -> None:
 
     with pytest.raises(InputError, match="unknown sandbox backend 'vm'"):
         new_sandbox(SandboxSpec(run_id="r", agent_id="a"), "vm")
+
+
+@pytest.mark.docker
+async def test_first_sandbox_builds_a_missing_default_image(
+    sandbox_image, docker_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # A variant of the default image whose base is already local, so the build is quick
+    # and pulls nothing.
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "Dockerfile").write_text(
+        f"FROM {sandbox_image}\nRUN echo layering the variant\nUSER agent\nWORKDIR /workspace\n"
+    )
+    monkeypatch.setattr(image, "sandboxes_dir", lambda: tmp_path)
+    monkeypatch.setenv("SUPERVISOR_SANDBOX_BUILD", "online")
+    tag = image.default_image_tag()
+    lines: list[str] = []
+    box = DockerSandbox(SandboxSpec(run_id="r", agent_id="first"), progress=lines.append)
+    try:
+        await box.start()
+        assert (await box.exec("echo ready")).stdout == "ready\n"
+        assert any("layering the variant" in line for line in lines)
+        assert docker_client.images.get(tag)
+    finally:
+        await box.destroy()
+        docker_client.images.remove(tag, force=True)

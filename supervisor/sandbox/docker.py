@@ -172,11 +172,13 @@ class DockerSandbox(Sandbox):
         client: Any = None,
         container: Any = None,
         spool_dir: Path | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(spec)
         self._client = client
         self.container = container
         self._spool_dir = spool_dir
+        self._progress = progress or _stderr
         self._shell: PersistentShell | None = None
 
     @property
@@ -272,9 +274,16 @@ class DockerSandbox(Sandbox):
         try:
             client.images.get(image)
         except docker.errors.ImageNotFound:
-            raise SandboxError(
-                f"sandbox image {image} is missing; run `supervisor sandbox build`"
-            ) from None
+            if self.spec.image:
+                raise SandboxError(
+                    f"sandbox image {image} is missing; build it, or unset sandbox.image to "
+                    "use the default (`supervisor sandbox build`)"
+                ) from None
+            # The first agent that needs the default image builds it, showing progress.
+            from supervisor import config
+            from supervisor.sandbox.image import build
+
+            build(client, mode=config.load()["sandbox.build"], progress=self._progress)
         labels = self._labels(pool_owner)
         volume = client.volumes.create(
             name=f"sv-ws-{_slug(self.spec.agent_id) or os.urandom(4).hex()}-{os.urandom(3).hex()}",
@@ -499,6 +508,12 @@ class DockerSandbox(Sandbox):
             spool.seek(0)
             with tarfile.open(fileobj=spool, mode="r:") as tar:
                 tar.extractall(dest, filter="data")
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 def _owned_by_agent(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,16 @@ def build(
     filesystem and import it), or ``auto`` (online, falling back to offline when the base
     image cannot be pulled). Returns the tag.
     """
+    with _build_lock:  # many agents starting at once must not build the image many times
+        return _build(client, name, mode, progress, force, directory)
+
+
+_build_lock = threading.Lock()
+
+
+def _build(
+    client: Any, name: str, mode: str, progress: Progress, force: bool, directory: Path | None
+) -> str:
     import docker.errors
 
     directory = directory or sandboxes_dir() / name
