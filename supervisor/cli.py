@@ -146,6 +146,8 @@ def config_show(as_json: bool) -> None:
         value = loaded.values[key]
         source = loaded.sources[key]
         click.echo(f"{key} = {json.dumps(value)}  # {source}; {setting.help}")
+    for key in sorted(set(loaded.values) - set(cfg.SETTINGS)):
+        click.echo(f"{key} = {json.dumps(loaded.values[key])}  # {loaded.sources[key]}")
 
 
 @config.command("set")

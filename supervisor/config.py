@@ -58,8 +58,53 @@ SETTINGS: dict[str, Setting] = {
         Setting("budget.run_usd", float, 0.0, "Default spend limit per run (0: none)."),
         Setting("budget.agent_usd", float, 0.0, "Default spend limit per agent (0: none)."),
         Setting("plugins.disabled", list, [], "Plugin names never to load."),
+        Setting("agent.max_steps", int, 100, "Default step limit per agent."),
+        Setting("agent.max_wall_s", float, 0.0, "Default wall-time limit per agent (0: none)."),
+        Setting("agent.max_tokens", int, 0, "Default token limit per agent (0: none)."),
+        Setting("model.max_concurrent", int, 64, "Model calls in flight at once, all models."),
+        Setting("model.retries", int, 6, "Retries of a failed model call (429, 5xx, stalls)."),
+        Setting("model.stall_timeout_s", float, 60.0, "Abort a stream silent this long."),
+        Setting(
+            "policy.ask",
+            list,
+            ["shell:git push*"],
+            "Tool calls that wait for a person's approval (tool or tool:command-glob).",
+        ),
+        Setting(
+            "policy.deny",
+            list,
+            ["shell:rm -rf /", "shell:rm -rf /*", "shell:rm -rf ~*"],
+            "Tool calls refused outright (tool or tool:command-glob).",
+        ),
     ]
 }
+
+# Tables of settings keyed by a name the user chooses: `models.<alias>.<field>`.
+TABLES: dict[str, dict[str, tuple[type, str]]] = {
+    "models": {
+        "model": (str, "litellm model string, e.g. hosted_vllm/Qwen3-VL-8B"),
+        "api_base": (str, "base URL of an OpenAI-compatible server"),
+        "api_key_env": (str, "environment variable holding the API key"),
+        "input_per_mtok": (float, "price in USD per million input tokens"),
+        "output_per_mtok": (float, "price in USD per million output tokens"),
+        "context_window": (int, "context window in tokens"),
+        "max_concurrent": (int, "calls in flight at once to this model"),
+        "rpm": (int, "requests per minute to this model"),
+    }
+}
+
+
+def setting_for(key: str) -> Setting | None:
+    """The declared setting for ``key``, including table entries like models.x.api_base."""
+    if key in SETTINGS:
+        return SETTINGS[key]
+    table, _, rest = key.partition(".")
+    name, _, field_name = rest.rpartition(".")
+    fields = TABLES.get(table)
+    if fields and name and field_name in fields:
+        t, help_text = fields[field_name]
+        return Setting(key, t, None, help_text)
+    return None
 
 
 def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -161,7 +206,7 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in table.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted not in SETTINGS:
+        if isinstance(value, dict) and setting_for(dotted) is None:
             flat.update(_flatten(value, dotted + "."))
         else:
             flat[dotted] = value
@@ -182,7 +227,7 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
     for key, value in _flatten(table).items():
-        setting = SETTINGS.get(key)
+        setting = setting_for(key)
         if setting is None:
             raise ConfigError(f"{path}: unknown setting {key!r}{_suggest(key)}")
         values[key] = coerce(setting, value, str(path))
@@ -245,7 +290,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
 
 def set_value(key: str, text: str, environ: Mapping[str, str] | None = None) -> Any:
     """Parse ``text`` for ``key`` and store it in the config file; returns the value."""
-    setting = SETTINGS.get(key)
+    setting = setting_for(key)
     if setting is None:
         raise ConfigError(f"unknown setting {key!r}{_suggest(key)}")
     value = coerce(setting, text, "value")
@@ -258,7 +303,7 @@ def set_value(key: str, text: str, environ: Mapping[str, str] | None = None) -> 
 
 def unset_value(key: str, environ: Mapping[str, str] | None = None) -> bool:
     """Remove ``key`` from the config file; returns whether it was there."""
-    if key not in SETTINGS:
+    if setting_for(key) is None:
         raise ConfigError(f"unknown setting {key!r}{_suggest(key)}")
     path = config_path(environ)
     current = read_file(path)
