@@ -34,6 +34,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "supervisor.checks",
     "supervisor.sandbox.docker",
     "supervisor.sandbox.local",
+    "supervisor.tools.builtin",
+    "supervisor.tools.team",
 )
 
 ENTRY_POINT_GROUP = "supervisor"

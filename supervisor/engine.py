@@ -1,0 +1,666 @@
+"""The engine: runs agents, routes their events, keeps budgets, answers and approvals.
+
+Every event goes one way: redacted → the store (batched) → ``on_event`` plugins → live
+listeners (the CLI printing a run, later the server streaming to clients). Agents run as
+asyncio tasks; one slow model or sandbox never blocks the others. Questions and approvals
+park an agent until a person answers — in this process (:meth:`answer`, :meth:`resolve`)
+or from another one (``supervisor answer``), which writes the answer as an event that the
+engine picks up from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor import config
+from supervisor.agent import Agent, Limits, Policy
+from supervisor.events import Event, EventType
+from supervisor.models import Completion, ModelClient, ModelRegistry, check_usable
+from supervisor.plugins import Plugins
+from supervisor.redact import Redactor
+from supervisor.sandbox.base import Sandbox, SandboxSpec
+from supervisor.store import Store
+from supervisor.types import ModelSpec, Tool, ToolCall
+
+Listener = Callable[[Event], None]
+DELTA_FLUSH_CHARS = 256
+DELTA_FLUSH_S = 0.05
+DEFAULT_CONTEXT = 128_000
+
+
+@dataclass
+class RunOptions:
+    task: str
+    model: str = ""
+    workspace: Path | None = None
+    sandbox: str = ""
+    agents: int = 1
+    network: bool = False
+    max_cost_usd: float = 0.0
+    max_steps: int = 0
+    keep_sandboxes: bool = False
+    title: str = ""
+
+
+class _DeltaStream:
+    """Batches text deltas into a few events a second instead of one per token."""
+
+    def __init__(self, engine: Engine, agent: Agent) -> None:
+        self.engine, self.agent = engine, agent
+        self.parts: list[str] = []
+        self.size = 0
+        self.since = 0.0
+
+    def add(self, text: str) -> None:
+        if not self.parts:
+            self.since = time.monotonic()
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size >= DELTA_FLUSH_CHARS or time.monotonic() - self.since >= DELTA_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.engine.emit(EventType.MESSAGE_DELTA, self.agent, {"delta": "".join(self.parts)})
+            self.parts, self.size = [], 0
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        plugins: Plugins,
+        *,
+        models: ModelClient | None = None,
+        settings: dict[str, Any] | None = None,
+        redactor: Redactor | None = None,
+        sandbox_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.plugins = plugins
+        self._settings_from_config = settings is None
+        self.settings = settings if settings is not None else config.load().values
+        self.models = models or ModelClient(
+            ModelRegistry.load(),
+            max_concurrent=self.settings["model.max_concurrent"],
+            retries=self.settings["model.retries"],
+            stall_timeout_s=self.settings["model.stall_timeout_s"],
+        )
+        self.redactor = redactor or Redactor.from_environment()
+        self.tools: dict[str, Tool] = {t.name: t for _, t in plugins.collect("register_tools")}
+        self.backends = {b.name: b for _, b in plugins.collect("register_sandboxes")}
+        self.sandbox_kwargs = sandbox_kwargs or {}
+        self.agents: dict[str, Agent] = {}
+        self.tasks: dict[str, asyncio.Task[str]] = {}
+        self.runs: dict[str, RunOptions] = {}
+        self._pending: dict[str, asyncio.Future[str]] = {}  # agent id -> answer or verdict
+        self._listeners: list[Listener] = []
+        self._done: dict[str, asyncio.Event] = {}
+        self._policies: dict[str, Policy] = {}
+        self._spent_today = self._spent_since(_start_of_day())
+        self._poller: asyncio.Task[None] | None = None
+        self._last_seen_event = 0
+        self._releasing: set[asyncio.Task[None]] = set()
+        self.data_dir = store.path.parent
+
+    # -- events
+
+    def listen(self, fn: Listener) -> Callable[[], None]:
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn)
+
+    def emit(
+        self,
+        type: str,
+        agent: Agent | None,
+        data: dict[str, Any],
+        text: str = "",
+        run_id: str | None = None,
+    ) -> Event:
+        event = Event(
+            type=type,
+            run_id=agent.run_id if agent else run_id,
+            agent_id=agent.id if agent else None,
+            data=self.redactor.value(data),
+            text=self.redactor.text(text),
+        )
+        self.store.append(event)
+        self.plugins.call("on_event", event=event)
+        for listener in list(self._listeners):
+            listener(event)
+        return event
+
+    def delta_stream(self, agent: Agent) -> _DeltaStream:
+        return _DeltaStream(self, agent)
+
+    # -- runs and agents
+
+    async def start_run(self, options: RunOptions) -> str:
+        """Create a run and start its agents; returns the run id."""
+        model = self.models.registry.resolve(options.model or self.settings["model"])
+        check_usable(model)
+        backend = options.sandbox or self.settings["sandbox.backend"]
+        if backend not in self.backends:
+            from supervisor.errors import InputError
+
+            raise InputError(
+                f"unknown sandbox backend {backend!r} (have: {', '.join(sorted(self.backends))})"
+            )
+        if options.workspace is not None:
+            from supervisor.sandbox.workspace import check
+
+            options.workspace = check(options.workspace)
+        run_id = _new_id("run")
+        self.runs[run_id] = options
+        self._policies[run_id] = Policy(
+            ask=list(self.settings["policy.ask"]), deny=list(self.settings["policy.deny"])
+        )
+        self._done[run_id] = asyncio.Event()
+        now = time.time()
+        row = {
+            "id": run_id,
+            "title": options.title or options.task[:200],
+            "kind": "task",
+            "workspace": str(options.workspace or ""),
+            "status": "running",
+            "created_at": now,
+            "updated_at": now,
+            "budget_usd": options.max_cost_usd or self.settings["budget.run_usd"] or None,
+            "params": json.dumps(
+                {
+                    "model": model.alias,
+                    "agents": options.agents,
+                    "sandbox": backend,
+                    "network": options.network,
+                }
+            ),
+        }
+        self.store.write(lambda db: db.table("runs").insert(self.redactor.value(row)))
+        self.emit(
+            EventType.RUN_CREATED,
+            None,
+            {"title": row["title"], "agents": options.agents},
+            options.task,
+            run_id=run_id,
+        )
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll_answers())
+        for i in range(options.agents):
+            name = "agent" if options.agents == 1 else f"agent-{i + 1}"
+            await self._start_agent(run_id, options.task, name, model, backend, parent=None)
+        return run_id
+
+    async def spawn(
+        self,
+        parent: Agent,
+        task: str,
+        *,
+        name: str | None = None,
+        model: str | None = None,
+        sandbox: str | None = None,
+    ) -> Agent:
+        spec = self.models.registry.resolve(model) if model else parent.model
+        check_usable(spec)
+        count = len(self.children(parent)) + 1
+        return await self._start_agent(
+            parent.run_id,
+            task,
+            name or f"{parent.name}.{count}",
+            spec,
+            sandbox or parent.sandbox.backend,
+            parent=parent,
+        )
+
+    async def _start_agent(
+        self,
+        run_id: str,
+        task: str,
+        name: str,
+        model: ModelSpec,
+        backend: str,
+        parent: Agent | None,
+    ) -> Agent:
+        options = self.runs[run_id]
+        agent_id = _new_id(_slug(name))
+        spec = SandboxSpec(
+            run_id=run_id,
+            agent_id=agent_id,
+            workspace=options.workspace,
+            network=options.network,
+            memory=self.settings["sandbox.memory"],
+            cpus=self.settings["sandbox.cpus"],
+            pids=self.settings["sandbox.pids"],
+            image=self.settings["sandbox.image"],
+            env=self._sandbox_env(),
+        )
+        sandbox: Sandbox = self.backends[backend].factory(
+            spec, **self.sandbox_kwargs.get(backend, {})
+        )
+        limits = Limits(
+            max_steps=options.max_steps or self.settings["agent.max_steps"],
+            max_tokens=self.settings["agent.max_tokens"],
+            max_cost_usd=self.settings["budget.agent_usd"],
+            max_wall_s=self.settings["agent.max_wall_s"],
+        )
+        agent = Agent(
+            self,
+            id=agent_id,
+            run_id=run_id,
+            name=name,
+            task=task,
+            model=model,
+            sandbox=sandbox,
+            tools=dict(self.tools),
+            limits=limits,
+            policy=self._policies[run_id],
+            role="lead" if parent is None and options.agents == 1 else "worker",
+            parent_id=parent.id if parent else None,
+            scope_key=options.workspace.name if options.workspace else "",
+        )
+        self.agents[agent_id] = agent
+        now = time.time()
+        row = {
+            "id": agent_id,
+            "run_id": run_id,
+            "parent_id": agent.parent_id,
+            "name": name,
+            "role": agent.role,
+            "task": task,
+            "model": model.alias,
+            "sandbox": backend,
+            "status": "starting",
+            "created_at": now,
+            "updated_at": now,
+        }
+        self.store.write(lambda db: db.table("agents").insert(self.redactor.value(row)))
+        self.emit(
+            EventType.AGENT_CREATED,
+            agent,
+            {"name": name, "parent_id": agent.parent_id, "model": model.alias, "sandbox": backend},
+            task,
+        )
+        self.tasks[agent_id] = asyncio.get_running_loop().create_task(self._run_agent(agent))
+        return agent
+
+    async def _run_agent(self, agent: Agent) -> str:
+        try:
+            agent.set_status("starting", "starting its sandbox")
+            await agent.sandbox.start()
+            sandbox_id = agent.sandbox.id
+            self.store.write(
+                lambda db: db.table("agents").update(agent.id, {"sandbox_id": sandbox_id})
+            )
+        except Exception as exc:
+            agent.summary = f"sandbox failed to start: {exc}"
+            agent.status = "failed"
+            self.agent_finished(agent, "failed")
+            return "failed"
+        return await agent.run()
+
+    def _sandbox_env(self) -> dict[str, str]:
+        import os
+
+        return {k: os.environ[k] for k in self.settings["sandbox.env_allow"] if k in os.environ}
+
+    def agent_status(self, agent: Agent, status: str, doing: str) -> None:
+        values = {
+            "status": status,
+            "doing": self.redactor.text(doing)[:200],
+            "steps": agent.steps,
+            "updated_at": time.time(),
+        }
+        self.store.write(lambda db: db.table("agents").update(agent.id, values))
+        self.emit(EventType.AGENT_STATUS, agent, {"status": status, "doing": doing})
+
+    def agent_finished(self, agent: Agent, status: str) -> None:
+        now = time.time()
+        values = {
+            "status": status,
+            "summary": self.redactor.text(agent.summary),
+            "steps": agent.steps,
+            "finished_at": now,
+            "updated_at": now,
+            "doing": "",
+        }
+        self.store.write(lambda db: db.table("agents").update(agent.id, values))
+        self.emit(
+            EventType.AGENT_STATUS,
+            agent,
+            {"status": status, "summary": agent.summary},
+            agent.summary,
+        )
+        options = self.runs.get(agent.run_id)
+        if options is not None and not options.keep_sandboxes:
+            task = asyncio.get_running_loop().create_task(self._release(agent))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+        self._check_run_done(agent.run_id)
+
+    async def _release(self, agent: Agent) -> None:
+        with contextlib.suppress(Exception):
+            await agent.sandbox.destroy()
+
+    def _check_run_done(self, run_id: str) -> None:
+        members = [a for a in self.agents.values() if a.run_id == run_id]
+        if any(a.status not in ("done", "failed", "stopped") for a in members):
+            return
+        status = (
+            "done"
+            if all(a.status == "done" for a in members)
+            else "failed"
+            if any(a.status == "failed" for a in members)
+            else "stopped"
+        )
+        now = time.time()
+        self.store.write(
+            lambda db: db.table("runs").update(
+                run_id, {"status": status, "finished_at": now, "updated_at": now}
+            )
+        )
+        self.emit(EventType.RUN_STATUS, None, {"status": status}, run_id=run_id)
+        self._done[run_id].set()
+
+    async def wait_run(self, run_id: str) -> str:
+        await self._done[run_id].wait()
+        # Sandboxes are released in the background; let them go before the caller exits.
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+        row = self.store.db.table("runs").get(run_id) if self.store.flush(10) else {}
+        return str(row.get("status", "done"))
+
+    async def stop_run(self, run_id: str) -> None:
+        for agent_id, task in list(self.tasks.items()):
+            if self.agents[agent_id].run_id == run_id and not task.done():
+                task.cancel()
+        await asyncio.gather(
+            *(t for a, t in self.tasks.items() if self.agents[a].run_id == run_id),
+            return_exceptions=True,
+        )
+
+    def children(self, lead: Agent) -> list[Agent]:
+        return [a for a in self.agents.values() if a.parent_id == lead.id]
+
+    def find_agent(self, key: str) -> Agent | None:
+        for agent in self.agents.values():
+            if key in (agent.id, agent.name):
+                return agent
+        return None
+
+    async def wait_agents(self, waiter: Agent, team: list[Agent], timeout: float) -> list[Agent]:
+        waiter.set_status("running", f"waiting for {len(team)} agents")
+        tasks = [self.tasks[a.id] for a in team]
+        await asyncio.wait(tasks, timeout=timeout)
+        return team
+
+    # -- people: questions and approvals
+
+    async def ask_human(self, agent: Agent, question: str) -> str:
+        agent.set_status("waiting", f"question: {question[:150]}")
+        self.emit(EventType.HUMAN_ASKED, agent, {"question": question}, question)
+        answer = await self._park(agent)
+        agent.set_status("running", "read the answer")
+        return answer
+
+    async def ask_approval(self, agent: Agent, call: ToolCall, pattern: str) -> str:
+        agent.set_status("waiting", f"approval: {call.name} {json.dumps(call.arguments)[:120]}")
+        self.emit(
+            EventType.APPROVAL_ASKED,
+            agent,
+            {
+                "call_id": call.id,
+                "tool": call.name,
+                "arguments": call.arguments,
+                "pattern": pattern,
+            },
+            f"{call.name} {json.dumps(call.arguments)}",
+        )
+        verdict = await self._park(agent)
+        if verdict == "always":
+            agent.policy.always.append(pattern)
+        agent.set_status("running", "approval received")
+        return "deny" if verdict == "deny" else "approve"
+
+    async def _park(self, agent: Agent) -> str:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending[agent.id] = future
+        try:
+            return await future
+        finally:
+            self._pending.pop(agent.id, None)
+
+    def answer(self, agent_id: str, text: str) -> bool:
+        """Answer an agent's question (or give an approval verdict); False if none waits."""
+        future = self._pending.get(agent_id)
+        if future is None or future.done():
+            return False
+        agent = self.agents[agent_id]
+        kind = EventType.HUMAN_ANSWERED
+        self.emit(kind, agent, {"answer": text, "handled": True}, text)
+        future.set_result(text)
+        return True
+
+    def waiting(self) -> list[Agent]:
+        return [self.agents[a] for a in self._pending]
+
+    async def _poll_answers(self) -> None:
+        """Pick up answers written to the store by other processes (``supervisor answer``)."""
+        self.store.flush()
+        row = self.store.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+        self._last_seen_event = row[0]
+        while True:
+            await asyncio.sleep(0.3)
+            if not self._pending:
+                continue
+            rows = self.store.db.execute(
+                "SELECT id, agent_id, data FROM events WHERE id > ? AND type = ? ORDER BY id",
+                [self._last_seen_event, str(EventType.HUMAN_ANSWERED)],
+            ).fetchall()
+            for event_id, agent_id, data in rows:
+                self._last_seen_event = max(self._last_seen_event, event_id)
+                payload = json.loads(data or "{}")
+                future = self._pending.get(agent_id)
+                if payload.get("handled") or future is None or future.done():
+                    continue
+                future.set_result(str(payload.get("answer", "")))
+
+    # -- money
+
+    def record_cost(self, agent: Agent, completion: Completion) -> None:
+        self._spent_today += completion.cost_usd
+        row = {
+            "ts": time.time(),
+            "run_id": agent.run_id,
+            "agent_id": agent.id,
+            "model": completion.model,
+            "input_tokens": completion.input_tokens,
+            "output_tokens": completion.output_tokens,
+            "cost_usd": completion.cost_usd,
+        }
+        values = {
+            "input_tokens": agent.input_tokens,
+            "output_tokens": agent.output_tokens,
+            "cost_usd": agent.cost_usd,
+            "steps": agent.steps,
+        }
+        cost = completion.cost_usd
+
+        def write(db: Any) -> None:
+            db.table("costs").insert(row)
+            db.table("agents").update(agent.id, values)
+            db.execute(
+                "UPDATE runs SET cost_usd = coalesce(cost_usd, 0) + ? WHERE id = ?",
+                [cost, agent.run_id],
+            )
+
+        self.store.write(write)
+        self.emit(
+            EventType.COST,
+            agent,
+            {
+                "model": completion.model,
+                "cost_usd": cost,
+                "input_tokens": completion.input_tokens,
+                "output_tokens": completion.output_tokens,
+                "agent_cost_usd": agent.cost_usd,
+            },
+        )
+
+    def _spent_since(self, since: float) -> float:
+        self.store.flush()
+        row = self.store.db.execute(
+            "SELECT coalesce(sum(cost_usd), 0) FROM costs WHERE ts >= ?", [since]
+        ).fetchone()
+        return float(row[0])
+
+    def over_budget(self, agent: Agent) -> str:
+        """Why the agent may not spend more now ('' if it may), with the way to raise it."""
+        self.store.flush()
+        agent_row = self.store.db.table("agents").get(agent.id)
+        agent_limit = agent_row.get("budget_usd") or agent.limits.max_cost_usd
+        if agent_limit and agent.cost_usd >= agent_limit:
+            return (
+                f"agent budget ${agent_limit:g} reached; raise it with "
+                f"`supervisor budget agent {agent.id} USD`"
+            )
+        run_row = self.store.db.table("runs").get(agent.run_id)
+        run_limit = run_row.get("budget_usd") or 0.0
+        if run_limit and (run_row.get("cost_usd") or 0.0) >= run_limit:
+            return (
+                f"run budget ${run_limit:g} reached; raise it with "
+                f"`supervisor budget run {agent.run_id} USD`"
+            )
+        daily = float(self.settings["budget.daily_usd"])
+        if daily and self._spent_today >= daily and self._settings_from_config:
+            # The person may have raised the limit since the engine started: look again.
+            with contextlib.suppress(Exception):
+                daily = float(config.load()["budget.daily_usd"])
+                self.settings["budget.daily_usd"] = daily
+        if daily and self._spent_today >= daily:
+            return (
+                f"daily fleet budget ${daily:g} reached; raise it with "
+                "`supervisor config set budget.daily_usd USD`"
+            )
+        return ""
+
+    async def wait_within_budget(self, agent: Agent) -> None:
+        """Pause (status ``paused``, no model calls) while a budget is exhausted."""
+        reason = self.over_budget(agent)
+        if not reason:
+            return
+        agent.set_status("paused", reason)
+        while reason:
+            await asyncio.sleep(1.0)
+            if _start_of_day() > time.time() - 1.5:
+                self._spent_today = self._spent_since(_start_of_day())
+            reason = self.over_budget(agent)
+        agent.set_status("running", "budget raised")
+
+    # -- memory, artifacts
+
+    async def remember(self, agent: Agent, body: str, scope: str) -> int:
+        key = {"project": agent.scope_key, "global": ""}.get(scope, agent.scope_key)
+        row = {
+            "scope": scope,
+            "scope_key": key,
+            "body": self.redactor.text(body),
+            "run_id": agent.run_id,
+            "agent_id": agent.id,
+            "created_at": time.time(),
+        }
+        note_id = await asyncio.wrap_future(
+            self.store.write(lambda db: db.table("notes").insert(row).last_pk)
+        )
+        self.emit(EventType.NOTE_WRITTEN, agent, {"note_id": note_id, "scope": scope}, body)
+        return int(note_id)
+
+    async def forget(self, agent: Agent, note_id: int) -> bool:
+        def delete(db: Any) -> bool:
+            cursor = db.execute("DELETE FROM notes WHERE id = ?", [note_id])
+            return bool(cursor.rowcount)
+
+        return bool(await asyncio.wrap_future(self.store.write(delete)))
+
+    def recall(self, query: str, scope_key: str, limit: int = 5) -> list[dict[str, Any]]:
+        """Notes most relevant to ``query``: global ones and this project's."""
+        words = [w for w in re.findall(r"[A-Za-z0-9_]{3,}", query.lower())][:40]
+        if not words:
+            return []
+        self.store.flush()
+        match = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+        sql = (
+            "SELECT notes.id, notes.scope, notes.body FROM notes JOIN notes_fts "
+            "ON notes.id = notes_fts.rowid WHERE notes_fts MATCH ? AND "
+            "(notes.scope = 'global' OR notes.scope_key = ?) ORDER BY rank LIMIT ?"
+        )
+        return [dict(r) for r in self.store.db.query(sql, [match, scope_key, limit])]
+
+    def save_artifact(self, agent: Agent, kind: str, name: str, text: str) -> Path:
+        folder = self.data_dir / "runs" / agent.run_id / f"{kind}s"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{agent.name}-{_slug(name)}"
+        clean = self.redactor.text(text)
+        path.write_text(clean)
+        row = {
+            "run_id": agent.run_id,
+            "agent_id": agent.id,
+            "kind": kind,
+            "name": name,
+            "path": str(path),
+            "mime": "text/markdown" if kind == "report" else "text/plain",
+            "size": len(clean.encode()),
+            "content": clean if len(clean) < 100_000 else None,
+            "created_at": time.time(),
+        }
+        self.store.write(lambda db: db.table("artifacts").insert(row))
+        self.emit(
+            EventType.ARTIFACT,
+            agent,
+            {"kind": kind, "name": name, "path": str(path)},
+            clean[:2000] if kind == "report" else "",
+        )
+        return path
+
+    def context_window(self, spec: ModelSpec) -> int:
+        if spec.context_window:
+            return spec.context_window
+        from supervisor.models import litellm
+
+        try:
+            info = litellm().get_model_info(spec.model)
+            return int(info.get("max_input_tokens") or DEFAULT_CONTEXT)
+        except Exception:
+            return DEFAULT_CONTEXT
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(
+            *(self._release(a) for a in self.agents.values()), return_exceptions=True
+        )
+        self.store.flush()
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")[:40] or "x"
+
+
+def _start_of_day() -> float:
+    today = datetime.datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    return today.timestamp()
