@@ -309,6 +309,572 @@ def agent_apply(name: str, repo: Path | None, as_patch: bool) -> None:
     click.echo(message)
 
 
+# -- agents at work
+
+
+def _open_store() -> Any:
+    from supervisor.store import open_default
+
+    return open_default()
+
+
+@cli.command()
+@click.argument("task")
+@click.option("-m", "--model", default="", help="Model: a litellm model string or an alias.")
+@click.option(
+    "-w",
+    "--workspace",
+    type=click.Path(path_type=Path),
+    help="Folder or git repo the agents start from (copied; a repo is cloned).",
+)
+@click.option("--sandbox", default="", help="Sandbox backend: docker (default) or local.")
+@click.option(
+    "-n",
+    "--agents",
+    type=click.IntRange(1, 1000),
+    default=1,
+    help="How many agents work the task in parallel.",
+)
+@click.option("--network", is_flag=True, help="Give the sandboxes network access.")
+@click.option("--max-cost", type=float, default=0.0, help="Spend limit for this run, USD.")
+@click.option("--max-steps", type=int, default=0, help="Step limit per agent.")
+@click.option("--keep-sandboxes", is_flag=True, help="Keep sandboxes after the run ends.")
+@click.option("--foreground", is_flag=True, help="Run in this process (agents stop when it exits).")
+def run(
+    task: str,
+    model: str,
+    workspace: Path | None,
+    sandbox: str,
+    agents: int,
+    network: bool,
+    max_cost: float,
+    max_steps: int,
+    keep_sandboxes: bool,
+    foreground: bool,
+) -> None:
+    """Start agents on TASK and stream their work here.
+
+    Exit code: 0 when every agent finished the task, 1 when one failed, 3 when a limit
+    stopped them, 130 when interrupted (Ctrl-C stops the run).
+    """
+    import asyncio
+
+    from supervisor.engine import RunOptions
+
+    options = RunOptions(
+        task=task,
+        model=model,
+        workspace=workspace,
+        sandbox=sandbox,
+        agents=agents,
+        network=network,
+        max_cost_usd=max_cost,
+        max_steps=max_steps,
+        keep_sandboxes=keep_sandboxes,
+    )
+    sys.exit(asyncio.run(_run_foreground(options)))
+
+
+async def _run_foreground(options: Any) -> int:
+    import asyncio
+    import signal
+
+    from supervisor.engine import Engine
+    from supervisor.events import EventType
+    from supervisor.plugins import get_plugins
+    from supervisor.render import Printer
+
+    store = _open_store()
+    engine = Engine(store, get_plugins())
+    printer = Printer(show_names=options.agents > 1)
+    interactive = sys.stdin.isatty()
+    questions: asyncio.Queue[Any] = asyncio.Queue()
+
+    def on_event(event: Any) -> None:
+        printer(event)
+        if event.type in (EventType.HUMAN_ASKED, EventType.APPROVAL_ASKED):
+            questions.put_nowait(event)
+
+    engine.listen(on_event)
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    try:
+        run_id = await engine.start_run(options)
+        click.echo(
+            click.style(
+                f"run {run_id} started; follow it elsewhere with "
+                f"`supervisor agents ls --run {run_id}`",
+                dim=True,
+            ),
+            err=True,
+        )
+        answering = loop.create_task(_answer_loop(engine, questions, interactive))
+        done = loop.create_task(engine.wait_run(run_id))
+        stop = loop.create_task(interrupted.wait())
+        await asyncio.wait([done, stop], return_when=asyncio.FIRST_COMPLETED)
+        answering.cancel()
+        if stop.done() and not done.done():
+            printer.finish()
+            click.echo(click.style("interrupted: stopping the run", fg="yellow"), err=True)
+            await engine.stop_run(run_id)
+            status = await engine.wait_run(run_id)
+            code = 130
+        else:
+            stop.cancel()
+            status = done.result()
+            code = {"done": 0, "failed": 1}.get(status, 3)
+        printer.finish()
+        row = store.db.table("runs").get(run_id)
+        click.echo(f"run {run_id}: {status}, cost ${row.get('cost_usd') or 0:.4f}", err=True)
+        return code
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        await engine.close()
+        store.close()
+
+
+async def _answer_loop(engine: Any, questions: Any, interactive: bool) -> None:
+    """Answer questions and approvals at this terminal (or say how from another)."""
+    import asyncio
+
+    from supervisor.events import EventType
+
+    while True:
+        event = await questions.get()
+        name = engine.agents[event.agent_id].name
+        if not interactive:
+            verb = "answer" if event.type == EventType.HUMAN_ASKED else "approve"
+            click.echo(f"  reply with: supervisor {verb} {event.agent_id} ...", err=True)
+            continue
+        if event.type == EventType.HUMAN_ASKED:
+            prompt = f"answer for {name}> "
+        else:
+            prompt = f"allow this call for {name}? [y]es / [n]o / [a]lways> "
+        text = (await asyncio.to_thread(input, prompt)).strip()
+        if event.type == EventType.APPROVAL_ASKED:
+            text = {"y": "approve", "yes": "approve", "a": "always", "always": "always"}.get(
+                text.lower(), "deny"
+            )
+        engine.answer(event.agent_id, text)
+
+
+@cli.command()
+@click.argument("agent")
+@click.argument("text")
+def answer(agent: str, text: str) -> None:
+    """Answer AGENT's question (it waits in state `waiting`)."""
+    _send_answer(agent, text)
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("--deny", "verdict", flag_value="deny", help="Refuse the call.")
+@click.option(
+    "--always",
+    "verdict",
+    flag_value="always",
+    help="Allow it, and calls matching the same pattern from now on.",
+)
+def approve(agent: str, verdict: str | None) -> None:
+    """Approve (or --deny) the tool call AGENT waits on."""
+    _send_answer(agent, verdict or "approve")
+
+
+def _send_answer(agent: str, text: str) -> None:
+    from supervisor.events import Event, EventType
+
+    store = _open_store()
+    try:
+        row = _find_agent_row(store, agent)
+        if row["status"] != "waiting":
+            raise InputError(
+                f"agent {row['name']} ({row['id']}) is not waiting (it is {row['status']})"
+            )
+        store.append(
+            Event(
+                type=EventType.HUMAN_ANSWERED,
+                run_id=row["run_id"],
+                agent_id=row["id"],
+                data={"answer": text},
+                text=text,
+            )
+        )
+        store.flush()
+        click.echo(f"sent to {row['name']}")
+    finally:
+        store.close()
+
+
+def _find_agent_row(store: Any, key: str) -> dict[str, Any]:
+    rows = list(
+        store.db.query(
+            "SELECT * FROM agents WHERE id = ? OR name = ? ORDER BY created_at DESC LIMIT 1",
+            [key, key],
+        )
+    )
+    if not rows:
+        raise InputError(f"no agent {key!r} (see `supervisor agents ls`)")
+    return dict(rows[0])
+
+
+@cli.group()
+def agents() -> None:
+    """List agents."""
+
+
+@agents.command("ls")
+@click.option("--run", "run_id", default=None, help="Only this run's agents.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def agents_ls(run_id: str | None, as_json: bool) -> None:
+    """Every agent: run, status, what it does now, steps, tokens, cost; workers under leads."""
+    import time
+
+    store = _open_store()
+    try:
+        where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+        rows = [
+            dict(r)
+            for r in store.db.query(f"SELECT * FROM agents {where} ORDER BY created_at", args)
+        ]
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no agents")
+        return
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for r in rows:
+        children.setdefault(r["parent_id"], []).append(r)
+    click.echo(
+        f"{'AGENT':28} {'RUN':12} {'STATUS':9} {'STEPS':>5} {'TOKENS':>8} {'COST':>9} "
+        f"{'AGE':>6}  DOING"
+    )
+
+    def show(r: dict[str, Any], depth: int) -> None:
+        tokens = (r["input_tokens"] or 0) + (r["output_tokens"] or 0)
+        age = _age((r["finished_at"] or time.time()) - r["created_at"])
+        name = ("  " * depth + ("└ " if depth else "") + r["name"])[:28]
+        doing = r["summary"] if r["status"] in ("done", "failed", "stopped") else r["doing"]
+        click.echo(
+            f"{name:28} {r['run_id'][:12]:12} {r['status']:9} {r['steps'] or 0:>5} "
+            f"{tokens:>8} ${r['cost_usd'] or 0:>8.4f} {age:>6}  {(doing or '')[:60]}"
+        )
+        for child in children.get(r["id"], []):
+            show(child, depth + 1)
+
+    for r in children.get(None, []):
+        show(r, 0)
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until it ends.")
+def logs(agent: str, follow: bool) -> None:
+    """Print AGENT's work: its text, tool calls and results, status changes."""
+    import time
+
+    from supervisor.render import Printer
+
+    store = _open_store()
+    try:
+        row = _find_agent_row(store, agent)
+        printer = Printer(names={row["id"]: row["name"]}, show_names=False)
+        last = 0
+        while True:
+            for event in store.events(agent_id=row["id"], after=last):
+                printer(event)
+                last = event.id or last
+            if not follow:
+                break
+            status = store.db.table("agents").get(row["id"])["status"]
+            if status in ("done", "failed", "stopped"):
+                for event in store.events(agent_id=row["id"], after=last):
+                    printer(event)
+                break
+            time.sleep(0.3)
+        printer.finish()
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("--format", "fmt", type=click.Choice(["md", "jsonl"]), default="md")
+def transcript(agent: str, fmt: str) -> None:
+    """AGENT's whole transcript, as Markdown or JSON lines (one event a line)."""
+    from supervisor.events import EventType
+
+    store = _open_store()
+    try:
+        row = _find_agent_row(store, agent)
+        events = list(store.events(agent_id=row["id"]))
+    finally:
+        store.close()
+    if fmt == "jsonl":
+        for e in events:
+            click.echo(
+                json.dumps({"id": e.id, "ts": e.ts, "type": e.type, "data": e.data, "text": e.text})
+            )
+        return
+    click.echo(
+        f"# {row['name']} ({row['id']})\n\n**Task:** {row['task']}\n\n"
+        f"**Model:** {row['model']} · **Status:** {row['status']} · "
+        f"**Cost:** ${row['cost_usd'] or 0:.4f}\n"
+    )
+    for e in events:
+        if e.type == EventType.MESSAGE:
+            click.echo(f"{e.text}\n")
+        elif e.type == EventType.TOOL_STARTED:
+            args = json.dumps(e.data.get("arguments", {}), indent=2)
+            click.echo(f"**→ {e.data.get('tool')}**\n\n```json\n{args}\n```\n")
+        elif e.type == EventType.TOOL_FINISHED and e.text:
+            click.echo(f"```\n{e.text}\n```\n")
+        elif e.type in (EventType.HUMAN_ASKED, EventType.HUMAN_ANSWERED):
+            who = "Question" if e.type == EventType.HUMAN_ASKED else "Answer"
+            click.echo(f"> **{who}:** {e.text}\n")
+    if row["summary"]:
+        click.echo(f"**Result:** {row['summary']}")
+
+
+@cli.group()
+def notes() -> None:
+    """Memory notes agents write and recall (full-text searched)."""
+
+
+def _print_notes(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("no notes")
+    for r in rows:
+        key = f":{r['scope_key']}" if r.get("scope_key") else ""
+        click.echo(f"[{r['id']}] ({r['scope']}{key}) {r['body']}")
+
+
+@notes.command("ls")
+@click.option("--scope", default=None, help="global, project, host or recipe")
+def notes_ls(scope: str | None) -> None:
+    """List notes, newest first."""
+    store = _open_store()
+    try:
+        where, args = ("scope = ?", [scope]) if scope else (None, None)
+        _print_notes(list(store.db.table("notes").rows_where(where, args, order_by="id desc")))
+    finally:
+        store.close()
+
+
+@notes.command("search")
+@click.argument("query")
+def notes_search(query: str) -> None:
+    """Full-text search over notes, most relevant first."""
+    store = _open_store()
+    try:
+        _print_notes(store.search_notes(query))
+    finally:
+        store.close()
+
+
+@notes.command("add")
+@click.argument("text")
+@click.option(
+    "--scope", type=click.Choice(["global", "project", "host", "recipe"]), default="global"
+)
+@click.option("--key", default="", help="Which project, host or recipe (scope other than global).")
+def notes_add(text: str, scope: str, key: str) -> None:
+    """Add a note agents will recall."""
+    import time
+
+    store = _open_store()
+    try:
+        note_id = store.write(
+            lambda db: (
+                db.table("notes")
+                .insert({"scope": scope, "scope_key": key, "body": text, "created_at": time.time()})
+                .last_pk
+            )
+        ).result()
+        click.echo(f"added note {note_id}")
+    finally:
+        store.close()
+
+
+@notes.command("rm")
+@click.argument("note_id", type=int)
+def notes_rm(note_id: int) -> None:
+    """Delete a note."""
+    store = _open_store()
+    try:
+        gone = store.write(
+            lambda db: db.execute("DELETE FROM notes WHERE id = ?", [note_id]).rowcount
+        ).result()
+    finally:
+        store.close()
+    if not gone:
+        raise InputError(f"no note {note_id}")
+    click.echo(f"removed note {note_id}")
+
+
+@notes.command("export")
+@click.option("--format", "fmt", type=click.Choice(["md", "jsonl"]), default="md")
+def notes_export(fmt: str) -> None:
+    """Print every note (Markdown or JSON lines)."""
+    store = _open_store()
+    try:
+        rows = list(store.db.table("notes").rows_where(order_by="scope, scope_key, id"))
+    finally:
+        store.close()
+    for r in rows:
+        if fmt == "jsonl":
+            click.echo(json.dumps(r))
+        else:
+            key = f" ({r['scope_key']})" if r["scope_key"] else ""
+            click.echo(f"- **{r['scope']}{key}** [{r['id']}]: {r['body']}")
+
+
+@cli.command()
+@click.option("--by", type=click.Choice(["agent", "run", "model", "day"]), default="run")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def costs(by: str, as_json: bool) -> None:
+    """Spend per agent, run, model or day, and the fleet total against budgets."""
+    import time
+
+    from supervisor import config as cfg
+
+    group = {
+        "agent": "agent_id",
+        "run": "run_id",
+        "model": "model",
+        "day": "date(ts, 'unixepoch', 'localtime')",
+    }[by]
+    store = _open_store()
+    try:
+        rows = [
+            dict(r)
+            for r in store.db.query(
+                f"SELECT {group} AS key, count(*) AS calls, sum(input_tokens) AS input_tokens, "
+                f"sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd FROM costs "
+                f"GROUP BY {group} ORDER BY cost_usd DESC"
+            )
+        ]
+        start = time.mktime((*time.localtime()[:3], 0, 0, 0, 0, 0, -1))
+        today = store.db.execute(
+            "SELECT coalesce(sum(cost_usd), 0) FROM costs WHERE ts >= ?", [start]
+        ).fetchone()[0]
+        total = store.db.execute("SELECT coalesce(sum(cost_usd), 0) FROM costs").fetchone()[0]
+    finally:
+        store.close()
+    daily = cfg.load()["budget.daily_usd"]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "by": by,
+                    "rows": rows,
+                    "today_usd": today,
+                    "total_usd": total,
+                    "daily_budget_usd": daily,
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(f"{by.upper():24} {'CALLS':>6} {'IN':>10} {'OUT':>10} {'COST':>10}")
+    for r in rows:
+        click.echo(
+            f"{str(r['key'])[:24]:24} {r['calls']:>6} {r['input_tokens'] or 0:>10} "
+            f"{r['output_tokens'] or 0:>10} ${r['cost_usd'] or 0:>9.4f}"
+        )
+    budget = f" of ${daily:g} daily budget" if daily else " (no daily budget)"
+    click.echo(f"today ${today:.4f}{budget}; all time ${total:.4f}")
+
+
+@cli.command()
+@click.argument("scope", type=click.Choice(["run", "agent", "daily"]))
+@click.argument("args", nargs=-1)
+def budget(scope: str, args: tuple[str, ...]) -> None:
+    """Raise or set a spend limit: `budget run RUN USD`, `budget agent AGENT USD`,
+    `budget daily USD`. Paused agents continue once their limit allows."""
+    from supervisor import config as cfg
+
+    try:
+        usd = float(args[-1])
+    except (IndexError, ValueError):
+        raise InputError("give the limit in USD as the last argument") from None
+    if scope == "daily":
+        cfg.set_value("budget.daily_usd", str(usd))
+        click.echo(f"daily budget ${usd:g}")
+        return
+    if len(args) != 2:
+        raise InputError(f"usage: supervisor budget {scope} ID USD")
+    store = _open_store()
+    try:
+        if scope == "agent":
+            key = _find_agent_row(store, args[0])["id"]
+        else:
+            key = args[0]
+            if not store.db.table("runs").count_where("id = ?", [key]):
+                raise InputError(f"no run {key!r}")
+        table = "agents" if scope == "agent" else "runs"
+        store.write(lambda db: db.table(table).update(key, {"budget_usd": usd})).result()
+    finally:
+        store.close()
+    click.echo(f"{scope} {key} budget ${usd:g}")
+
+
+@cli.group()
+def models() -> None:
+    """Models you can use."""
+
+
+@models.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def models_ls(as_json: bool) -> None:
+    """Configured aliases and plugin models, and whether each is usable now."""
+    from supervisor import config as cfg
+    from supervisor.checks import providers_with_credentials
+    from supervisor.models import ModelError, ModelRegistry, check_usable
+
+    registry = ModelRegistry.load()
+    default = cfg.load()["model"]
+    entries = []
+    for alias, spec in sorted(registry.specs.items()):
+        try:
+            check_usable(spec)
+            problem = ""
+        except ModelError as exc:
+            problem = str(exc)
+        entries.append(
+            {
+                "alias": alias,
+                "model": spec.model,
+                "api_base": spec.api_base,
+                "usable": not problem,
+                "problem": problem,
+                "default": alias == default,
+            }
+        )
+    providers = providers_with_credentials()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"models": entries, "providers_with_credentials": providers, "default": default},
+                indent=2,
+            )
+        )
+        return
+    for e in entries:
+        star = "*" if e["default"] else " "
+        where = f" at {e['api_base']}" if e["api_base"] else ""
+        state = "" if e["usable"] else f"  ✗ {e['problem']}"
+        click.echo(f"{star} {_mark(e['usable'])} {e['alias']}: {e['model']}{where}{state}")
+    click.echo(
+        "providers with credentials: "
+        + (", ".join(providers) or "none")
+        + (f"; default model: {default}" if default else "; no default model set")
+    )
+
+
 def main() -> None:
     """Console-script entry point: add plugin commands, then run."""
     from supervisor.plugins import get_plugins

@@ -181,9 +181,9 @@ def test_plugin_raising_in_hook_shows_in_doctor(plugin_env: Path) -> None:
 def test_allow_list_limits_entry_points(plugin_env: Path) -> None:
     result = cli(plugin_env, "plugins", "list", "--json", extra={"SUPERVISOR_LOAD_PLUGINS": "tiny"})
     names = {p["name"] for p in json.loads(result.stdout)}
-    assert names == {"checks", "docker", "local", "tiny"}
+    assert names == {"builtin", "checks", "docker", "local", "team", "tiny"}
     none = cli(plugin_env, "plugins", "list", "--json", extra={"SUPERVISOR_LOAD_PLUGINS": ""})
-    assert {p["name"] for p in json.loads(none.stdout)} == {"checks", "docker", "local"}
+    assert {p["name"] for p in json.loads(none.stdout)} == {"builtin", "checks", "docker", "local", "team"}
 
 
 def test_disabled_in_config(plugin_env: Path) -> None:
