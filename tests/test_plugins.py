@@ -183,7 +183,13 @@ def test_allow_list_limits_entry_points(plugin_env: Path) -> None:
     names = {p["name"] for p in json.loads(result.stdout)}
     assert names == {"builtin", "checks", "docker", "local", "team", "tiny"}
     none = cli(plugin_env, "plugins", "list", "--json", extra={"SUPERVISOR_LOAD_PLUGINS": ""})
-    assert {p["name"] for p in json.loads(none.stdout)} == {"builtin", "checks", "docker", "local", "team"}
+    assert {p["name"] for p in json.loads(none.stdout)} == {
+        "builtin",
+        "checks",
+        "docker",
+        "local",
+        "team",
+    }
 
 
 def test_disabled_in_config(plugin_env: Path) -> None:

@@ -4,11 +4,19 @@ from supervisor.redact import Redactor
 
 
 def test_known_values_named() -> None:
-    r = Redactor.from_environment({"OPENAI_API_KEY": "abc123secretvalue", "HOME": "/root",
-                                   "DB_PASSWORD": "pw-hunter22", "GH_TOKEN_FILE": "xyzzy-token-val"})
+    r = Redactor.from_environment(
+        {
+            "OPENAI_API_KEY": "abc123secretvalue",
+            "HOME": "/root",
+            "DB_PASSWORD": "pw-hunter22",
+            "GH_TOKEN_FILE": "xyzzy-token-val",
+        }
+    )
     out = r.text("key=abc123secretvalue home=/root pw=pw-hunter22 t=xyzzy-token-val")
-    assert out == ("key=[REDACTED:OPENAI_API_KEY] home=/root pw=[REDACTED:DB_PASSWORD] "
-                   "t=[REDACTED:GH_TOKEN_FILE]")
+    assert out == (
+        "key=[REDACTED:OPENAI_API_KEY] home=/root pw=[REDACTED:DB_PASSWORD] "
+        "t=[REDACTED:GH_TOKEN_FILE]"
+    )
 
 
 def test_token_shapes() -> None:
@@ -24,7 +32,9 @@ def test_token_shapes() -> None:
     ]
     for token in samples:
         assert r.text(f"before {token} after") == "before [REDACTED] after", token
-    assert r.text("Authorization: Bearer abcdefghijklmnop1234") == "Authorization: Bearer [REDACTED]"
+    assert (
+        r.text("Authorization: Bearer abcdefghijklmnop1234") == "Authorization: Bearer [REDACTED]"
+    )
     key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAA\n-----END OPENSSH PRIVATE KEY-----"
     assert r.text(f"x {key} y") == "x [REDACTED] y"
 
