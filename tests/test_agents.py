@@ -334,7 +334,7 @@ def test_cli_run_ctrl_c_stops_the_run(home: Path) -> None:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert "interrupted: stopping the run" in err
+    assert "interrupted: stopping the run" in err and "→ shell: sleep 0.2" in out
     rows = json.loads(run_cli("agents", "ls", "--json").stdout)
     assert rows[0]["status"] == "stopped"
 
