@@ -154,3 +154,77 @@ def test_cli_run_in_a_docker_sandbox_with_workspace(
     assert not (project / "sum.txt").exists()
     listed = json.loads(run_cli("sandbox", "ls", "--json").stdout)
     assert listed == []
+
+
+async def test_a_team_run_with_people_memory_and_budget(sandbox_image: str, home: Path) -> None:
+    """The whole story in real sandboxes: a lead runs two workers; one asks a question, one
+    needs an approval; a fault hits; the lead remembers what it learned; a budget holds the
+    run until raised; a second run recalls the note."""
+
+    def script(messages: list[dict]) -> Reply:
+        task = messages[1]["content"]
+        turns = sum(m["role"] == "assistant" for m in messages)
+        if task.startswith("lead"):
+            return [
+                Reply(
+                    tool_calls=[
+                        ("spawn_agent", {"task": "ask which port", "name": "asker"}),
+                        ("spawn_agent", {"task": "push the branch", "name": "pusher"}),
+                    ],
+                    fault=Fault.rate_limit(0.1),
+                ),
+                Reply(tool_calls=[("wait_for", {})]),
+                Reply(
+                    tool_calls=[("remember", {"note": "port 8443 is the one the team uses"})],
+                    usage=(2_000_000, 0),
+                ),  # $2: over the run budget of $1
+                Reply(tool_calls=[("finish", {"summary": "team done"})]),
+            ][turns]
+        if task.startswith("ask"):
+            return [
+                Reply(tool_calls=[("ask_human", {"question": "Which port?"})]),
+                Reply(tool_calls=[("finish", {"summary": "told port"})]),
+            ][turns]
+        if task.startswith("push"):
+            return [
+                Reply(tool_calls=[("shell", {"command": "git push origin HEAD || true"})]),
+                Reply(tool_calls=[("finish", {"summary": "pushed"})]),
+            ][turns]
+        return Reply(tool_calls=[("finish", {"summary": "second run"})])
+
+    with scripted(script) as server:
+        async with engine() as eng:
+            events: asyncio.Queue[object] = asyncio.Queue()
+            eng.listen(
+                lambda e: (
+                    events.put_nowait(e) if e.type in ("human.asked", "approval.asked") else None
+                )
+            )
+            run_id = await eng.start_run(
+                RunOptions(task="lead the team", sandbox="docker", max_cost_usd=1.0)
+            )
+            for _ in range(2):
+                event = await asyncio.wait_for(events.get(), 60)
+                reply = "8443" if event.type == "human.asked" else "approve"  # type: ignore[attr-defined]
+                eng.answer(event.agent_id, reply)  # type: ignore[attr-defined]
+            lead = next(a for a in eng.agents.values() if a.parent_id is None)
+            while lead.status != "paused":
+                await asyncio.sleep(0.1)
+            await asyncio.to_thread(run_cli, "budget", "run", run_id, "10")
+            assert await asyncio.wait_for(eng.wait_run(run_id), 60) == "done"
+            by_name = {a.name: a for a in eng.agents.values()}
+            assert by_name["asker"].summary == "told port"
+            assert by_name["pusher"].summary == "pushed"
+            assert {a.parent_id for a in (by_name["asker"], by_name["pusher"])} == {lead.id}
+        async with engine() as eng:
+            second = await eng.start_run(
+                RunOptions(task="which port does the team use?", sandbox="docker")
+            )
+            assert await asyncio.wait_for(eng.wait_run(second), 60) == "done"
+    assert "port 8443 is the one the team uses" in server.requests[-1]["messages"][0]["content"]
+    asked = [r for r in server.requests if r["messages"][1]["content"].startswith("ask")]
+    assert any(
+        "The person answered: 8443" in (m.get("content") or "")
+        for r in asked
+        for m in r["messages"]
+    )
