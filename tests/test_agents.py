@@ -355,3 +355,43 @@ def test_policy_decisions() -> None:
     policy.always.append("shell:git push*")
     assert policy.decide(shell("git push"))[0] == "auto"
     assert policy.decide(ToolCall("read_file", {"path": "/etc/passwd"}))[0] == "auto"
+
+
+async def test_plugins_veto_rewrite_and_observe_tool_calls(home: Path) -> None:
+    from supervisor import ToolCall, hookimpl
+
+    seen: list[str] = []
+
+    class Guard:
+        @hookimpl
+        def before_tool_call(self, call: ToolCall, agent: object) -> ToolCall | str | None:
+            if "danger" in call.arguments.get("command", ""):
+                return "no dangerous commands"
+            if call.name == "read_file" and call.arguments["path"] == "secret.txt":
+                return ToolCall("read_file", {"path": "public.txt"}, call.id)
+            return None
+
+        @hookimpl
+        def on_event(self, event: object) -> None:
+            seen.append(event.type)  # type: ignore[attr-defined]
+
+    script = [
+        Reply(
+            tool_calls=[
+                ("shell", {"command": "echo danger"}),
+                ("write_file", {"path": "public.txt", "content": "public"}),
+            ]
+        ),
+        Reply(tool_calls=[("read_file", {"path": "secret.txt"})]),
+        finish(),
+    ]
+    with scripted(script) as server:
+        async with engine() as eng:
+            eng.plugins.pm.register(Guard(), name="guard")
+            run_id = await eng.start_run(RunOptions(task="t", sandbox="local"))
+            assert await eng.wait_run(run_id) == "done"
+    assert (
+        last_results(server.requests[1])[0] == "error: refused by a plugin: no dangerous commands"
+    )
+    assert last_results(server.requests[2]) == ["     1\tpublic"]
+    assert {"run.created", "tool.started", "tool.finished", "cost", "run.status"} <= set(seen)
