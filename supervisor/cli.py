@@ -372,7 +372,12 @@ def run(
         max_steps=max_steps,
         keep_sandboxes=keep_sandboxes,
     )
-    sys.exit(asyncio.run(_run_foreground(options)))
+    try:
+        code = asyncio.run(_run_foreground(options))
+    except KeyboardInterrupt:  # Ctrl-C before the run had started: nothing to stop
+        click.echo("interrupted", err=True)
+        code = 130
+    sys.exit(code)
 
 
 async def _run_foreground(options: Any) -> int:

@@ -29,14 +29,15 @@ import pluggy
 from supervisor import hookspecs
 from supervisor.types import PluginInfo
 
-# Order matters only for display; later plugins are called first (pluggy's LIFO).
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "supervisor.checks",
-    "supervisor.sandbox.docker",
-    "supervisor.sandbox.local",
-    "supervisor.tools.builtin",
-    "supervisor.tools.team",
-)
+# name: "module" or "module:attribute" (an object holding hook implementations). Order
+# matters only for display; later plugins are called first (pluggy's LIFO).
+BUILTIN_PLUGINS: dict[str, str] = {
+    "checks": "supervisor.checks",
+    "docker": "supervisor.sandbox.plugins:docker",
+    "local": "supervisor.sandbox.plugins:local",
+    "tools": "supervisor.tools.builtin",
+    "team": "supervisor.tools.team",
+}
 
 ENTRY_POINT_GROUP = "supervisor"
 
@@ -49,7 +50,7 @@ class Plugins:
         *,
         environ: Mapping[str, str] | None = None,
         disabled: Iterable[str] = (),
-        builtins: Iterable[str] = BUILTIN_PLUGINS,
+        builtins: Mapping[str, str] | None = None,
         entry_points: bool = True,
     ) -> None:
         env = os.environ if environ is None else environ
@@ -60,10 +61,9 @@ class Plugins:
         self._disabled = set(disabled)
         allow = env.get("SUPERVISOR_LOAD_PLUGINS")
         self._allow = None if allow is None else {n.strip() for n in allow.split(",") if n}
-        for module_name in builtins:
-            name = module_name.rsplit(".", 1)[-1]
+        for name, target in (BUILTIN_PLUGINS if builtins is None else builtins).items():
             if name not in self._disabled:
-                self._add(name, "built-in", lambda m=module_name: importlib.import_module(m))
+                self._add(name, "built-in", lambda t=target: _load_target(t), module=target)
         if entry_points:
             self._load_entry_points()
 
@@ -98,10 +98,10 @@ class Plugins:
             return
         if isinstance(plugin, ModuleType):
             info.module = info.module or plugin.__name__
-            if not info.version and source == "built-in":
-                from supervisor import __version__
+        if not info.version and source == "built-in":
+            from supervisor import __version__
 
-                info.version = __version__
+            info.version = __version__
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:
@@ -183,6 +183,12 @@ class Plugins:
     @property
     def failed(self) -> list[PluginInfo]:
         return [i for i in self.info.values() if i.error is not None]
+
+
+def _load_target(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
 
 
 def _describe(exc: BaseException) -> str:

@@ -330,7 +330,12 @@ def test_cli_run_ctrl_c_stops_the_run(home: Path) -> None:
             text=True,
             env=dict(os.environ),
         )
-        time.sleep(4)
+        deadline = time.time() + 60
+        while time.time() < deadline:  # wait until an agent is at work
+            rows = json.loads(run_cli("agents", "ls", "--json").stdout or "[]")
+            if rows and rows[0]["steps"] >= 2:
+                break
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

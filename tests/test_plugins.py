@@ -181,14 +181,14 @@ def test_plugin_raising_in_hook_shows_in_doctor(plugin_env: Path) -> None:
 def test_allow_list_limits_entry_points(plugin_env: Path) -> None:
     result = cli(plugin_env, "plugins", "list", "--json", extra={"SUPERVISOR_LOAD_PLUGINS": "tiny"})
     names = {p["name"] for p in json.loads(result.stdout)}
-    assert names == {"builtin", "checks", "docker", "local", "team", "tiny"}
+    assert names == {"checks", "docker", "local", "team", "tools", "tiny"}
     none = cli(plugin_env, "plugins", "list", "--json", extra={"SUPERVISOR_LOAD_PLUGINS": ""})
     assert {p["name"] for p in json.loads(none.stdout)} == {
-        "builtin",
         "checks",
         "docker",
         "local",
         "team",
+        "tools",
     }
 
 
@@ -262,7 +262,7 @@ class Everything:
 def test_every_hook_reaches_a_plugin() -> None:
     from supervisor.events import Event
 
-    plugins = Plugins(builtins=(), entry_points=False)
+    plugins = Plugins(builtins={}, entry_points=False)
     plugin = Everything()
     plugins.pm.register(plugin, name="everything")
     names = [n for n in dir(hookspecs) if n.startswith(("register_", "before_", "on_"))]
@@ -311,7 +311,7 @@ def test_a_raising_plugin_does_not_stop_the_others() -> None:
             register(Check("half", lambda: CheckResult(True, "")))
             raise RuntimeError("oops")
 
-    plugins = Plugins(builtins=(), entry_points=False)
+    plugins = Plugins(builtins={}, entry_points=False)
     plugins._add("good", "built-in", Everything)
     plugins._add("bad", "built-in", Bad)
     items = plugins.collect("register_checks")
@@ -325,6 +325,6 @@ def test_wrapper_implementations_are_refused() -> None:
         def on_event(self, event):  # type: ignore[no-untyped-def]
             return (yield)
 
-    plugins = Plugins(builtins=(), entry_points=False)
+    plugins = Plugins(builtins={}, entry_points=False)
     plugins._add("wrapper", "built-in", Wrapper)
     assert "wrapper implementations are not supported" in (plugins.info["wrapper"].error or "")

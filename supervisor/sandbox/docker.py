@@ -1,4 +1,4 @@
-"""Built-in plugin: the Docker sandbox backend and its doctor checks.
+"""The Docker sandbox backend (registered by ``supervisor.sandbox.plugins``).
 
 Each sandbox is one long-lived container (``sandbox-idle infinity`` — sleep under a name
 an agent's ``pkill sleep`` does not hit — under ``init``), hardened by
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from supervisor import Check, CheckResult, SandboxBackend, hookimpl
+from supervisor import CheckResult
 from supervisor.errors import InputError
 from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
 from supervisor.sandbox.shell import STDERR, STDOUT, PersistentShell
@@ -573,25 +573,3 @@ def check_image() -> CheckResult:
             "run `supervisor sandbox build` (the first agent also builds it)",
         )
     return CheckResult(True, tag)
-
-
-def _factory(spec: SandboxSpec, **kwargs: Any) -> DockerSandbox:
-    return DockerSandbox(spec, **kwargs)
-
-
-@hookimpl
-def register_sandboxes(register: Callable[[SandboxBackend], None]) -> None:
-    register(
-        SandboxBackend(
-            "docker",
-            _factory,
-            isolated=True,
-            description="a hardened Docker container per agent (default)",
-        )
-    )
-
-
-@hookimpl
-def register_checks(register: Callable[[Check], None]) -> None:
-    register(Check("docker engine", check_engine))
-    register(Check("sandbox image", check_image, required=False))

@@ -1,4 +1,5 @@
-"""Built-in plugin: the local backend — a plain bash on this machine, in a temp workspace.
+"""The local backend — a plain bash on this machine, in a temp workspace (registered by
+``supervisor.sandbox.plugins``).
 
 Not isolated: commands run as you, with your files and network in reach. It exists for
 machines without Docker and for quick experiments, only when asked for (``--sandbox
@@ -13,10 +14,8 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-from supervisor import SandboxBackend, hookimpl
 from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
 from supervisor.sandbox.shell import STDERR, STDOUT, PersistentShell
 
@@ -228,19 +227,3 @@ class LocalSandbox(Sandbox):
         await self.stop()
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _factory(spec: SandboxSpec, **kwargs: object) -> LocalSandbox:
-    return LocalSandbox(spec, **kwargs)  # type: ignore[arg-type]
-
-
-@hookimpl
-def register_sandboxes(register: Callable[[SandboxBackend], None]) -> None:
-    register(
-        SandboxBackend(
-            "local",
-            _factory,
-            isolated=False,
-            description="a plain shell on this machine (NOT isolated)",
-        )
-    )
