@@ -111,6 +111,7 @@ class Engine:
         self._poller: asyncio.Task[None] | None = None
         self._last_seen_event = 0
         self._releasing: set[asyncio.Task[None]] = set()
+        self._managed: set[str] = set()
         self.data_dir = store.path.parent
 
     # -- events
@@ -147,6 +148,24 @@ class Engine:
 
     async def start_run(self, options: RunOptions) -> str:
         """Create a run and start its agents; returns the run id."""
+        model, backend = self._check_options(options)
+        run_id = await self.create_run(
+            title=options.title or options.task[:200],
+            kind="task",
+            workspace=options.workspace,
+            budget_usd=options.max_cost_usd,
+            params={
+                "model": model.alias,
+                "agents": options.agents,
+                "sandbox": backend,
+                "network": options.network,
+            },
+            text=options.task,
+        )
+        await self._start_agents(run_id, options, model, backend)
+        return run_id
+
+    def _check_options(self, options: RunOptions) -> tuple[ModelSpec, str]:
         model = self.models.registry.resolve(options.model or self.settings["model"])
         check_usable(model)
         backend = options.sandbox or self.settings["sandbox.backend"]
@@ -160,45 +179,103 @@ class Engine:
             from supervisor.sandbox.workspace import check
 
             options.workspace = check(options.workspace)
+        return model, backend
+
+    async def create_run(
+        self,
+        *,
+        title: str,
+        kind: str = "task",
+        recipe: str | None = None,
+        workspace: Path | None = None,
+        budget_usd: float = 0.0,
+        params: dict[str, Any] | None = None,
+        text: str = "",
+        managed: bool = False,
+    ) -> str:
+        """A new run row. ``managed`` runs (recipes) are finished by their owner, not when
+        their agents are."""
         run_id = _new_id("run")
-        self.runs[run_id] = options
-        self._policies[run_id] = Policy(
-            ask=list(self.settings["policy.ask"]), deny=list(self.settings["policy.deny"])
-        )
+        self.adopt_policy(run_id)
         self._done[run_id] = asyncio.Event()
+        if managed or kind == "recipe":
+            self._managed.add(run_id)
         now = time.time()
         row = {
             "id": run_id,
-            "title": options.title or options.task[:200],
-            "kind": "task",
-            "workspace": str(options.workspace or ""),
+            "title": title,
+            "kind": kind,
+            "recipe": recipe,
+            "workspace": str(workspace or ""),
             "status": "running",
             "created_at": now,
             "updated_at": now,
-            "budget_usd": options.max_cost_usd or self.settings["budget.run_usd"] or None,
-            "params": json.dumps(
-                {
-                    "model": model.alias,
-                    "agents": options.agents,
-                    "sandbox": backend,
-                    "network": options.network,
-                }
-            ),
+            "budget_usd": budget_usd or self.settings["budget.run_usd"] or None,
+            "params": json.dumps(params or {}, default=str),
         }
         self.store.write(lambda db: db.table("runs").insert(self.redactor.value(row)))
         self.emit(
             EventType.RUN_CREATED,
             None,
-            {"title": row["title"], "agents": options.agents},
-            options.task,
+            {"title": title, "kind": kind},
+            text or title,
             run_id=run_id,
         )
+        self._start_poller()
+        return run_id
+
+    def adopt_policy(self, run_id: str) -> None:
+        self._policies.setdefault(
+            run_id,
+            Policy(ask=list(self.settings["policy.ask"]), deny=list(self.settings["policy.deny"])),
+        )
+
+    def _start_poller(self) -> None:
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll_answers())
+
+    async def adopt_run(self, run_id: str) -> None:
+        """Take up an existing run again (``recipe resume``) in this engine."""
+        self.adopt_policy(run_id)
+        self._done.setdefault(run_id, asyncio.Event())
+        self._managed.add(run_id)
+        now = time.time()
+        self.store.write(
+            lambda db: db.table("runs").update(
+                run_id, {"status": "running", "updated_at": now, "finished_at": None}
+            )
+        )
+        self._start_poller()
+
+    async def _start_agents(
+        self, run_id: str, options: RunOptions, model: ModelSpec, backend: str
+    ) -> list[Agent]:
+        self.runs[run_id] = options
+        started = []
         for i in range(options.agents):
-            name = "agent" if options.agents == 1 else f"agent-{i + 1}"
-            await self._start_agent(run_id, options.task, name, model, backend, parent=None)
-        return run_id
+            base = options.title or "agent"
+            name = base if options.agents == 1 else f"{base}-{i + 1}"
+            started.append(
+                await self._start_agent(run_id, options.task, name, model, backend, parent=None)
+            )
+        return started
+
+    async def run_agents(self, run_id: str, options: RunOptions) -> list[str]:
+        """Start agents in an existing run and wait for them; their final statuses."""
+        model, backend = self._check_options(options)
+        agents = await self._start_agents(run_id, options, model, backend)
+        await asyncio.gather(*(self.tasks[a.id] for a in agents), return_exceptions=True)
+        return [a.status for a in agents]
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        now = time.time()
+        self.store.write(
+            lambda db: db.table("runs").update(
+                run_id, {"status": status, "finished_at": now, "updated_at": now}
+            )
+        )
+        self.emit(EventType.RUN_STATUS, None, {"status": status}, run_id=run_id)
+        self._done.setdefault(run_id, asyncio.Event()).set()
 
     async def spawn(
         self,
@@ -351,6 +428,8 @@ class Engine:
             await agent.sandbox.destroy()
 
     def _check_run_done(self, run_id: str) -> None:
+        if run_id in self._managed:
+            return
         members = [a for a in self.agents.values() if a.run_id == run_id]
         if any(a.status not in ("done", "failed", "stopped") for a in members):
             return

@@ -82,6 +82,21 @@ def register_recipes(register: Callable[[Path], None]) -> None:
 
 
 @hookspec
+def register_steps(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Offer deterministic recipe steps (``kind: python``) by name.
+
+    Called once when a recipe runs or is validated.
+
+    :param register: call ``register("plugin.step_name", function)``. The function is
+        called (or awaited, if a coroutine function) with one argument, a
+        ``supervisor.recipes.StepContext``, and may return a JSON-able value that later
+        steps see as ``ctx.outputs[step_id]``.
+
+    The return value is ignored.
+    """
+
+
+@hookspec
 def register_models(register: Callable[[ModelSpec], None]) -> None:
     """Offer model aliases, endpoints and prices (self-hosted models have no price list).
 

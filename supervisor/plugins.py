@@ -163,8 +163,9 @@ class Plugins:
             name = impl.plugin_name
             staged: list[tuple[str, Any]] = []
 
-            def register(item: Any, _name: str = name, _staged: list[Any] = staged) -> None:
-                _staged.append((_name, item))
+            def register(*args: Any, _name: str = name, _staged: list[Any] = staged) -> None:
+                # register(item), or register(key, value) for hooks that register pairs.
+                _staged.append((_name, args[0] if len(args) == 1 else args))
 
             if self.trace:
                 print(f"hook {hook_name} -> {name}", file=sys.stderr)

@@ -45,7 +45,7 @@ def test_reopen_applies_no_migration_twice(tmp_path: Path) -> None:
     Store.open(tmp_path / "s.db").close()
     s = Store.open(tmp_path / "s.db")
     rows = list(s.db["_sqlite_migrations"].rows)
-    assert [r["name"] for r in rows] == ["m001_initial"]
+    assert [r["name"] for r in rows] == ["m001_initial", "m002_experiments"]
     s.close()
 
 

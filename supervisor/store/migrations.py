@@ -176,3 +176,32 @@ def m001_initial(db: Database) -> None:
     )
     db.table("costs").create_index(["ts"])
     db.table("costs").create_index(["run_id"])
+
+
+@migrations()
+def m002_experiments(db: Database) -> None:
+    # One row per experiment of an experiment loop (the autoresearch recipe and others).
+    db.table("experiments").create(
+        {
+            "id": int,
+            "run_id": str,
+            "agent_id": str,  # which loop ("agent-1") ran it
+            "target": str,  # the target's name, so later runs can see what was tried
+            "n": int,  # experiment number within its loop (0: baseline)
+            "commit": str,
+            "metric": float,
+            "memory_mb": float,
+            "status": str,  # keep | discard | crash
+            "description": str,
+            "params": str,  # JSON: the hyperparameters or change tried
+            "files": str,  # JSON: the editable files' content, for kept experiments
+            "slot": str,  # the GPU or CPU cores it ran on
+            "started_at": float,
+            "duration_s": float,
+        },
+        pk="id",
+        not_null={"run_id", "status", "started_at"},
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db.table("experiments").create_index(["run_id", "agent_id", "n"])
+    db.table("experiments").create_index(["target"])
