@@ -880,6 +880,173 @@ def models_ls(as_json: bool) -> None:
     )
 
 
+@cli.group()
+def recipe() -> None:
+    """Multi-step playbooks: list, show, run, resume, scaffold."""
+
+
+@recipe.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def recipe_list(as_json: bool) -> None:
+    """Every recipe found (built-in, plugins, your config folder, ./recipes)."""
+    from supervisor import recipes
+
+    rows = []
+    for name, path in sorted(recipes.discover().items()):
+        try:
+            description, error = recipes.parse(path).description, ""
+        except recipes.RecipeError as exc:
+            description, error = "", str(exc)
+        rows.append({"name": name, "path": str(path), "description": description, "error": error})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        if r["error"]:
+            click.echo(f"{_mark(False)} {r['name']}: {r['error']}")
+        else:
+            click.echo(f"{r['name']:20} {r['description']}")
+
+
+@recipe.command("show")
+@click.argument("name")
+def recipe_show(name: str) -> None:
+    """A recipe's parameters, steps and playbook."""
+    from supervisor import recipes
+
+    r = recipes.load(name)
+    click.echo(f"{r.name}: {r.description}\n({r.path})\n\nparameters:")
+    for p in r.parameters.values():
+        click.echo(f"  {p.name} ({p.type}, default {p.default!r}): {p.help}")
+    click.echo("\nsteps:")
+    for s in r.order():
+        after = f" after {', '.join(s.depends)}" if s.depends else ""
+        what = s.run or s.prompt[:60]
+        click.echo(
+            f"  {s.id} [{s.kind}]{after}: {what}" + (f"  (check: {s.check})" if s.check else "")
+        )
+    click.echo(f"\n{r.body}")
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"-p {item!r}: write parameters as key=value")
+        params[key.strip()] = value
+    return params
+
+
+@recipe.command("run")
+@click.argument("name")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set a parameter (repeatable).",
+)
+@click.option("--dry-run", is_flag=True, help="Validate and show the plan; run nothing.")
+@click.option("--foreground", is_flag=True, help="Run in this process.")
+def recipe_run(name: str, params: tuple[str, ...], dry_run: bool, foreground: bool) -> None:
+    """Run recipe NAME. Exit code 0 when every step finished, 1 when one failed."""
+    from supervisor import recipes
+
+    r = recipes.load(name)
+    values = r.params(_parse_params(params))
+    recipes.validate(r)
+    if dry_run:
+        click.echo(f"recipe {r.name} is valid ({r.path})")
+        for key, value in values.items():
+            click.echo(f"  {key} = {value!r}")
+        for i, s in enumerate(r.order(), 1):
+            click.echo(f"  {i}. {s.id} [{s.kind}] {s.run or s.prompt[:60]}")
+        return
+    sys.exit(_run_recipe(r, values, run_id=None))
+
+
+@recipe.command("resume")
+@click.argument("run_id")
+def recipe_resume(run_id: str) -> None:
+    """Continue a recipe run after its last finished step (also after a crash)."""
+    from supervisor import recipes
+
+    store = _open_store()
+    try:
+        row = (
+            store.db.table("runs").get(run_id)
+            if store.db.table("runs").count_where("id = ?", [run_id])
+            else None
+        )
+    finally:
+        store.close()
+    if row is None or row["kind"] != "recipe":
+        raise InputError(f"no recipe run {run_id!r} (see `supervisor agents ls` or the runs table)")
+    if row["status"] == "done":
+        raise InputError(f"run {run_id} already finished every step")
+    saved = json.loads(row["params"] or "{}")
+    path = Path(saved.get("recipe_path", ""))
+    r = recipes.parse(path) if path.exists() else recipes.load(row["recipe"])
+    sys.exit(_run_recipe(r, saved.get("params", {}), run_id=run_id))
+
+
+def _run_recipe(r: Any, values: dict[str, Any], run_id: str | None) -> int:
+    import asyncio
+
+    async def go() -> int:
+        from supervisor.engine import Engine
+        from supervisor.plugins import get_plugins
+        from supervisor.recipes import RecipeRunner
+
+        store = _open_store()
+        engine = Engine(store, get_plugins())
+        runner = RecipeRunner(engine, r, progress=click.echo)
+        try:
+            nonlocal run_id
+            if run_id is None:
+                run_id = await runner.start(values)
+                click.echo(click.style(f"run {run_id}: recipe {r.name}", bold=True))
+            else:
+                await engine.adopt_run(run_id)
+                click.echo(click.style(f"run {run_id}: resuming recipe {r.name}", bold=True))
+            status = await runner.run(run_id, values)
+            click.echo(click.style(f"run {run_id}: {status}", bold=True))
+            if status != "done":
+                click.echo(f"continue it with: supervisor recipe resume {run_id}", err=True)
+            return 0 if status == "done" else 1
+        finally:
+            await engine.close()
+            store.close()
+
+    try:
+        return asyncio.run(go())
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; continue with: supervisor recipe resume {run_id}", err=True)
+        return 130
+
+
+@recipe.command("new")
+@click.argument("name")
+@click.option("--plugin", is_flag=True, help="Also scaffold a plugin package for its code.")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("recipes"),
+    show_default=True,
+    help="Where to write the recipe.",
+)
+def recipe_new(name: str, plugin: bool, folder: Path) -> None:
+    """Scaffold recipe NAME (and, with --plugin, a plugin package for its steps)."""
+    from supervisor import recipes
+
+    for path in recipes.scaffold(name, folder, plugin=plugin):
+        click.echo(f"wrote {path}")
+    click.echo(f"try it: supervisor recipe run {name} --dry-run")
+
+
 def main() -> None:
     """Console-script entry point: add plugin commands, then run."""
     from supervisor.plugins import get_plugins
