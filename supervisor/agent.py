@@ -147,6 +147,7 @@ class Agent:
         self.parent_id = parent_id
         self.scope_key = scope_key  # which project's notes this agent reads and writes
         self.messages: list[dict[str, Any]] = []
+        self.owns_sandbox = True  # released when the agent ends (unless the run keeps it)
         self.inbox: asyncio.Queue[str] = asyncio.Queue()
         self.steps = 0
         self.input_tokens = 0

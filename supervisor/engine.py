@@ -277,6 +277,72 @@ class Engine:
         self.emit(EventType.RUN_STATUS, None, {"status": status}, run_id=run_id)
         self._done.setdefault(run_id, asyncio.Event()).set()
 
+    async def run_in_sandbox(
+        self,
+        run_id: str,
+        task: str,
+        sandbox: Sandbox,
+        *,
+        name: str,
+        model: str | None = None,
+        exclude_tools: tuple[str, ...] = (),
+        max_steps: int = 0,
+    ) -> Agent:
+        """Run one agent in a sandbox someone else owns (a recipe step's), until it
+        finishes; the sandbox is left as it is."""
+        spec = self.models.registry.resolve(model or self.settings["model"])
+        check_usable(spec)
+        self.adopt_policy(run_id)
+        agent_id = _new_id(_slug(name))
+        limits = Limits(
+            max_steps=max_steps or self.settings["agent.max_steps"],
+            max_tokens=self.settings["agent.max_tokens"],
+            max_cost_usd=self.settings["budget.agent_usd"],
+            max_wall_s=self.settings["agent.max_wall_s"],
+        )
+        tools = {n: t for n, t in self.tools.items() if n not in exclude_tools}
+        agent = Agent(
+            self,
+            id=agent_id,
+            run_id=run_id,
+            name=name,
+            task=task,
+            model=spec,
+            sandbox=sandbox,
+            tools=tools,
+            limits=limits,
+            policy=self._policies[run_id],
+            role="worker",
+            scope_key=sandbox.spec.labels.get("scope", ""),
+        )
+        agent.owns_sandbox = False
+        self.agents[agent_id] = agent
+        now = time.time()
+        row = {
+            "id": agent_id,
+            "run_id": run_id,
+            "name": name,
+            "role": "worker",
+            "task": task,
+            "model": spec.alias,
+            "sandbox": sandbox.backend,
+            "sandbox_id": sandbox.id,
+            "status": "starting",
+            "created_at": now,
+            "updated_at": now,
+        }
+        self.store.write(lambda db: db.table("agents").insert(self.redactor.value(row)))
+        self.emit(
+            EventType.AGENT_CREATED,
+            agent,
+            {"name": name, "model": spec.alias, "sandbox": sandbox.backend},
+            task,
+        )
+        task_handle = asyncio.get_running_loop().create_task(agent.run())
+        self.tasks[agent_id] = task_handle
+        await asyncio.gather(task_handle, return_exceptions=True)
+        return agent
+
     async def spawn(
         self,
         parent: Agent,
@@ -417,7 +483,7 @@ class Engine:
             agent.summary,
         )
         options = self.runs.get(agent.run_id)
-        if options is not None and not options.keep_sandboxes:
+        if agent.owns_sandbox and options is not None and not options.keep_sandboxes:
             task = asyncio.get_running_loop().create_task(self._release(agent))
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)

@@ -1,0 +1,23 @@
+"""The autoresearch plugin: the code behind ``recipes/autoresearch.md``.
+
+Registers the recipe's deterministic steps. The loop itself (``loop.py``) runs experiments
+in sandboxes; proposals come from an LLM agent, or, with no model configured, from the
+built-in hyperparameter search (``proposers.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from supervisor import hookimpl
+
+
+@hookimpl
+def register_steps(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    from supervisor_autoresearch import loop, report
+
+    register("autoresearch.prepare", loop.prepare)
+    register("autoresearch.baseline", loop.baseline)
+    register("autoresearch.loop", loop.run_loops)
+    register("autoresearch.report", report.report)
