@@ -359,6 +359,8 @@ class Loop:
         sha = (await self._sh("git rev-parse --short HEAD")).stdout.strip()
         self.ctx.emit(f"{self.label} #{n}: {description}")
         async with self.pool.slot() as slot:
+            # The recorded times are the slot's: when this experiment had it to itself.
+            started = time.time()
             budget = spec.time_budget_s
             command = self.pool.wrap(slot, spec.run)
             run = (
@@ -478,7 +480,8 @@ class Loop:
             "started_at": started,
             "duration_s": round(run_s, 2),
         }
-        ctx.engine.store.write(lambda db: db.table("experiments").insert(row))
+        stored = dict(row)  # the writer runs later; the caller may add to ``row``
+        ctx.engine.store.write(lambda db: db.table("experiments").insert(stored))
         memory_gb = f"{memory / 1024:.2f}" if memory else "0.0"
         shown = f"{metric:.6f}" if metric is not None else "0.000000"
         with (ctx.run_dir / "results.tsv").open("a") as fh:
