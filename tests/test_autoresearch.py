@@ -4,12 +4,11 @@ predictable), plus the scripted model for the agent proposer."""
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -189,7 +188,7 @@ def test_three_loops_never_share_a_slot(toy: Path, home: Path, sandbox_image: st
     assert len(by_slot) <= os.cpu_count()  # type: ignore[operator]
     for spans in by_slot.values():
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end - 0.05, f"two experiments overlapped on one slot: {spans}"
 
 
