@@ -39,6 +39,10 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "team": "supervisor.tools.team",
 }
 
+# Built-in plugins shipped as separate packages of this workspace (plugins/*): found
+# through their entry points like any plugin, but always loaded and shown as built-in.
+BUILTIN_DISTRIBUTIONS = ("supervisor-autoresearch",)
+
 ENTRY_POINT_GROUP = "supervisor"
 
 
@@ -71,10 +75,12 @@ class Plugins:
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in self._disabled:
                 continue
-            if self._allow is not None and ep.name not in self._allow:
+            ours = ep.dist is not None and ep.dist.name in BUILTIN_DISTRIBUTIONS
+            if self._allow is not None and ep.name not in self._allow and not ours:
                 continue
             version = ep.dist.version if ep.dist is not None else ""
-            self._add(ep.name, "entry point", ep.load, version=version, module=ep.value)
+            source = "built-in" if ours else "entry point"
+            self._add(ep.name, source, ep.load, version=version, module=ep.value)
 
     def _add(
         self,

@@ -181,9 +181,10 @@ def test_plugin_raising_in_hook_shows_in_doctor(plugin_env: Path) -> None:
 def test_allow_list_limits_entry_points(plugin_env: Path) -> None:
     result = cli(plugin_env, "plugins", "list", "--json", extra={"SUPERVISOR_LOAD_PLUGINS": "tiny"})
     names = {p["name"] for p in json.loads(result.stdout)}
-    assert names == {"checks", "docker", "local", "team", "tools", "tiny"}
+    assert names == {"autoresearch", "checks", "docker", "local", "team", "tools", "tiny"}
     none = cli(plugin_env, "plugins", "list", "--json", extra={"SUPERVISOR_LOAD_PLUGINS": ""})
     assert {p["name"] for p in json.loads(none.stdout)} == {
+        "autoresearch",
         "checks",
         "docker",
         "local",
@@ -251,6 +252,10 @@ class Everything:
         register(Check("always", lambda: CheckResult(True, "fine")))
 
     @hookimpl
+    def register_steps(self, register):  # type: ignore[no-untyped-def]
+        register("everything.noop", lambda ctx: None)
+
+    @hookimpl
     def before_tool_call(self, call: ToolCall, agent: object) -> str | None:
         return "vetoed" if call.name == "shell" else None
 
@@ -273,6 +278,7 @@ def test_every_hook_reaches_a_plugin() -> None:
         "register_recipes",
         "register_models",
         "register_checks",
+        "register_steps",
         "before_tool_call",
         "on_event",
     }
@@ -286,6 +292,7 @@ def test_every_hook_reaches_a_plugin() -> None:
     assert plugins.collect("register_recipes") == [("everything", Path("/tmp/x.md"))]
     assert plugins.collect("register_models")[0][1].alias == "qwen"
     assert plugins.collect("register_checks")[0][1].name == "always"
+    assert plugins.collect("register_steps")[0][1][0] == "everything.noop"
     veto = plugins.call(
         "before_tool_call",
         firstresult=True,
