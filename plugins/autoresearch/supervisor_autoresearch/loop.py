@@ -287,6 +287,7 @@ class Loop:
             cpus=settings["sandbox.cpus"],
             pids=settings["sandbox.pids"],
             image=settings["sandbox.image"],
+            network=bool(self.ctx.params.get("network")),
             labels={"scope": self.board.target},
         )
         self.sandbox = new_sandbox(spec, backend)
