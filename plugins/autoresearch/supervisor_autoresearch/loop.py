@@ -136,7 +136,21 @@ def _board(ctx: StepContext) -> Board:
                     board.best_files = json.loads(row["files"])
                     board.best_by = row["agent_id"]
         boards[ctx.run_id] = board
+        # After a crash the file may lack the last lines, or hold ones the store never
+        # committed: the store is the truth.
+        ours = [r for r in rows if r["run_id"] == ctx.run_id]
+        (ctx.run_dir / "results.tsv").write_text(
+            RESULTS_HEADER.format(metric=spec.metric_name) + "".join(_tsv_line(r) for r in ours)
+        )
     return boards[ctx.run_id]
+
+
+def _tsv_line(row: dict[str, Any]) -> str:
+    """One results.tsv row: commit, metric, memory_gb, status, description."""
+    metric = f"{row['metric']:.6f}" if row["metric"] is not None else "0.000000"
+    memory = f"{row['memory_mb'] / 1024:.2f}" if row["memory_mb"] else "0.0"
+    description = str(row["description"]).replace("\t", " ").replace("\n", " ")
+    return f"{row['commit'] or '-'}\t{metric}\t{memory}\t{row['status']}\t{description}\n"
 
 
 # -- steps
@@ -345,7 +359,7 @@ class Loop:
                 f"git add -- {self._editable} && {GIT} commit -q -m {shlex.quote(description)}"
             )
             if not commit.ok:
-                return self._record(
+                return await self._record(
                     n,
                     "",
                     None,
@@ -388,7 +402,7 @@ class Loop:
         if status != "keep" and proposer is not None:
             await self._sh("git reset -q --hard HEAD~1")
         files = json.dumps(board.best_files) if status == "keep" else ""
-        record = self._record(
+        record = await self._record(
             n,
             sha,
             metric,
@@ -448,7 +462,7 @@ class Loop:
             )
         ]
 
-    def _record(
+    async def _record(
         self,
         n: int,
         sha: str,
@@ -482,11 +496,14 @@ class Loop:
             "duration_s": round(run_s, 2),
         }
         stored = dict(row)  # the writer runs later; the caller may add to ``row``
-        ctx.engine.store.write(lambda db: db.table("experiments").insert(stored))
-        memory_gb = f"{memory / 1024:.2f}" if memory else "0.0"
+        # Committed before anything else sees it: the store is what resume trusts, and
+        # results.tsv is rewritten from it when a run is taken up again.
+        await asyncio.wrap_future(
+            ctx.engine.store.write(lambda db: db.table("experiments").insert(stored))
+        )
         shown = f"{metric:.6f}" if metric is not None else "0.000000"
         with (ctx.run_dir / "results.tsv").open("a") as fh:
-            fh.write(f"{sha or '-'}\t{shown}\t{memory_gb}\t{status}\t{row['description']}\n")
+            fh.write(_tsv_line(row))
         best = self.board.best_metric
         ctx.emit(
             f"{self.label} #{n}: {status} {spec.metric_name}={shown} (best {best:.6f})"
