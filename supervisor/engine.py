@@ -112,6 +112,7 @@ class Engine:
         self._last_seen_event = 0
         self._releasing: set[asyncio.Task[None]] = set()
         self._managed: set[str] = set()
+        self._windows: dict[str, int] = {}
         self.data_dir = store.path.parent
 
     # -- events
@@ -668,18 +669,23 @@ class Engine:
         return float(row[0])
 
     def over_budget(self, agent: Agent) -> str:
-        """Why the agent may not spend more now ('' if it may), with the way to raise it."""
-        self.store.flush()
-        agent_row = self.store.db.table("agents").get(agent.id)
+        """Why the agent may not spend more now ('' if it may), with the way to raise it.
+
+        Called before every model call, so it never waits for the store's writer: limits
+        are read from committed rows (``supervisor budget`` commits at once) and spend is
+        counted in memory.
+        """
+        agent_row = self._row("agents", agent.id)
         agent_limit = agent_row.get("budget_usd") or agent.limits.max_cost_usd
         if agent_limit and agent.cost_usd >= agent_limit:
             return (
                 f"agent budget ${agent_limit:g} reached; raise it with "
                 f"`supervisor budget agent {agent.id} USD`"
             )
-        run_row = self.store.db.table("runs").get(agent.run_id)
+        run_row = self._row("runs", agent.run_id)
         run_limit = run_row.get("budget_usd") or 0.0
-        if run_limit and (run_row.get("cost_usd") or 0.0) >= run_limit:
+        spent = sum(a.cost_usd for a in self.agents.values() if a.run_id == agent.run_id)
+        if run_limit and max(spent, run_row.get("cost_usd") or 0.0) >= run_limit:
             return (
                 f"run budget ${run_limit:g} reached; raise it with "
                 f"`supervisor budget run {agent.run_id} USD`"
@@ -775,16 +781,22 @@ class Engine:
         )
         return path
 
+    def _row(self, table: str, key: str) -> dict[str, Any]:
+        rows = list(self.store.db.query(f"SELECT * FROM {table} WHERE id = ?", [key]))
+        return dict(rows[0]) if rows else {}
+
     def context_window(self, spec: ModelSpec) -> int:
         if spec.context_window:
             return spec.context_window
-        from supervisor.models import litellm
+        if spec.model not in self._windows:  # litellm's lookup is slow: once per model
+            from supervisor.models import litellm
 
-        try:
-            info = litellm().get_model_info(spec.model)
-            return int(info.get("max_input_tokens") or DEFAULT_CONTEXT)
-        except Exception:
-            return DEFAULT_CONTEXT
+            try:
+                info = litellm().get_model_info(spec.model)
+                self._windows[spec.model] = int(info.get("max_input_tokens") or DEFAULT_CONTEXT)
+            except Exception:
+                self._windows[spec.model] = DEFAULT_CONTEXT
+        return self._windows[spec.model]
 
     async def close(self) -> None:
         if self._poller is not None:

@@ -47,7 +47,7 @@ def faulty_script(fault: Fault) -> list[Reply]:
 async def test_fault_in_a_run_of_20_agents(kind: str, sandbox_image: str, home: Path) -> None:
     fault = FAULTS[kind]
     with scripted(faulty_script(fault)) as server:
-        async with engine(**{"model.stall_timeout_s": 1.0}) as eng:
+        async with engine(**{"model.stall_timeout_s": 3.0}) as eng:
             start = time.monotonic()
             run_id = await eng.start_run(
                 RunOptions(task="compute", agents=AGENTS, sandbox="docker")
@@ -55,7 +55,7 @@ async def test_fault_in_a_run_of_20_agents(kind: str, sandbox_image: str, home: 
             status = await asyncio.wait_for(eng.wait_run(run_id), 120)
             wall = time.monotonic() - start
             summaries = [(a.status, a.summary) for a in eng.agents.values()]
-    assert status == "done", summaries
+    assert status == "done", [s for s in summaries if s[0] != "done"]
     assert all(s == ("done", "ok") for s in summaries)
     assert wall < 90
     # Each agent saw the answer of its first command despite the fault.

@@ -226,4 +226,5 @@ class LocalSandbox(Sandbox):
     async def destroy(self) -> None:
         await self.stop()
         if self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
+            # Deleting a large workspace takes a while: never on the event loop.
+            await asyncio.to_thread(shutil.rmtree, self.root, True)
