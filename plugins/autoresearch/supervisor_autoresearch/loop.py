@@ -206,7 +206,10 @@ async def baseline(ctx: StepContext) -> dict[str, Any]:
     async with Loop(ctx, board, index=0, label="baseline") as loop:
         record = await loop.experiment(None, n=0)
     if record["status"] != "keep":
-        raise RuntimeError(f"the baseline crashed; the end of its log:\n{record['log']}")
+        raise RuntimeError(
+            f"the baseline did not give a result ({record['description']}); the end of its "
+            f"log:\n{record['log']}"
+        )
     return {"metric": record["metric"]}
 
 
