@@ -280,3 +280,38 @@ def test_bad_target_is_one_line(tmp_path: Path, home: Path) -> None:
     result = run_cli("recipe", "run", "autoresearch", "-p", f"target={empty}")
     assert result.returncode == 1
     assert "the spec needs 'editable'" in result.stdout
+
+
+def test_cpu_example_trains_and_reports(home: Path, sandbox_image: str) -> None:
+    """The README's main job, shortened: the built-in CPU example in a real sandbox."""
+    result = run_cli(
+        "recipe",
+        "run",
+        "autoresearch",
+        "-p",
+        "time_budget=3",
+        "-p",
+        "experiments=1",
+        "-p",
+        "proposer=builtin",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = results(home, run_id_of(result.stdout))
+    baseline = float(rows[0][1])
+    assert rows[0][3] == "keep" and 1.0 < baseline < 8.0  # bits per byte; 8 is a blind guess
+    assert len(rows) == 2 and rows[1][3] in ("keep", "discard")
+    assert "best val_bpb" in result.stdout and "plot: " in result.stdout
+
+
+def test_search_never_proposes_the_baseline_again() -> None:
+    from supervisor_autoresearch.proposers import SearchProposer, key, read_params
+
+    files = {"train.py": "A = 1\nB = 'x'\n"}
+    space = {"A": [1, 2], "B": ["x", "y"]}
+    tried = {key(read_params(files, list(space)))}
+    proposer = SearchProposer(space, seed=0)
+    seen = []
+    while (proposal := proposer.propose(files, tried)) is not None:
+        tried.add(key(proposal.params))
+        seen.append(proposal.params)
+    assert {"A": 1, "B": "x"} not in seen and len(seen) == 2  # one change at a time

@@ -345,6 +345,7 @@ class Loop:
         if proposer is None:
             description = "baseline"
             params = proposers.read_params(await self._files(), list(spec.hyperparameters))
+            board.tried.add(proposers.key(params))  # never "propose" the baseline again
         else:
             # Start from the best so far, whoever found it.
             if board.best_files and board.best_files != await self._files():
