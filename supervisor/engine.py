@@ -294,53 +294,24 @@ class Engine:
         spec = self.models.registry.resolve(model or self.settings["model"])
         check_usable(spec)
         self.adopt_policy(run_id)
-        agent_id = _new_id(_slug(name))
-        limits = Limits(
-            max_steps=max_steps or self.settings["agent.max_steps"],
-            max_tokens=self.settings["agent.max_tokens"],
-            max_cost_usd=self.settings["budget.agent_usd"],
-            max_wall_s=self.settings["agent.max_wall_s"],
-        )
-        tools = {n: t for n, t in self.tools.items() if n not in exclude_tools}
         agent = Agent(
             self,
-            id=agent_id,
+            id=_new_id(_slug(name)),
             run_id=run_id,
             name=name,
             task=task,
             model=spec,
             sandbox=sandbox,
-            tools=tools,
-            limits=limits,
+            tools={n: t for n, t in self.tools.items() if n not in exclude_tools},
+            limits=self._limits(max_steps),
             policy=self._policies[run_id],
             role="worker",
             scope_key=sandbox.spec.labels.get("scope", ""),
         )
         agent.owns_sandbox = False
-        self.agents[agent_id] = agent
-        now = time.time()
-        row = {
-            "id": agent_id,
-            "run_id": run_id,
-            "name": name,
-            "role": "worker",
-            "task": task,
-            "model": spec.alias,
-            "sandbox": sandbox.backend,
-            "sandbox_id": sandbox.id,
-            "status": "starting",
-            "created_at": now,
-            "updated_at": now,
-        }
-        self.store.write(lambda db: db.table("agents").insert(self.redactor.value(row)))
-        self.emit(
-            EventType.AGENT_CREATED,
-            agent,
-            {"name": name, "model": spec.alias, "sandbox": sandbox.backend},
-            task,
-        )
+        self._register(agent, sandbox.backend, sandbox_id=sandbox.id)
         task_handle = asyncio.get_running_loop().create_task(agent.run())
-        self.tasks[agent_id] = task_handle
+        self.tasks[agent.id] = task_handle
         await asyncio.gather(task_handle, return_exceptions=True)
         return agent
 
@@ -390,12 +361,7 @@ class Engine:
         sandbox: Sandbox = self.backends[backend].factory(
             spec, **self.sandbox_kwargs.get(backend, {})
         )
-        limits = Limits(
-            max_steps=options.max_steps or self.settings["agent.max_steps"],
-            max_tokens=self.settings["agent.max_tokens"],
-            max_cost_usd=self.settings["budget.agent_usd"],
-            max_wall_s=self.settings["agent.max_wall_s"],
-        )
+        limits = self._limits(options.max_steps)
         agent = Agent(
             self,
             id=agent_id,
@@ -411,30 +377,44 @@ class Engine:
             parent_id=parent.id if parent else None,
             scope_key=options.workspace.name if options.workspace else "",
         )
-        self.agents[agent_id] = agent
+        self._register(agent, backend)
+        self.tasks[agent_id] = asyncio.get_running_loop().create_task(self._run_agent(agent))
+        return agent
+
+    def _limits(self, max_steps: int = 0) -> Limits:
+        return Limits(
+            max_steps=max_steps or self.settings["agent.max_steps"],
+            max_tokens=self.settings["agent.max_tokens"],
+            max_cost_usd=self.settings["budget.agent_usd"],
+            max_wall_s=self.settings["agent.max_wall_s"],
+        )
+
+    def _register(self, agent: Agent, backend: str, sandbox_id: str = "") -> None:
+        """Make an agent known: in memory, as a row, and as an event."""
+        self.agents[agent.id] = agent
         now = time.time()
         row = {
-            "id": agent_id,
-            "run_id": run_id,
+            "id": agent.id,
+            "run_id": agent.run_id,
             "parent_id": agent.parent_id,
-            "name": name,
+            "name": agent.name,
             "role": agent.role,
-            "task": task,
-            "model": model.alias,
+            "task": agent.task,
+            "model": agent.model.alias,
             "sandbox": backend,
+            "sandbox_id": sandbox_id or None,
             "status": "starting",
             "created_at": now,
             "updated_at": now,
         }
         self.store.write(lambda db: db.table("agents").insert(self.redactor.value(row)))
-        self.emit(
-            EventType.AGENT_CREATED,
-            agent,
-            {"name": name, "parent_id": agent.parent_id, "model": model.alias, "sandbox": backend},
-            task,
-        )
-        self.tasks[agent_id] = asyncio.get_running_loop().create_task(self._run_agent(agent))
-        return agent
+        data = {
+            "name": agent.name,
+            "parent_id": agent.parent_id,
+            "model": agent.model.alias,
+            "sandbox": backend,
+        }
+        self.emit(EventType.AGENT_CREATED, agent, data, agent.task)
 
     async def _run_agent(self, agent: Agent) -> str:
         try:

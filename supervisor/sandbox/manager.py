@@ -293,33 +293,38 @@ def prune(
     return removed
 
 
-def find_agent_sandbox(agent: str) -> Sandbox:
-    """The sandbox of an agent, by agent id or name (or container name)."""
+def _agent_rows(sql: str, agent: str) -> list[dict[str, Any]]:
+    """Rows about the newest agent with this id or name (none if there is no database)."""
     from supervisor import config
-    from supervisor.errors import InputError
 
     db = config.db_path()
-    if db.exists():
-        from supervisor.store import Store
+    if not db.exists():
+        return []
+    from supervisor.store import Store
 
-        store = Store.open(db)
-        try:
-            rows = list(
-                store.db.query(
-                    "SELECT id, sandbox, sandbox_id FROM agents WHERE id = ? OR name = ? "
-                    "ORDER BY created_at DESC LIMIT 1",
-                    [agent, agent],
-                )
-            )
-        finally:
-            store.close()
-        if rows and rows[0]["sandbox_id"]:
-            row = rows[0]
-            if row["sandbox"] == "local":
-                from supervisor.sandbox.local import LocalSandbox
+    store = Store.open(db)
+    try:
+        return [dict(r) for r in store.db.query(sql, [agent, agent])]
+    finally:
+        store.close()
 
-                return LocalSandbox.attach(Path(row["sandbox_id"]))
-            return DockerSandbox.attach(row["sandbox_id"])
+
+def find_agent_sandbox(agent: str) -> Sandbox:
+    """The sandbox of an agent, by agent id or name (or container name)."""
+    from supervisor.errors import InputError
+
+    rows = _agent_rows(
+        "SELECT id, sandbox, sandbox_id FROM agents WHERE id = ? OR name = ? "
+        "ORDER BY created_at DESC LIMIT 1",
+        agent,
+    )
+    if rows and rows[0]["sandbox_id"]:
+        row = rows[0]
+        if row["sandbox"] == "local":
+            from supervisor.sandbox.local import LocalSandbox
+
+            return LocalSandbox.attach(Path(row["sandbox_id"]))
+        return DockerSandbox.attach(row["sandbox_id"])
     client = docker_client()
     for container in _managed(client, "containers"):
         if agent in (container.labels.get(f"{LABEL}.agent"), container.name):
@@ -329,25 +334,13 @@ def find_agent_sandbox(agent: str) -> Sandbox:
 
 def run_workspace(agent: str) -> Path:
     """The folder the agent's run started from (for ``agent apply``)."""
-    from supervisor import config
     from supervisor.errors import InputError
 
-    db = config.db_path()
-    if db.exists():
-        from supervisor.store import Store
-
-        store = Store.open(db)
-        try:
-            rows = list(
-                store.db.query(
-                    "SELECT runs.workspace FROM agents JOIN runs ON runs.id = agents.run_id "
-                    "WHERE agents.id = ? OR agents.name = ? "
-                    "ORDER BY agents.created_at DESC LIMIT 1",
-                    [agent, agent],
-                )
-            )
-        finally:
-            store.close()
-        if rows and rows[0]["workspace"]:
-            return Path(rows[0]["workspace"])
+    rows = _agent_rows(
+        "SELECT runs.workspace FROM agents JOIN runs ON runs.id = agents.run_id "
+        "WHERE agents.id = ? OR agents.name = ? ORDER BY agents.created_at DESC LIMIT 1",
+        agent,
+    )
+    if rows and rows[0]["workspace"]:
+        return Path(rows[0]["workspace"])
     raise InputError(f"no workspace is recorded for agent {agent!r}; name one with --repo")
