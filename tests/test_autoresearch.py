@@ -315,3 +315,20 @@ def test_search_never_proposes_the_baseline_again() -> None:
         tried.add(key(proposal.params))
         seen.append(proposal.params)
     assert {"A": 1, "B": "x"} not in seen and len(seen) == 2  # one change at a time
+
+
+def test_slot_commands_run_under_timeout() -> None:
+    from supervisor_autoresearch.loop import SlotPool
+
+    cpu = SlotPool(["0,1"], "cpu").wrap(
+        "0,1", "python3 -c 'import os; print(os.environ[\"OMP_NUM_THREADS\"])'"
+    )
+    out = subprocess.run(f"timeout 10 {cpu}", shell=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "2", out.stderr
+    gpu = SlotPool(["3"], "gpu").wrap("3", "sh -c 'echo $CUDA_VISIBLE_DEVICES'")
+    assert (
+        subprocess.run(
+            f"timeout 10 {gpu}", shell=True, capture_output=True, text=True
+        ).stdout.strip()
+        == "3"
+    )

@@ -76,8 +76,13 @@ class SlotPool:
 
     def wrap(self, slot: str, command: str) -> str:
         if self.kind == "gpu":
-            return f"CUDA_VISIBLE_DEVICES={slot} {command}"
-        return f"taskset -c {slot} {command}"
+            # `env`, not a bare assignment: the command runs under `timeout`.
+            return f"env CUDA_VISIBLE_DEVICES={slot} {command}"
+        # Math libraries start one thread per core of the machine, not of the slot; more
+        # threads than cores made CPU experiments 10-60x slower whenever a core was busy.
+        n = len(slot.split(","))
+        threads = f"env OMP_NUM_THREADS={n} OPENBLAS_NUM_THREADS={n} MKL_NUM_THREADS={n}"
+        return f"{threads} taskset -c {slot} {command}"
 
 
 def _gpus() -> list[str]:
