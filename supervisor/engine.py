@@ -726,7 +726,8 @@ class Engine:
         words = [w for w in re.findall(r"[A-Za-z0-9_]{3,}", query.lower())][:40]
         if not words:
             return []
-        self.store.flush()
+        # No flush: notes are committed before `remember` returns, so reading here never
+        # waits on the writer (this runs at every agent's start).
         match = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
         sql = (
             "SELECT notes.id, notes.scope, notes.body FROM notes JOIN notes_fts "

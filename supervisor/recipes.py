@@ -199,8 +199,7 @@ def parse(path: Path, text: str | None = None) -> Recipe:
     unknown = set(data) - RECIPE_KEYS
     if unknown:
         key = sorted(unknown)[0]
-        return_error = fail(f"unknown key {key!r} (expected {', '.join(sorted(RECIPE_KEYS))})", key)
-        raise return_error
+        raise fail(f"unknown key {key!r} (expected {', '.join(sorted(RECIPE_KEYS))})", key)
     name = data.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise fail("name must be lowercase letters, digits, '-' or '_'", "name")

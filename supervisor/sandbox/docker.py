@@ -102,19 +102,11 @@ class _ExecSocket:
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
-        buf = b""
+        frames = _Frames()
         try:
-            while True:
-                data = await loop.sock_recv(self._raw, 256 * 1024)
-                if not data:
-                    break
-                buf += data
-                while len(buf) >= 8:
-                    stream, size = buf[0], struct.unpack(">I", buf[4:8])[0]
-                    if len(buf) < 8 + size:
-                        break
-                    self._queue.put_nowait((stream, buf[8 : 8 + size]))
-                    buf = buf[8 + size :]
+            while data := await loop.sock_recv(self._raw, 256 * 1024):
+                for frame in frames.feed(data):
+                    self._queue.put_nowait(frame)
         except OSError:
             pass
         finally:
@@ -140,22 +132,33 @@ def _raw_socket(api: Any, exec_id: str) -> socket.socket:
     return raw
 
 
+class _Frames:
+    """Splits Docker's multiplexed exec stream (an 8-byte header per frame: stream id,
+    then payload size) into ``(stream, payload)`` frames, across reads."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self._buf += data
+        frames = []
+        while len(self._buf) >= 8:
+            size = struct.unpack(">I", self._buf[4:8])[0]
+            if len(self._buf) < 8 + size:
+                break
+            frames.append((self._buf[0], self._buf[8 : 8 + size]))
+            self._buf = self._buf[8 + size :]
+        return frames
+
+
 def _read_frames(raw: socket.socket, sinks: dict[int, Any]) -> None:
     """Blocking: read demultiplexed frames into ``sinks[stream].write`` until EOF."""
-    buf = b""
-    while True:
-        data = raw.recv(256 * 1024)
-        if not data:
-            return
-        buf += data
-        while len(buf) >= 8:
-            stream, size = buf[0], struct.unpack(">I", buf[4:8])[0]
-            if len(buf) < 8 + size:
-                break
+    frames = _Frames()
+    while data := raw.recv(256 * 1024):
+        for stream, payload in frames.feed(data):
             sink = sinks.get(stream)
             if sink is not None:
-                sink.write(buf[8 : 8 + size])
-            buf = buf[8 + size :]
+                sink.write(payload)
 
 
 # -- the sandbox

@@ -356,10 +356,6 @@ class Store:
 
     def search_events(self, query: str, *, limit: int = 20) -> list[Event]:
         """Full-text search over event text, newest first; any user string is safe."""
-        from sqlite_utils.db import Table
-
-        table = self.db["events"]
-        assert isinstance(table, Table)
         # Ordering by rowid lets FTS5 stop after `limit` hits instead of ranking every
         # match, which keeps search fast on millions of events.
         sql = (
@@ -371,11 +367,7 @@ class Store:
 
     def search_notes(self, query: str, *, limit: int = 20) -> list[dict[str, Any]]:
         """Full-text search over memory notes, most relevant first."""
-        from sqlite_utils.db import Table
-
-        table = self.db["notes"]
-        assert isinstance(table, Table)
-        return list(table.search(query, limit=limit, quote=True))
+        return list(self.db.table("notes").search(query, limit=limit, quote=True))
 
 
 def _event_row(event: Event) -> tuple[Any, ...]:
