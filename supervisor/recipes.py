@@ -434,6 +434,12 @@ class RecipeRunner:
                     output = await self._run_step(ctx, values)
                     if step.check:
                         await self._check(step, render(step.check, values), run_dir)
+                except InputError as exc:
+                    # The user's to fix (a bad target, parameter or spec): recorded, then
+                    # reported as bad input — one line, exit code 2 — not as a failed step.
+                    self._mark(run_id, step, "failed", error=str(exc))
+                    status = "failed"
+                    raise
                 except StepFailed as exc:
                     self._mark(run_id, step, "failed", error=str(exc))
                     self.progress(f"✗ {exc}")
@@ -459,7 +465,7 @@ class RecipeRunner:
                 result = fn(ctx)
                 if inspect.isawaitable(result):
                     result = await result
-            except StepFailed:
+            except (StepFailed, InputError):
                 raise
             except Exception as exc:
                 raise StepFailed(step, f"{type(exc).__name__}: {exc}") from exc

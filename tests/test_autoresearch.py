@@ -278,8 +278,12 @@ def test_bad_target_is_one_line(tmp_path: Path, home: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_cli("recipe", "run", "autoresearch", "-p", f"target={empty}")
-    assert result.returncode == 1
-    assert "the spec needs 'editable'" in result.stdout
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "the spec needs 'editable'" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    run_id = run_id_of(result.stdout)
+    resumed = run_cli("recipe", "resume", run_id)  # recorded as failed: resumable, nothing lost
+    assert resumed.returncode == 2 and "the spec needs 'editable'" in resumed.stderr
 
 
 def test_cpu_example_trains_and_reports(home: Path, sandbox_image: str) -> None:
