@@ -196,3 +196,27 @@ def test_deleted_events_leave_search(store: Store) -> None:
     store.write(lambda db: db.execute("DELETE FROM events")).result()
     assert store.search_events("secretive") == []
     assert store.db.execute("INSERT INTO events_fts(events_fts) VALUES('integrity-check')")
+
+
+def test_processes_opening_a_new_database_at_once(tmp_path: Path) -> None:
+    """The CLI beside a starting engine: every process gets a migrated database."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from supervisor.store import Store; "
+        "s = Store.open(__import__('pathlib').Path(sys.argv[1])); "
+        "print(len(list(s.db['_sqlite_migrations'].rows))); s.close()"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "new.db")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    outcomes = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err for _, err in outcomes]
+    assert {out.strip() for out, _ in outcomes} == {"2"}

@@ -12,6 +12,8 @@ Readers use their own connection per thread; in WAL mode they never wait for the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import queue
 import sqlite3
@@ -102,6 +104,20 @@ def migrate(db: Database, path: Path) -> None:
         raise StoreError(f"{path}: cannot apply schema migrations: {exc}") from None
 
 
+@contextlib.contextmanager
+def _migration_lock(path: Path) -> Iterator[None]:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"{lock_path}: cannot be created: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 class _Flush:
     """A marker in the write queue; set once everything queued before it is committed
     (and, with ``index``, searchable)."""
@@ -134,12 +150,16 @@ class Store:
         """Open (creating and migrating if needed) the database at ``path``."""
         store = cls(path)
         check_file(store.path)
-        inspect_existing(store.path)
-        conn = connect(store.path)
-        try:
-            migrate(Database(conn), store.path)
-        finally:
-            conn.close()
+        # Two processes opening a new database at once (the CLI beside a running engine)
+        # would both see the migrations pending, and the WAL switch does not wait for a
+        # busy lock: one process at a time inspects and migrates.
+        with _migration_lock(store.path):
+            inspect_existing(store.path)
+            conn = connect(store.path)
+            try:
+                migrate(Database(conn), store.path)
+            finally:
+                conn.close()
         store._thread = threading.Thread(target=store._writer, name="store-writer", daemon=True)
         store._thread.start()
         return store
