@@ -19,10 +19,11 @@ import asyncio
 import fnmatch
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from supervisor.events import EventType
+from supervisor.events import Event, EventType
 from supervisor.models import Completion, ContextOverflow, ModelError, RetryInfo, ToolCallOut
 from supervisor.types import Tool, ToolCall
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 MAX_TOOL_OUTPUT = 12_000  # characters of one tool result shown to the model
 NO_TOOL_NUDGES = 3  # replies without a tool call tolerated before the text is taken as final
 COMPACT_AT = 0.75  # fraction of the context window that triggers compaction
+INTERRUPTED_CALL = "error: interrupted (the supervisor stopped while this ran); check its effect"
 KEEP_RECENT = 6  # messages kept verbatim when older turns are compacted
 
 
@@ -165,10 +167,13 @@ class Agent:
         """Work the task until done; returns the final status."""
         status = "failed"
         try:
-            self.set_status("running", "reading the task")
+            history = self.messages
+            doing = "picking up its transcript" if history else "reading the task"
+            self.set_status("running", doing)
             self.messages = [
                 {"role": "system", "content": await self.system_prompt()},
                 {"role": "user", "content": self.task},
+                *history,
             ]
             while True:
                 await self.step()
@@ -371,7 +376,8 @@ class Agent:
                 "error": error,
                 "duration_s": round(time.perf_counter() - started, 4),
             },
-            text[:2000],
+            # Whole (already cut to MAX_TOOL_OUTPUT): a restarted agent replays it.
+            text,
         )
         return text
 
@@ -389,6 +395,7 @@ class Agent:
     # -- limits, status, prompt
 
     async def check_limits(self) -> None:
+        await self.engine.wait_while_paused(self)
         lim = self.limits
         if lim.max_steps and self.steps >= lim.max_steps:
             raise LimitReached(f"step limit ({lim.max_steps}) reached")
@@ -447,3 +454,61 @@ def _schema(tool: Tool) -> dict[str, Any]:
             "parameters": tool.parameters,
         },
     }
+
+
+def messages_from_events(events: Iterable[Event]) -> list[dict[str, Any]]:
+    """Rebuild an agent's conversation (after the task) from its recorded events.
+
+    A restarted agent — after a crash of the supervisor process, or a person's restart —
+    continues from this. Steps start at the status "thinking"; a step's text and tool calls
+    become one assistant message, each finished call a tool message. A call that never
+    finished (the process died under it) is answered with a note saying so.
+    """
+    messages: list[dict[str, Any]] = []
+    step_text: list[str] = []
+    calls: dict[str, dict[str, Any]] = {}
+    results: dict[str, str] = {}
+    said: list[str] = []  # a person's messages, read by the agent at its next step
+
+    def close_step() -> None:
+        if step_text or calls:
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(step_text) or None}
+            if calls:
+                message["tool_calls"] = [
+                    {
+                        "id": cid,
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+                    }
+                    for cid, c in calls.items()
+                ]
+            messages.append(message)
+            for cid in calls:
+                content = results.get(cid, INTERRUPTED_CALL)
+                messages.append({"role": "tool", "tool_call_id": cid, "content": content})
+        step_text.clear()
+        calls.clear()
+        results.clear()
+        messages.extend({"role": "user", "content": text} for text in said)
+        said.clear()
+
+    for event in events:
+        t, d = event.type, event.data
+        if t == EventType.AGENT_STATUS and d.get("doing") == "thinking":
+            close_step()
+        elif t == EventType.MESSAGE:
+            step_text.append(event.text)
+        elif t == EventType.TOOL_STARTED:
+            arguments = d.get("arguments", {})
+            calls[d.get("id", "")] = {"name": d.get("tool", ""), "arguments": arguments}
+        elif t == EventType.TOOL_FINISHED:
+            cid = d.get("id", "")
+            calls.setdefault(cid, {"name": d.get("tool", ""), "arguments": {}})
+            if d.get("denied"):
+                results[cid] = f"error: refused by policy ({d['denied']}); do not try this again"
+            else:
+                results[cid] = event.text or "finished"
+        elif t == EventType.HUMAN_MESSAGE:
+            said.append(event.text)
+    close_step()
+    return messages

@@ -65,6 +65,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("model.retries", int, 6, "Retries of a failed model call (429, 5xx, stalls)."),
         Setting("model.stall_timeout_s", float, 60.0, "Abort a stream silent this long."),
         Setting(
+            "server.auto_resume",
+            bool,
+            True,
+            "Resume runs a crashed supervisor process left behind when it starts again.",
+        ),
+        Setting(
             "policy.ask",
             list,
             ["shell:git push*"],

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import os
 import re
 import secrets
 import time
@@ -36,6 +37,7 @@ Listener = Callable[[Event], None]
 DELTA_FLUSH_CHARS = 256
 DELTA_FLUSH_S = 0.05
 DEFAULT_CONTEXT = 128_000
+OWNER = f"pid:{os.getpid()}"  # recorded on the runs this process drives
 
 
 @dataclass
@@ -113,6 +115,9 @@ class Engine:
         self._releasing: set[asyncio.Task[None]] = set()
         self._managed: set[str] = set()
         self._windows: dict[str, int] = {}
+        self._paused: dict[str, asyncio.Event] = {}  # agent id -> set when resumed
+        self.kept: set[str] = set()  # agents whose sandbox outlives them
+        self.closing = False  # set by close(interrupt=True): runs stop to resume later
         self.data_dir = store.path.parent
 
     # -- events
@@ -213,6 +218,7 @@ class Engine:
             "updated_at": now,
             "budget_usd": budget_usd or self.settings["budget.run_usd"] or None,
             "params": json.dumps(params or {}, default=str),
+            "owner": OWNER,
         }
         self.store.write(lambda db: db.table("runs").insert(self.redactor.value(row)))
         self.emit(
@@ -243,7 +249,8 @@ class Engine:
         now = time.time()
         self.store.write(
             lambda db: db.table("runs").update(
-                run_id, {"status": "running", "updated_at": now, "finished_at": None}
+                run_id,
+                {"status": "running", "updated_at": now, "finished_at": None, "owner": OWNER},
             )
         )
         self._start_poller()
@@ -447,6 +454,10 @@ class Engine:
         self.emit(EventType.AGENT_STATUS, agent, {"status": status, "doing": doing})
 
     def agent_finished(self, agent: Agent, status: str) -> None:
+        if self.closing and status == "stopped":
+            # The process is going away under the agent, not a person stopping it: it
+            # continues when its run is resumed.
+            status = agent.status = "interrupted"
         now = time.time()
         values = {
             "status": status,
@@ -464,7 +475,12 @@ class Engine:
             agent.summary,
         )
         options = self.runs.get(agent.run_id)
-        if agent.owns_sandbox and options is not None and not options.keep_sandboxes:
+        keep = (
+            self.closing
+            or agent.id in self.kept
+            or (options is not None and options.keep_sandboxes)
+        )
+        if agent.owns_sandbox and options is not None and not keep:
             task = asyncio.get_running_loop().create_task(self._release(agent))
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
@@ -475,7 +491,7 @@ class Engine:
             await agent.sandbox.destroy()
 
     def _check_run_done(self, run_id: str) -> None:
-        if run_id in self._managed:
+        if run_id in self._managed or self.closing:
             return
         members = [a for a in self.agents.values() if a.run_id == run_id]
         if any(a.status not in ("done", "failed", "stopped") for a in members):
@@ -598,6 +614,263 @@ class Engine:
                 if payload.get("handled") or future is None or future.done():
                     continue
                 future.set_result(str(payload.get("answer", "")))
+
+    # -- steering: a person's hand on a running fleet
+
+    def agent(self, key: str) -> Agent:
+        """A live agent by id or name; bad input if there is none."""
+        agent = self.find_agent(key)
+        if agent is None:
+            from supervisor.errors import InputError
+
+            raise InputError(f"no agent {key!r} in this supervisor (see `supervisor agents ls`)")
+        return agent
+
+    def running(self, agent: Agent) -> bool:
+        task = self.tasks.get(agent.id)
+        return task is not None and not task.done()
+
+    def message(self, key: str, text: str) -> str:
+        """Tell an agent something. A waiting question takes it as the answer; a running
+        agent reads it before its next step; a finished one is restarted with it. Returns
+        what happened, in words."""
+        agent = self.agent(key)
+        pending = self._pending.get(agent.id)
+        waiting = pending is not None and not pending.done() and agent.status == "waiting"
+        if waiting and self.answer(agent.id, text):
+            return "answered"
+        self.emit(EventType.HUMAN_MESSAGE, agent, {"from": "person"}, text)
+        if self.running(agent):
+            agent.inbox.put_nowait(text)
+            return "sent"
+        self.restart(agent.id)
+        return "restarted"
+
+    async def wait_while_paused(self, agent: Agent) -> None:
+        gate = self._paused.get(agent.id)
+        if gate is None:
+            return
+        agent.set_status("paused", "paused by a person; resume to continue")
+        await gate.wait()
+        agent.set_status("running", "resumed")
+
+    def pause(self, key: str) -> None:
+        """Hold the agent before its next model call (the current step finishes)."""
+        agent = self.agent(key)
+        if not self.running(agent):
+            from supervisor.errors import InputError
+
+            raise InputError(f"agent {agent.name} is not running (it is {agent.status})")
+        if agent.id not in self._paused:
+            self._paused[agent.id] = asyncio.Event()
+            self.emit(EventType.LOG, agent, {"paused": True}, "paused by a person")
+
+    def resume(self, key: str) -> None:
+        agent = self.agent(key)
+        gate = self._paused.pop(agent.id, None)
+        if gate is not None:
+            gate.set()
+            self.emit(EventType.LOG, agent, {"paused": False}, "resumed by a person")
+
+    async def stop(self, key: str) -> None:
+        """Stop an agent now; its status becomes ``stopped``."""
+        agent = self.agent(key)
+        self._paused.pop(agent.id, None)
+        task = self.tasks.get(agent.id)
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def keep_sandbox(self, key: str) -> None:
+        """Keep the agent's sandbox when it ends (for a look inside, or a restart)."""
+        agent = self.agent(key)
+        self.kept.add(agent.id)
+        self.emit(EventType.LOG, agent, {"keep_sandbox": True}, "sandbox will be kept")
+
+    def restart(self, key: str) -> Agent:
+        """Start an ended agent again from its transcript, in its sandbox if that still
+        exists (else a fresh one). A running agent is stopped first."""
+        agent = self.agent(key)
+        task = self.tasks.get(agent.id)
+
+        async def go() -> str:
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            return await self._resume_agent(agent)
+
+        self.tasks[agent.id] = asyncio.get_running_loop().create_task(go())
+        return agent
+
+    async def _resume_agent(self, agent: Agent) -> str:
+        """Run ``agent`` on from its recorded events (see ``messages_from_events``)."""
+        from supervisor.agent import messages_from_events
+
+        self.store.flush()
+        events = list(self.store.events(agent_id=agent.id))
+        agent.messages = messages_from_events(events)
+        agent.summary = ""
+        agent.started = time.monotonic()
+        self._reopen_run(agent.run_id)
+        try:
+            agent.set_status("starting", "re-adopting its sandbox")
+            if not await self._reattach(agent):
+                await agent.sandbox.start()
+                sandbox_id = agent.sandbox.id
+                self.store.write(
+                    lambda db: db.table("agents").update(agent.id, {"sandbox_id": sandbox_id})
+                )
+                agent.messages.append(
+                    {
+                        "role": "user",
+                        "content": "Note: your sandbox was lost and has been recreated from "
+                        "the workspace; files you made before are gone.",
+                    }
+                )
+        except Exception as exc:
+            agent.summary = f"sandbox failed to start: {exc}"
+            agent.status = "failed"
+            self.agent_finished(agent, "failed")
+            return "failed"
+        return await agent.run()
+
+    async def _reattach(self, agent: Agent) -> bool:
+        """Point the agent at its existing sandbox (by the id recorded for it)."""
+        row = self._row("agents", agent.id)
+        sandbox_id = row.get("sandbox_id")
+        if not sandbox_id or (agent.sandbox.id == sandbox_id and await _alive(agent.sandbox)):
+            return bool(sandbox_id)
+        try:
+            if agent.sandbox.backend == "local":
+                from supervisor.sandbox.local import LocalSandbox
+
+                found: Sandbox = LocalSandbox.attach(Path(sandbox_id))
+            else:
+                from supervisor.sandbox.docker import DockerSandbox
+
+                found = await asyncio.to_thread(DockerSandbox.attach, sandbox_id)
+            found.spec = agent.sandbox.spec
+            if not await _alive(found):
+                return False
+        except Exception:
+            return False
+        agent.sandbox = found
+        return True
+
+    def _reopen_run(self, run_id: str) -> None:
+        if self._row("runs", run_id).get("status") != "running":
+            now = time.time()
+            self.store.write(
+                lambda db: db.table("runs").update(
+                    run_id,
+                    {"status": "running", "updated_at": now, "finished_at": None, "owner": OWNER},
+                )
+            )
+            self.emit(EventType.RUN_STATUS, None, {"status": "running"}, run_id=run_id)
+        self._done[run_id] = asyncio.Event()
+
+    async def resume_task_run(self, run_id: str) -> list[Agent]:
+        """Take up a task run from the store (after the supervisor process died): every
+        agent that had not ended continues from its transcript."""
+        from supervisor.errors import InputError
+
+        row = self._row("runs", run_id)
+        if not row:
+            raise InputError(f"no run {run_id!r}")
+        params = json.loads(row.get("params") or "{}")
+        options = RunOptions(
+            task=row.get("title") or "",
+            model=params.get("model", ""),
+            workspace=Path(row["workspace"]) if row.get("workspace") else None,
+            sandbox=params.get("sandbox", ""),
+            agents=int(params.get("agents", 1)),
+            network=bool(params.get("network")),
+        )
+        self.runs[run_id] = options
+        self.adopt_policy(run_id)
+        self._start_poller()
+        resumed = []
+        for a in self.store.db.query(
+            "SELECT * FROM agents WHERE run_id = ? ORDER BY created_at", [run_id]
+        ):
+            agent = self._revive(a, options)
+            if a["status"] not in ("done", "failed", "stopped"):
+                resumed.append(agent)
+        for agent in resumed:
+            self.tasks[agent.id] = asyncio.get_running_loop().create_task(self._resume_agent(agent))
+        if not resumed:
+            self._check_run_done(run_id)
+        return resumed
+
+    def _revive(self, row: dict[str, Any], options: RunOptions) -> Agent:
+        """An Agent object for a recorded agent (not started)."""
+        if row["id"] in self.agents:
+            return self.agents[row["id"]]
+        model = self.models.registry.resolve(row["model"] or self.settings["model"])
+        spec = SandboxSpec(
+            run_id=row["run_id"],
+            agent_id=row["id"],
+            workspace=options.workspace,
+            network=options.network,
+            memory=self.settings["sandbox.memory"],
+            cpus=self.settings["sandbox.cpus"],
+            pids=self.settings["sandbox.pids"],
+            image=self.settings["sandbox.image"],
+            env=self._sandbox_env(),
+        )
+        backend = row["sandbox"] or self.settings["sandbox.backend"]
+        agent = Agent(
+            self,
+            id=row["id"],
+            run_id=row["run_id"],
+            name=row["name"],
+            task=row["task"] or "",
+            model=model,
+            sandbox=self.backends[backend].factory(spec, **self.sandbox_kwargs.get(backend, {})),
+            tools=dict(self.tools),
+            limits=self._limits(options.max_steps),
+            policy=self._policies[row["run_id"]],
+            role=row["role"] or "worker",
+            parent_id=row["parent_id"],
+            scope_key=options.workspace.name if options.workspace else "",
+        )
+        agent.status = row["status"]
+        agent.steps = row.get("steps") or 0
+        agent.input_tokens = row.get("input_tokens") or 0
+        agent.output_tokens = row.get("output_tokens") or 0
+        agent.cost_usd = row.get("cost_usd") or 0.0
+        self.agents[agent.id] = agent
+        return agent
+
+    def interrupt_orphans(self) -> list[dict[str, Any]]:
+        """Runs left ``running`` by a process that died: mark them and their unfinished
+        agents ``interrupted``; returns the runs' rows. Runs of live processes (another
+        ``--foreground`` run) are left alone."""
+        self.store.flush()
+        rows = [
+            dict(r)
+            for r in self.store.db.query("SELECT * FROM runs WHERE status = 'running'")
+            if not _owner_alive(r.get("owner"))
+        ]
+        now = time.time()
+        for row in rows:
+            run_id = row["id"]
+
+            def mark(db: Any, run_id: str = run_id) -> None:
+                db.execute(
+                    "UPDATE runs SET status = 'interrupted', updated_at = ? WHERE id = ?",
+                    [now, run_id],
+                )
+                db.execute(
+                    "UPDATE agents SET status = 'interrupted', doing = '', updated_at = ? "
+                    "WHERE run_id = ? AND status NOT IN ('done', 'failed', 'stopped')",
+                    [now, run_id],
+                )
+
+            self.store.write(mark)
+            self.emit(EventType.RUN_STATUS, None, {"status": "interrupted"}, run_id=run_id)
+        self.store.flush()
+        return rows
 
     # -- money
 
@@ -779,16 +1052,55 @@ class Engine:
                 self._windows[spec.model] = DEFAULT_CONTEXT
         return self._windows[spec.model]
 
-    async def close(self) -> None:
+    async def close(self, *, interrupt: bool = False) -> None:
+        """Stop every agent. With ``interrupt`` (the supervisor process shutting down) the
+        runs are recorded ``interrupted`` and the sandboxes kept, so a resume continues them
+        where they were; otherwise sandboxes are released."""
+        self.closing = interrupt
+        active = {a.run_id for a in self.agents.values() if self.running(a)}
         if self._poller is not None:
             self._poller.cancel()
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        await asyncio.gather(
-            *(self._release(a) for a in self.agents.values()), return_exceptions=True
-        )
+        if interrupt:
+            now = time.time()
+            for run_id in active - self._managed:  # recipe runs record it themselves
+
+                def mark(db: Any, run_id: str = run_id) -> None:
+                    db.table("runs").update(run_id, {"status": "interrupted", "updated_at": now})
+
+                self.store.write(mark)
+                self.emit(EventType.RUN_STATUS, None, {"status": "interrupted"}, run_id=run_id)
+        else:
+            await asyncio.gather(
+                *(self._release(a) for a in self.agents.values()), return_exceptions=True
+            )
         self.store.flush()
+
+
+def _owner_alive(owner: str | None) -> bool:
+    import os
+
+    if not owner or not owner.startswith("pid:"):
+        return False
+    pid = int(owner[4:])
+    if pid == os.getpid():
+        return False  # recorded by an earlier process that had this pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _alive(sandbox: Sandbox) -> bool:
+    try:
+        return (await sandbox.exec("true", timeout=10)).exit_code == 0
+    except Exception:
+        return False
 
 
 def _new_id(prefix: str) -> str:

@@ -29,6 +29,7 @@ class EventType(StrEnum):
     APPROVAL_RESOLVED = "approval.resolved"
     HUMAN_ASKED = "human.asked"
     HUMAN_ANSWERED = "human.answered"
+    HUMAN_MESSAGE = "human.message"
     ARTIFACT = "artifact"
     STEP = "step"
     LOG = "log"

@@ -422,10 +422,10 @@ class RecipeRunner:
         try:
             for step in self.recipe.order():
                 if step.id in done:
-                    self.progress(f"✓ {step.id} (done earlier)")
+                    self._say(run_id, step, f"✓ {step.id} (done earlier)")
                     continue
                 self._mark(run_id, step, "running")
-                self.progress(f"▶ {step.id}")
+                self._say(run_id, step, f"▶ {step.id}")
                 started = time.monotonic()
                 ctx = StepContext(
                     self.engine, self.recipe, step, run_id, params, run_dir, outputs, self.progress
@@ -442,18 +442,25 @@ class RecipeRunner:
                     raise
                 except StepFailed as exc:
                     self._mark(run_id, step, "failed", error=str(exc))
-                    self.progress(f"✗ {exc}")
+                    self._say(run_id, step, f"✗ {exc}")
                     status = "failed"
                     break
                 outputs[step.id] = output
                 self._mark(run_id, step, "done", output=output)
-                self.progress(f"✓ {step.id} ({time.monotonic() - started:.1f}s)")
+                self._say(run_id, step, f"✓ {step.id} ({time.monotonic() - started:.1f}s)")
         except asyncio.CancelledError:
             status = "interrupted"
             raise
         finally:
             self.engine.finish_run(run_id, status)
         return status
+
+    def _say(self, run_id: str, step: Step, text: str) -> None:
+        """A progress line, as an event (clients of the server print it) and here."""
+        from supervisor.events import EventType
+
+        self.engine.emit(EventType.STEP, None, {"step": step.id}, text, run_id=run_id)
+        self.progress(text)
 
     async def _run_step(self, ctx: StepContext, values: dict[str, Any]) -> Any:
         step = ctx.step

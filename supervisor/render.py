@@ -89,6 +89,10 @@ class Printer:
             return click.style("! approval needed: ", fg="magenta", bold=True) + (
                 f"{d.get('tool')} {json.dumps(d.get('arguments', {}))[:200]}"
             )
+        if t == EventType.HUMAN_MESSAGE:
+            return click.style("  you said: ", fg="magenta") + (event.text[:200] if event else "")
+        if t == EventType.STEP:
+            return event.text if event else ""
         if t == EventType.LOG:
             return click.style(f"· {event.text if event else ''}", dim=True)
         if t == EventType.NOTE_WRITTEN:

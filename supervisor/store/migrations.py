@@ -205,3 +205,11 @@ def m002_experiments(db: Database) -> None:
     )
     db.table("experiments").create_index(["run_id", "agent_id", "n"])
     db.table("experiments").create_index(["target"])
+
+
+@migrations()
+def m003_run_owner(db: Database) -> None:
+    # Which process drives a running run ("pid:<n>"): the supervisor process takes over
+    # only runs whose owner has died, never a `--foreground` run that is still alive.
+    db.table("runs").add_column("owner", str)
+    db.table("runs").add_column("resumes", int)  # automatic resumes after crashes
