@@ -111,6 +111,12 @@ class Reply:
     is sent verbatim (which is how a test sends malformed JSON). ``usage`` is
     ``(prompt_tokens, completion_tokens)``; when None a plausible count is made up from the
     lengths of the request and the reply. ``delay_s`` is think time before answering.
+
+    ``tokens_per_s`` paces the text as a real model generates it: when above zero, a
+    streamed reply sends its text one word (about one token) per chunk, spaced so the text
+    arrives at that rate (60 words at 30 tokens/s take about 2 s, the first word at once);
+    the tool calls follow without pacing. A non-streaming request waits as long before
+    answering. Zero (the default) sends everything as fast as the client reads it.
     """
 
     text: str = ""
@@ -118,6 +124,7 @@ class Reply:
     usage: tuple[int, int] | None = None
     fault: Fault | None = None
     delay_s: float = 0.0
+    tokens_per_s: float = 0.0
 
 
 Script = Sequence[Reply] | Callable[[list[dict[str, Any]]], Reply]
@@ -315,6 +322,9 @@ class ScriptedModelServer:
             if request.transport is not None:
                 request.transport.close()
             return web.Response()  # never reaches the client: its connection is gone
+        if reply.tokens_per_s > 0:
+            words = len(_text_pieces(reply.text, 1))
+            await asyncio.sleep(max(0, words - 1) / reply.tokens_per_s)
         return web.json_response(_completion(reply, model, usage))
 
     async def _stream(
@@ -326,14 +336,24 @@ class ScriptedModelServer:
         include_usage: bool,
         fault: Fault | None,
     ) -> web.StreamResponse:
-        events = _sse_events(reply, model, usage, include_usage)
+        paced = reply.tokens_per_s > 0
+        events, text_events = _sse_events(
+            reply, model, usage, include_usage, words_per_chunk=1 if paced else _WORDS_PER_CHUNK
+        )
         # Never fault after [DONE]: a stream too short for after_chunks faults just before it.
         fault_at = min(fault.after_chunks, len(events) - 1) if fault is not None else -1
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for i, event in enumerate(events):
+            if paced and 0 < i < text_events:
+                # Against the start, not the previous chunk: timer lateness does not add up.
+                wait = started + i / reply.tokens_per_s - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             if i == fault_at and fault is not None:
                 if fault.kind == "drop":
                     # close(), not abort(): the chunks already written must reach the client
@@ -464,11 +484,9 @@ def _completion(reply: Reply, model: str, usage: dict[str, int]) -> dict[str, An
     }
 
 
-def _text_pieces(text: str) -> list[str]:
+def _text_pieces(text: str, words_per_chunk: int = _WORDS_PER_CHUNK) -> list[str]:
     words = _WORDS.findall(text)
-    return [
-        "".join(words[i : i + _WORDS_PER_CHUNK]) for i in range(0, len(words), _WORDS_PER_CHUNK)
-    ]
+    return ["".join(words[i : i + words_per_chunk]) for i in range(0, len(words), words_per_chunk)]
 
 
 def _argument_pieces(arguments: str) -> list[str]:
@@ -481,14 +499,21 @@ def _argument_pieces(arguments: str) -> list[str]:
 
 
 def _sse_events(
-    reply: Reply, model: str, usage: dict[str, int], include_usage: bool
-) -> list[bytes]:
-    """Every SSE event of a streamed reply, ``data: [DONE]`` included, ready to write."""
+    reply: Reply,
+    model: str,
+    usage: dict[str, int],
+    include_usage: bool,
+    *,
+    words_per_chunk: int = _WORDS_PER_CHUNK,
+) -> tuple[list[bytes], int]:
+    """Every SSE event of a streamed reply, ``data: [DONE]`` included, ready to write, and
+    how many of the first events carry the text."""
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     deltas: list[tuple[dict[str, Any], str | None]] = []
-    for piece in _text_pieces(reply.text):
+    for piece in _text_pieces(reply.text, words_per_chunk):
         deltas.append(({"content": piece}, None))
+    text_events = len(deltas)
     for index, (name, args) in enumerate(reply.tool_calls):
         header = {
             "index": index,
@@ -528,4 +553,4 @@ def _sse_events(
     if include_usage:
         events.append(chunk([], usage))
     events.append(b"data: [DONE]\n\n")
-    return events
+    return events, text_events

@@ -352,6 +352,24 @@ async def test_delay_is_think_time() -> None:
     assert time.monotonic() - start >= 0.25
 
 
+async def test_tokens_per_s_paces_the_text_word_by_word() -> None:
+    text = " ".join(f"word{i}" for i in range(60)) + "."
+    paced = Reply(text, tool_calls=[("shell", {"command": "echo hi"})], tokens_per_s=30)
+    with ScriptedModelServer([paced]) as server:
+        async with httpx.AsyncClient(timeout=30) as client:
+            start = time.monotonic()
+            chunks, times, done = await stream(client, server.base_url, body(stream=True))
+            elapsed = time.monotonic() - start
+    assert done
+    assert text_of(chunks) == text  # every word, in order
+    assert json.loads(tool_calls_of(chunks)[0]["arguments"]) == {"command": "echo hi"}
+    assert 1.5 <= elapsed <= 4.0  # 60 tokens at 30 tokens/s: about 2 s
+    text_times = [t for c, t in zip(chunks, times, strict=True) if text_of([c])]
+    assert len(text_times) == 60  # one word a chunk, so a client sees it grow
+    assert text_times[0] < 0.5  # the first word comes at once, not after a pause
+    assert text_times[30] - text_times[0] >= 0.6  # spread out, not sent in a burst
+
+
 async def test_malformed_tool_call_arguments_arrive_verbatim() -> None:
     broken = '{"command": "ls", '
     with ScriptedModelServer([Reply(tool_calls=[("shell", broken)])]) as server:
