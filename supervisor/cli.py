@@ -32,10 +32,22 @@ class Group(click.Group):
             ctx.exit(1)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=Group,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, "-V", "--version", prog_name="supervisor")
-def cli() -> None:
-    """Run fleets of LLM agents in hardened sandboxes, from a terminal."""
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Run fleets of LLM agents in hardened sandboxes, from a terminal.
+
+    With no command, opens the TUI (starting the supervisor process if none runs).
+    """
+    if ctx.invoked_subcommand is None:
+        from supervisor.tui import main as tui_main
+
+        sys.exit(tui_main())
 
 
 def _mark(ok: bool, required: bool = True) -> str:
@@ -339,7 +351,12 @@ def _open_store() -> Any:
 @click.option("--max-cost", type=float, default=0.0, help="Spend limit for this run, USD.")
 @click.option("--max-steps", type=int, default=0, help="Step limit per agent.")
 @click.option("--keep-sandboxes", is_flag=True, help="Keep sandboxes after the run ends.")
-@click.option("--foreground", is_flag=True, help="Run in this process (agents stop when it exits).")
+@click.option(
+    "--foreground",
+    is_flag=True,
+    help="Run in this process, without the supervisor process (agents stop when it exits).",
+)
+@click.option("-d", "--detach", is_flag=True, help="Start the run, print its id, return.")
 def run(
     task: str,
     model: str,
@@ -351,11 +368,13 @@ def run(
     max_steps: int,
     keep_sandboxes: bool,
     foreground: bool,
+    detach: bool,
 ) -> None:
-    """Start agents on TASK and stream their work here.
+    """Start agents on TASK in the supervisor process and stream their work here.
 
-    Exit code: 0 when every agent finished the task, 1 when one failed, 3 when a limit
-    stopped them, 130 when interrupted (Ctrl-C stops the run).
+    Ctrl-C detaches (the agents keep working; `supervisor` shows them). Exit code: 0 when
+    every agent finished the task, 1 when one failed, 3 when a limit stopped them, 130
+    when detached or, with --foreground, interrupted (Ctrl-C stops a foreground run).
     """
     import asyncio
 
@@ -372,12 +391,101 @@ def run(
         max_steps=max_steps,
         keep_sandboxes=keep_sandboxes,
     )
+    if not foreground:
+        if workspace is not None:
+            options.workspace = workspace.resolve()
+        args = {k: v for k, v in vars(options).items()}
+        args["workspace"] = str(options.workspace) if options.workspace else ""
+        sys.exit(_via_server("run.start", args, detach=detach, show_names=agents > 1))
     try:
         code = asyncio.run(_run_foreground(options))
     except KeyboardInterrupt:  # Ctrl-C before the run had started: nothing to stop
         click.echo("interrupted", err=True)
         code = 130
     sys.exit(code)
+
+
+def _via_server(cmd: str, args: dict[str, Any], *, detach: bool, show_names: bool) -> int:
+    """Start a run in the supervisor process and follow it here until it ends.
+
+    Ctrl-C detaches: the run goes on. Exit code as for a foreground run.
+    """
+    import asyncio
+
+    async def go() -> int:
+        from supervisor.client import Client, ServerGone
+        from supervisor.events import EventType
+        from supervisor.render import Printer
+
+        client = await Client.connect(name="cli")
+        try:
+            after = client.last_event_id()
+            run_id = (await client.call(cmd, **args))["run_id"]
+            click.echo(
+                click.style(f"run {run_id} started in the supervisor process", dim=True), err=True
+            )
+            if detach:
+                click.echo(run_id)
+                return 0
+            printer = Printer(show_names=show_names)
+            ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            questions: asyncio.Queue[Any] = asyncio.Queue()
+            errors: list[str] = []
+
+            def on_events(events: list[Any]) -> None:
+                for event in events:
+                    if event.run_id != run_id:
+                        continue
+                    if event.type == EventType.LOG and event.data.get("error"):
+                        errors.append(str(event.data["error"]))
+                        continue
+                    printer(event)
+                    if event.type in (EventType.HUMAN_ASKED, EventType.APPROVAL_ASKED):
+                        questions.put_nowait(event)
+                    status = event.data.get("status")
+                    final = event.type == EventType.RUN_STATUS and status in RUN_ENDED
+                    if final and not ended.done():
+                        ended.set_result(status)
+
+            client.on_events(on_events)
+
+            def gone() -> None:
+                if not ended.done():
+                    ended.set_exception(ServerGone("the supervisor server went away"))
+
+            client.on_disconnect(gone)
+            await client.subscribe(after=after, watch=["*"])
+            answering = asyncio.get_running_loop().create_task(
+                _answer_loop(client, printer.names, questions, sys.stdin.isatty())
+            )
+            try:
+                status = await ended
+            finally:
+                answering.cancel()
+                printer.finish()
+            if errors:
+                raise InputError(errors[-1])
+            row = client.query("SELECT cost_usd FROM runs WHERE id = ?", [run_id])
+            cost = (row[0]["cost_usd"] if row else 0) or 0
+            click.echo(f"run {run_id}: {status}, cost ${cost:.4f}", err=True)
+            if status == "interrupted":
+                click.echo(f"continue it with: supervisor resume {run_id}", err=True)
+            return {"done": 0, "failed": 1}.get(status, 3)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(go())
+    except KeyboardInterrupt:
+        click.echo(
+            "detached; the run goes on in the supervisor process "
+            "(`supervisor` to watch it, `supervisor agents ls` to list)",
+            err=True,
+        )
+        return 130
+
+
+RUN_ENDED = ("done", "failed", "stopped", "interrupted")
 
 
 async def _run_foreground(options: Any) -> int:
@@ -414,7 +522,9 @@ async def _run_foreground(options: Any) -> int:
             ),
             err=True,
         )
-        answering = loop.create_task(_answer_loop(engine, questions, interactive))
+        answering = loop.create_task(
+            _answer_loop(_EngineReplies(engine), printer.names, questions, interactive)
+        )
         done = loop.create_task(engine.wait_run(run_id))
         stop = loop.create_task(interrupted.wait())
         await asyncio.wait([done, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -439,7 +549,19 @@ async def _run_foreground(options: Any) -> int:
         store.close()
 
 
-async def _answer_loop(engine: Any, questions: Any, interactive: bool) -> None:
+class _EngineReplies:
+    """Answers delivered straight to an in-process engine (``--foreground``)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    async def call(self, cmd: str, *, agent: str, text: str) -> Any:
+        return self.engine.answer(agent, text)
+
+
+async def _answer_loop(
+    replies: Any, names: dict[str, str], questions: Any, interactive: bool
+) -> None:
     """Answer questions and approvals at this terminal (or say how from another)."""
     import asyncio
 
@@ -447,7 +569,7 @@ async def _answer_loop(engine: Any, questions: Any, interactive: bool) -> None:
 
     while True:
         event = await questions.get()
-        name = engine.agents[event.agent_id].name
+        name = names.get(event.agent_id, event.agent_id)
         if not interactive:
             verb = "answer" if event.type == EventType.HUMAN_ASKED else "approve"
             click.echo(f"  reply with: supervisor {verb} {event.agent_id} ...", err=True)
@@ -461,7 +583,10 @@ async def _answer_loop(engine: Any, questions: Any, interactive: bool) -> None:
             text = {"y": "approve", "yes": "approve", "a": "always", "always": "always"}.get(
                 text.lower(), "deny"
             )
-        engine.answer(event.agent_id, text)
+        try:
+            await replies.call("agent.answer", agent=event.agent_id, text=text)
+        except SupervisorError as exc:  # answered elsewhere meanwhile, or empty
+            click.echo(f"  not sent: {exc}", err=True)
 
 
 @cli.command()
@@ -949,9 +1074,17 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
     help="Set a parameter (repeatable).",
 )
 @click.option("--dry-run", is_flag=True, help="Validate and show the plan; run nothing.")
-@click.option("--foreground", is_flag=True, help="Run in this process.")
-def recipe_run(name: str, params: tuple[str, ...], dry_run: bool, foreground: bool) -> None:
-    """Run recipe NAME. Exit code 0 when every step finished, 1 when one failed."""
+@click.option(
+    "--foreground", is_flag=True, help="Run in this process, without the supervisor process."
+)
+@click.option("-d", "--detach", is_flag=True, help="Start the run, print its id, return.")
+def recipe_run(
+    name: str, params: tuple[str, ...], dry_run: bool, foreground: bool, detach: bool
+) -> None:
+    """Run recipe NAME in the supervisor process and follow it here (Ctrl-C detaches).
+
+    Exit code 0 when every step finished, 1 when one failed, 130 when detached.
+    """
     from supervisor import recipes
 
     r = recipes.load(name)
@@ -964,14 +1097,47 @@ def recipe_run(name: str, params: tuple[str, ...], dry_run: bool, foreground: bo
         for i, s in enumerate(r.order(), 1):
             click.echo(f"  {i}. {s.id} [{s.kind}] {s.run or s.prompt[:60]}")
         return
+    if not foreground:
+        args = {"path": str(Path(r.path).resolve()), "params": _param_texts(values)}
+        code = _via_server("recipe.start", args, detach=detach, show_names=True)
+        sys.exit(1 if code == 3 else code)
     sys.exit(_run_recipe(r, values, run_id=None))
+
+
+def _param_texts(values: dict[str, Any]) -> dict[str, str]:
+    """Parameters as the texts `-p` takes (the server checks them again)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, list | dict):
+            out[key] = json.dumps(value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+@cli.command("resume")
+@click.argument("run_id")
+@click.option("-d", "--detach", is_flag=True, help="Resume it, print its id, return.")
+def resume(run_id: str, detach: bool) -> None:
+    """Resume an interrupted run in the supervisor process (a recipe from its last
+    finished step, agents from their transcripts) and follow it."""
+    sys.exit(_via_server("run.resume", {"run": run_id}, detach=detach, show_names=True))
 
 
 @recipe.command("resume")
 @click.argument("run_id")
-def recipe_resume(run_id: str) -> None:
+@click.option(
+    "--foreground", is_flag=True, help="Run in this process, without the supervisor process."
+)
+def recipe_resume(run_id: str, foreground: bool) -> None:
     """Continue a recipe run after its last finished step (also after a crash)."""
     from supervisor import recipes
+
+    if not foreground:
+        code = _via_server("run.resume", {"run": run_id}, detach=False, show_names=True)
+        sys.exit(1 if code == 3 else code)
 
     store = _open_store()
     try:
@@ -1045,6 +1211,141 @@ def recipe_new(name: str, plugin: bool, folder: Path) -> None:
     for path in recipes.scaffold(name, folder, plugin=plugin):
         click.echo(f"wrote {path}")
     click.echo(f"try it: supervisor recipe run {name} --dry-run")
+
+
+@cli.group()
+def server() -> None:
+    """The supervisor process that owns the runs (started on demand by other commands)."""
+
+
+@server.command("start")
+@click.option("--foreground", is_flag=True, help="Serve in this process until stopped.")
+def server_start(foreground: bool) -> None:
+    """Start the supervisor process for this data directory."""
+    from supervisor import config
+    from supervisor.client import start_server
+    from supervisor.server import running_pid, serve, socket_path
+
+    data_dir = config.ensure_data_dir()
+    if foreground:
+        sys.exit(serve(data_dir))
+    pid = running_pid(data_dir)
+    if pid:
+        raise InputError(f"a supervisor server already runs for {data_dir} (pid {pid})")
+    pid = start_server(data_dir)
+    click.echo(f"supervisor server started (pid {pid}, socket {socket_path(data_dir)})")
+
+
+@server.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def server_status(as_json: bool) -> None:
+    """Is the supervisor process running, and what is it doing? Exit code 1 if not."""
+    import asyncio
+
+    from supervisor import config
+    from supervisor.client import Client, ServerGone
+
+    data_dir = config.ensure_data_dir()
+
+    async def go() -> dict[str, Any] | None:
+        try:
+            client = await Client.connect(data_dir, start=False, name="cli")
+        except (ServerGone, OSError):
+            return None
+        try:
+            return dict(await client.call("status"))
+        finally:
+            await client.close()
+
+    status = asyncio.run(go())
+    if as_json:
+        click.echo(json.dumps(status or {"running": False}))
+    elif status is None:
+        click.echo(f"no supervisor server runs for {data_dir}")
+    else:
+        click.echo(
+            f"supervisor server {status['version']} (pid {status['pid']}), up "
+            f"{_age(status['uptime_s'])}: {status['active_agents']} agent(s) running in "
+            f"{len(status['active_runs'])} run(s), {len(status['waiting'])} waiting for you, "
+            f"{status['clients'] - 1} other client(s)"
+        )
+        click.echo(f"socket {status['socket']}")
+    sys.exit(0 if status else 1)
+
+
+@server.command("stop")
+@click.option("--force", is_flag=True, help="Stop even if agents are running (they resume later).")
+def server_stop(force: bool) -> None:
+    """Stop the supervisor process. Running agents are interrupted; their runs resume when
+    it starts again. Asks first when agents are running (or pass --force)."""
+    import asyncio
+    import os
+    import time
+
+    from supervisor import config
+    from supervisor.client import Busy, Client, ServerGone
+    from supervisor.server import running_pid
+
+    data_dir = config.ensure_data_dir()
+
+    async def ask(force: bool) -> str:
+        try:
+            client = await Client.connect(data_dir, start=False, name="cli")
+        except (ServerGone, OSError):
+            return "none"
+        try:
+            await client.call("shutdown", force=force)
+            return "stopping"
+        except Busy as exc:
+            return str(exc)
+        finally:
+            await client.close()
+
+    pid = running_pid(data_dir)
+    outcome = asyncio.run(ask(force))
+    if outcome not in ("none", "stopping"):
+        if not sys.stdin.isatty():
+            raise InputError(f"{outcome}; pass --force to stop anyway")
+        if not click.confirm(f"{outcome}. Stop it?", default=False):
+            click.echo("left running")
+            sys.exit(1)
+        outcome = asyncio.run(ask(True))
+    if outcome == "none" and not pid:
+        click.echo(f"no supervisor server runs for {data_dir}")
+        return
+    deadline = time.monotonic() + 60
+    while running_pid(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if running_pid(data_dir) and pid and pid > 0:
+        os.kill(pid, 15)
+    click.echo("supervisor server stopped")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+def web(host: str, port: int) -> None:
+    """Serve the TUI in a browser (each tab is a client of the one supervisor process)."""
+    import shlex
+
+    from textual_serve.server import Server
+
+    from supervisor import config
+    from supervisor.client import start_server
+    from supervisor.server import running_pid
+
+    data_dir = config.ensure_data_dir()
+    if not running_pid(data_dir):
+        start_server(data_dir)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            click.style(
+                f"warning: serving on {host}: anyone who reaches it steers your agents", fg="yellow"
+            ),
+            err=True,
+        )
+    command = f"{shlex.quote(sys.executable)} -m supervisor.cli"
+    Server(command, host=host, port=port, title="supervisor").serve()
 
 
 def main() -> None:

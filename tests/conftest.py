@@ -30,17 +30,38 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     plugins.reset()
     yield path
     plugins.reset()
-    _remove_leftovers()
+    stopped = _stop_server(path)
+    _remove_leftovers(force=stopped)
 
 
-def _remove_leftovers() -> None:
-    """Safety net: a failed test must not leave containers behind for the next one.
+def _stop_server(path: Path) -> bool:
+    """Stop a supervisor process a test started in its home; True if there was one."""
+    import signal
+    import time
+
+    from supervisor.server import running_pid
+
+    pid = running_pid(path) if path.exists() else None
+    if not pid or pid < 0:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while running_pid(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if running_pid(path):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def _remove_leftovers(force: bool = False) -> None:
+    """Safety net: a failed test must not leave containers behind for the next one (nor
+    a supervisor process the test started, which keeps sandboxes of interrupted runs).
 
     Tests that check cleanup assert it themselves before this runs.
     """
     import contextlib
 
-    if "docker" not in sys.modules:
+    if "docker" not in sys.modules and not force:
         return
     with contextlib.suppress(Exception):
         from supervisor.sandbox.docker import docker_client, home_label, remove_container

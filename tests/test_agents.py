@@ -324,7 +324,16 @@ def test_cli_run_ctrl_c_stops_the_run(home: Path) -> None:
     forever = lambda messages: Reply(tool_calls=[("shell", {"command": "sleep 0.2"})])  # noqa: E731
     with scripted(forever):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "run", "t", "--sandbox", "local"],
+            [
+                sys.executable,
+                "-m",
+                "supervisor.cli",
+                "run",
+                "t",
+                "--sandbox",
+                "local",
+                "--foreground",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
