@@ -405,7 +405,15 @@ def run(
     sys.exit(code)
 
 
-def _via_server(cmd: str, args: dict[str, Any], *, detach: bool, show_names: bool) -> int:
+def _via_server(
+    cmd: str,
+    args: dict[str, Any],
+    *,
+    detach: bool,
+    show_names: bool,
+    resume_hint: str = "supervisor resume",
+    header: str = "",
+) -> int:
     """Start a run in the supervisor process and follow it here until it ends.
 
     Ctrl-C detaches: the run goes on. Exit code as for a foreground run.
@@ -420,13 +428,18 @@ def _via_server(cmd: str, args: dict[str, Any], *, detach: bool, show_names: boo
         client = await Client.connect(name="cli")
         try:
             after = client.last_event_id()
-            run_id = (await client.call(cmd, **args))["run_id"]
-            click.echo(
-                click.style(f"run {run_id} started in the supervisor process", dim=True), err=True
-            )
+            result = await client.call(cmd, **args)
+            run_id = result["run_id"]
+            after = int(result.get("since") or after)
+            if sys.stderr.isatty():  # a hint for people; scripts get stderr for errors only
+                click.echo(
+                    click.style(f"run {run_id} is in the supervisor process", dim=True), err=True
+                )
             if detach:
                 click.echo(run_id)
                 return 0
+            if header:
+                click.echo(click.style(header.format(run_id=run_id), bold=True))
             printer = Printer(show_names=show_names)
             ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             questions: asyncio.Queue[Any] = asyncio.Queue()
@@ -468,8 +481,8 @@ def _via_server(cmd: str, args: dict[str, Any], *, detach: bool, show_names: boo
             row = client.query("SELECT cost_usd FROM runs WHERE id = ?", [run_id])
             cost = (row[0]["cost_usd"] if row else 0) or 0
             click.echo(f"run {run_id}: {status}, cost ${cost:.4f}", err=True)
-            if status == "interrupted":
-                click.echo(f"continue it with: supervisor resume {run_id}", err=True)
+            if status != "done" and resume_hint:
+                click.echo(f"continue it with: {resume_hint} {run_id}", err=True)
             return {"done": 0, "failed": 1}.get(status, 3)
         finally:
             await client.close()
@@ -1099,7 +1112,14 @@ def recipe_run(
         return
     if not foreground:
         args = {"path": str(Path(r.path).resolve()), "params": _param_texts(values)}
-        code = _via_server("recipe.start", args, detach=detach, show_names=True)
+        code = _via_server(
+            "recipe.start",
+            args,
+            detach=detach,
+            show_names=True,
+            resume_hint="supervisor recipe resume",
+            header=f"run {{run_id}}: recipe {r.name}",
+        )
         sys.exit(1 if code == 3 else code)
     sys.exit(_run_recipe(r, values, run_id=None))
 
@@ -1136,7 +1156,14 @@ def recipe_resume(run_id: str, foreground: bool) -> None:
     from supervisor import recipes
 
     if not foreground:
-        code = _via_server("run.resume", {"run": run_id}, detach=False, show_names=True)
+        code = _via_server(
+            "run.resume",
+            {"run": run_id},
+            detach=False,
+            show_names=True,
+            resume_hint="supervisor recipe resume",
+            header="run {run_id}: resuming",
+        )
         sys.exit(1 if code == 3 else code)
 
     store = _open_store()

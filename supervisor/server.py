@@ -164,6 +164,7 @@ class Server:
         self.socket = socket_path(data_dir)
         self.conns: set[_Conn] = set()
         self.recipe_tasks: dict[str, asyncio.Task[str]] = {}
+        self.resumed_from: dict[str, int] = {}  # run id -> last event id before its resume
         self.started_at = time.time()
         self.stopping = asyncio.Event()
         self._lock_fd: int | None = None
@@ -215,6 +216,8 @@ class Server:
         self.store = open_default()
         self.engine = Engine(self.store, get_plugins())
         self.store.subscribe(self._committed)
+        # Before listening: a client's `resume` must find recovered runs already driven.
+        await self._recover()
         # The lock is ours, so a socket file here is a dead server's: replace it.
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
@@ -229,7 +232,6 @@ class Server:
             self.loop.add_signal_handler(sig, self.stopping.set)
         log(f"supervisor server {__version__} (pid {os.getpid()}) on {self.socket}")
         try:
-            await self._recover()
             await self.stopping.wait()
         finally:
             log("stopping: interrupting active runs (they resume when it starts again)")
@@ -265,17 +267,22 @@ class Server:
             except Exception as exc:
                 log(f"run {row['id']} could not be resumed: {exc}")
 
+    def driving(self, run_id: str) -> bool:
+        """Is this process working on the run now?"""
+        return run_id in self.recipe_tasks or any(
+            a.run_id == run_id and self.engine.running(a) for a in self.engine.agents.values()
+        )
+
     async def resume(self, run_id: str) -> None:
         row = self.engine._row("runs", run_id)
         if not row:
             raise InputError(f"no run {run_id!r}")
-        if row["status"] == "running" and (
-            run_id in self.recipe_tasks
-            or any(
-                a.run_id == run_id and self.engine.running(a) for a in self.engine.agents.values()
-            )
-        ):
+        if self.driving(run_id):
             raise InputError(f"run {run_id} is already running")
+        self.store.flush()
+        self.resumed_from[run_id] = self.store.db.execute(
+            "SELECT coalesce(max(id), 0) FROM events"
+        ).fetchone()[0]
         if row["kind"] == "recipe":
             from supervisor import recipes
 
@@ -534,8 +541,10 @@ class Server:
             raise InputError(f"no run {run_id!r}")
         if row["status"] == "done":
             raise InputError(f"run {run_id} already finished")
-        await self.resume(run_id)
-        return {"run_id": run_id}
+        if not self.driving(run_id):  # else resumed on start already (after a crash)
+            await self.resume(run_id)
+        # Where the resumed part begins, so the client shows all of it.
+        return {"run_id": run_id, "since": self.resumed_from.get(run_id, 0)}
 
     async def _recipe_start(self, conn: _Conn, args: dict[str, Any]) -> dict[str, Any]:
         from supervisor import recipes

@@ -238,6 +238,7 @@ def test_resume_after_kill(toy: Path, home: Path, sandbox_image: str) -> None:
             "experiments=4",
             "-p",
             "proposer=builtin",
+            "--foreground",  # the process that dies is the one running the recipe
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -242,9 +242,14 @@ def test_stop_asks_first_and_interrupted_runs_resume_with_their_transcript(home:
         assert "kept-across-crash" in last[-1]
 
 
-def test_kill_9_mid_run_then_resume(home: Path) -> None:
+@pytest.mark.parametrize("backend", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+def test_kill_9_mid_run_then_resume(
+    home: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     """The supervisor process dies without warning: nothing a client saw is lost, the
-    database is intact, and the run carries on in a new process."""
+    database is intact, and the run carries on in a new process, in the same sandboxes."""
+    if backend == "docker":
+        request.getfixturevalue("sandbox_image")
     with scripted(slow_worker(steps=10, delay_s=0.4)) as model:
 
         async def start_and_watch() -> tuple[str, list[int], int]:
@@ -270,6 +275,7 @@ def test_kill_9_mid_run_then_resume(home: Path) -> None:
             conn.close()
         assert set(seen_ids) <= stored  # every event a client was shown survived
 
+        sandboxes = db_rows(home, "SELECT sandbox_id FROM agents WHERE run_id = ?", (run_id,))
         before = len(model.requests)
         result = subprocess.run(
             [*SUPERVISOR, "resume", run_id], capture_output=True, text=True, timeout=120
@@ -285,6 +291,10 @@ def test_kill_9_mid_run_then_resume(home: Path) -> None:
         assert run["status"] == "done"
         agents = db_rows(home, "SELECT status, summary FROM agents WHERE run_id = ?", (run_id,))
         assert [a["status"] for a in agents] == ["done", "done"]
+        # Re-adopted, not recreated: the same sandboxes carried on.
+        assert db_rows(home, "SELECT sandbox_id FROM agents WHERE run_id = ?", (run_id,)) == (
+            sandboxes
+        )
         assert running_pid(home) not in (None, pid)
         assert len(model.requests) > before
         assert any(

@@ -32,7 +32,8 @@ from supervisor.sandbox.docker import (
 )
 from supervisor.sandbox.shell import quote
 
-LIVE_RUN_STATES = ("running", "paused", "waiting")
+# An interrupted run keeps its sandboxes: resuming it picks them up again.
+LIVE_RUN_STATES = ("running", "paused", "waiting", "interrupted")
 
 
 def backends() -> dict[str, Any]:
