@@ -45,6 +45,13 @@ def cli(ctx: click.Context) -> None:
     With no command, opens the TUI (starting the supervisor process if none runs).
     """
     if ctx.invoked_subcommand is None:
+        import os
+
+        # No terminal to draw on (a pipe, a script): the help is what can be shown. The
+        # web driver (`supervisor web`) has no tty either, but says so.
+        if not sys.stdout.isatty() and not os.environ.get("TEXTUAL_DRIVER"):
+            click.echo(ctx.get_help())
+            return
         from supervisor.tui import main as tui_main
 
         sys.exit(tui_main())
