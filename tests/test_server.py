@@ -327,3 +327,57 @@ def test_ctrl_c_detaches_and_the_agents_keep_working(home: Path) -> None:
         assert len(model.requests) > steps  # still working without the terminal
         (agent,) = db_rows(home, "SELECT status FROM agents")
         assert agent["status"] == "running"
+
+
+async def test_steering_a_running_agent(home: Path) -> None:
+    forever = lambda messages: Reply(  # noqa: E731
+        text="working", tool_calls=[("shell", {"command": "echo step"})], delay_s=0.1
+    )
+    with scripted(forever) as model:
+        client = await Client.connect(home)
+        try:
+            run_id = (await client.call("run.start", task="w", sandbox="local"))["run_id"]
+
+            def agent_row() -> dict[str, Any]:
+                rows = db_rows(home, "SELECT * FROM agents WHERE run_id = ?", (run_id,))
+                return rows[0] if rows else {}
+
+            await wait_for(lambda: agent_row().get("steps", 0) >= 2, what="steps")
+            agent_id = agent_row()["id"]
+
+            await client.call("agent.pause", agent=agent_id)
+            await wait_for(lambda: agent_row()["status"] == "paused", what="paused")
+            count = len(model.requests)
+            await asyncio.sleep(1.0)
+            assert len(model.requests) == count  # no model calls while paused
+
+            await client.call("agent.resume", agent=agent_id)
+            await wait_for(lambda: len(model.requests) > count + 1, what="working again")
+
+            assert await client.call("agent.message", agent=agent_id, text="use blue") == "sent"
+            await wait_for(
+                lambda: any(
+                    m["role"] == "user" and m["content"] == "use blue"
+                    for m in model.requests[-1]["messages"]
+                ),
+                what="the message to reach the model",
+            )
+
+            await client.call("agent.keep", agent=agent_id)
+            await client.call("agent.stop", agent=agent_id)
+            await wait_for(lambda: agent_row()["status"] == "stopped", what="stopped")
+            sandbox = Path(agent_row()["sandbox_id"])
+            assert sandbox.is_dir()  # kept
+            await asyncio.sleep(0.3)
+            count = len(model.requests)
+
+            await client.call("agent.restart", agent=agent_id)
+            await wait_for(lambda: len(model.requests) > count, what="restarted")
+            replayed = model.requests[count]["messages"]
+            # It goes on from its transcript, the person's message included, in its sandbox.
+            assert sum(1 for m in replayed if m["role"] == "tool") >= 3
+            assert any(m["role"] == "user" and m["content"] == "use blue" for m in replayed)
+            assert agent_row()["sandbox_id"] == str(sandbox)
+            await client.call("run.stop", run=run_id)
+        finally:
+            await client.close()
