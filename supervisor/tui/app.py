@@ -68,6 +68,7 @@ class MessageInput(Input):
             )
             return
         event.stop()
+        event.prevent_default()  # Input's own paste would insert the first line again
         self.insert_text_at_cursor(text)
 
 

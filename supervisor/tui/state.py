@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 ENDED = ("done", "failed", "stopped")
 ACTIVE_RUN = ("running", "paused")
 RECENT_FINISHED_RUNS = 20
+OPEN_FINISHED_RUNS = 3  # the newest finished runs start unfolded: recent work stays in view
 STATUS_WORDS = {"waiting": "waiting for you"}
 SORT_KEYS = ("started", "name", "status", "cost", "tokens", "elapsed")
 # Statuses in the order a person wants to see them when sorting by status.
@@ -178,8 +179,12 @@ class Fleet:
         finally:
             db.execute("COMMIT")
         fleet = cls(spent_today=spent, last_event_id=last)
-        for row in keep:
-            fleet.runs[row["id"]] = RunInfo.from_row(row)
+        unfolded = 0
+        for row in keep:  # newest first
+            run = fleet.runs[row["id"]] = RunInfo.from_row(row)
+            if run.collapsed and unfolded < OPEN_FINISHED_RUNS:
+                run.collapsed = False
+                unfolded += 1
         for row in agents:
             agent = AgentInfo.from_row(row)
             agent.pending = asked.get(agent.id)

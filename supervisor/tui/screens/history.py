@@ -45,7 +45,7 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
         with Vertical(id="history"):
             yield Static("Runs", classes="section-title")
             yield DataTable(id="runs", cursor_type="row")
-            yield Static("Search every transcript", classes="section-title")
+            yield Static("Search every transcript", classes="section-title", id="search-title")
             yield Input(placeholder="words to find (Enter searches)", id="search")
             yield DataTable(id="results", cursor_type="row")
         yield Footer()
@@ -109,7 +109,10 @@ class HistoryScreen(Screen[tuple[str, str] | None]):
                 Text(" ".join(str(row["snippet"]).split()), no_wrap=True, overflow="ellipsis"),
                 key=key,
             )
-        self.notify(f"{len(found)} found" if found else "nothing found", timeout=2)
+        count = f"{len(found)} found" if found else "nothing found"
+        if len(found) == SEARCH_LIMIT:
+            count = f"the newest {SEARCH_LIMIT} found"
+        self.query_one("#search-title", Static).update(f"Search every transcript — {count}")
         if found:
             results.focus()
 

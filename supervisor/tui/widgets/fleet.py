@@ -12,12 +12,12 @@ from textual.widgets import DataTable
 from supervisor.tui.state import AgentInfo, Fleet, RunInfo, duration, money, tokens
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
-    ("agent", "agent", 28),
+    ("agent", "agent", 26),
     ("status", "status", 15),
-    ("doing", "doing now", 30),
+    ("doing", "doing now", 28),
     ("steps", "steps", 5),
     ("tokens", "tokens", 7),
-    ("cost", "cost", 8),
+    ("cost", "cost", 12),
     ("elapsed", "elapsed", 8),
 )
 STATUS_STYLE = {
@@ -110,7 +110,7 @@ class FleetTable(DataTable[str | Text]):
             fold = "▸" if item.collapsed else "▾"
             title = Text(f"{fold} {item.title}", style="bold", no_wrap=True, overflow="ellipsis")
             status = Text(item.status, style=STATUS_STYLE.get(item.status, ""))
-            budget = f" / {money(item.budget_usd)}" if item.budget_usd else ""
+            budget = f"/{money(item.budget_usd)}" if item.budget_usd else ""
             return (
                 title,
                 status,
