@@ -38,18 +38,6 @@ class Busy(SupervisorError):
     """The server refused because work is running (``shutdown`` without force)."""
 
 
-def _event(d: dict[str, Any]) -> Event:
-    return Event(
-        id=d["id"],
-        ts=d["ts"],
-        run_id=d["run_id"],
-        agent_id=d["agent_id"],
-        type=d["type"],
-        data=d["data"] or {},
-        text=d["text"] or "",
-    )
-
-
 class Client:
     def __init__(
         self,
@@ -161,7 +149,7 @@ class Client:
                     break
                 message = json.loads(line)
                 if "events" in message:
-                    events = [_event(e) for e in message["events"]]
+                    events = [Event(**e) for e in message["events"]]
                     for fn in list(self._listeners):
                         fn(events)
                 elif "id" in message:

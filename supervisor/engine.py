@@ -354,20 +354,7 @@ class Engine:
     ) -> Agent:
         options = self.runs[run_id]
         agent_id = _new_id(_slug(name))
-        spec = SandboxSpec(
-            run_id=run_id,
-            agent_id=agent_id,
-            workspace=options.workspace,
-            network=options.network,
-            memory=self.settings["sandbox.memory"],
-            cpus=self.settings["sandbox.cpus"],
-            pids=self.settings["sandbox.pids"],
-            image=self.settings["sandbox.image"],
-            env=self._sandbox_env(),
-        )
-        sandbox: Sandbox = self.backends[backend].factory(
-            spec, **self.sandbox_kwargs.get(backend, {})
-        )
+        sandbox = self._new_sandbox(run_id, agent_id, options, backend)
         limits = self._limits(options.max_steps)
         agent = Agent(
             self,
@@ -387,6 +374,26 @@ class Engine:
         self._register(agent, backend)
         self.tasks[agent_id] = asyncio.get_running_loop().create_task(self._run_agent(agent))
         return agent
+
+    def _new_sandbox(
+        self, run_id: str, agent_id: str, options: RunOptions, backend: str
+    ) -> Sandbox:
+        """A sandbox object (not started) for an agent of a run, from the settings."""
+        spec = SandboxSpec(
+            run_id=run_id,
+            agent_id=agent_id,
+            workspace=options.workspace,
+            network=options.network,
+            memory=self.settings["sandbox.memory"],
+            cpus=self.settings["sandbox.cpus"],
+            pids=self.settings["sandbox.pids"],
+            image=self.settings["sandbox.image"],
+            env=self._sandbox_env(),
+        )
+        sandbox: Sandbox = self.backends[backend].factory(
+            spec, **self.sandbox_kwargs.get(backend, {})
+        )
+        return sandbox
 
     def _limits(self, max_steps: int = 0) -> Limits:
         return Limits(
@@ -807,17 +814,6 @@ class Engine:
         if row["id"] in self.agents:
             return self.agents[row["id"]]
         model = self.models.registry.resolve(row["model"] or self.settings["model"])
-        spec = SandboxSpec(
-            run_id=row["run_id"],
-            agent_id=row["id"],
-            workspace=options.workspace,
-            network=options.network,
-            memory=self.settings["sandbox.memory"],
-            cpus=self.settings["sandbox.cpus"],
-            pids=self.settings["sandbox.pids"],
-            image=self.settings["sandbox.image"],
-            env=self._sandbox_env(),
-        )
         backend = row["sandbox"] or self.settings["sandbox.backend"]
         agent = Agent(
             self,
@@ -826,7 +822,7 @@ class Engine:
             name=row["name"],
             task=row["task"] or "",
             model=model,
-            sandbox=self.backends[backend].factory(spec, **self.sandbox_kwargs.get(backend, {})),
+            sandbox=self._new_sandbox(row["run_id"], row["id"], options, backend),
             tools=dict(self.tools),
             limits=self._limits(options.max_steps),
             policy=self._policies[row["run_id"]],
