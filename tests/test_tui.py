@@ -40,19 +40,29 @@ SNAP_SIZE = (120, 36)
 T0 = 1_767_000_000.0  # a fixed moment for the snapshot data
 
 
+_stopping: list[tuple[int, Path]] = []
+
+
 @pytest.fixture(autouse=True)
 def server_stopped(home: Path) -> Iterator[None]:
-    """Whatever a test started, no server outlives it."""
+    """Whatever a test started, no server outlives the tests: each is told to stop at the
+    end of its test, and waited for (while later tests run) at the end of the session."""
     yield
     pid = running_pid(home)
-    if not pid or pid < 0:
-        return
-    os.kill(pid, signal.SIGTERM)
+    if pid and pid > 0:
+        os.kill(pid, signal.SIGTERM)
+        _stopping.append((pid, home))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _servers_reaped() -> Iterator[None]:
+    yield
     deadline = time.monotonic() + 15
-    while running_pid(home) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if running_pid(home):
-        os.kill(pid, signal.SIGKILL)
+    for pid, home in _stopping:
+        while running_pid(home) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if running_pid(home):
+            os.kill(pid, signal.SIGKILL)
 
 
 # -- helpers
@@ -556,10 +566,14 @@ async def test_filter_and_sort(home: Path) -> None:
             )
 
 
-async def test_notes_tab_searches_memory(home: Path) -> None:
+async def test_changes_and_notes_tabs(home: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "app.py").write_text("print('old')\n")
     script = [
         Reply(
             tool_calls=[
+                ("write_file", {"path": "app.py", "content": "print('new')\n"}),
                 (
                     "remember",
                     {"note": "The build needs libfoo installed first.", "scope": "global"},
@@ -567,16 +581,20 @@ async def test_notes_tab_searches_memory(home: Path) -> None:
                 ("remember", {"note": "Port 8080 is taken by the proxy.", "scope": "global"}),
             ]
         ),
+        Reply(tool_calls=[("ask_human", {"question": "Look at the diff?"})]),
         finish(),
     ]
     with scripted(script, sandbox__backend="local"):
         app = SupervisorApp()
         async with app.run_test(size=SIZE, notifications=True) as pilot:
             await loaded(pilot)
-            run_id = await start_run(app, "learn things")
+            run_id = await start_run(app, "change and learn", workspace=str(workspace))
             agent = await select_agent_of(pilot, app, run_id)
-            await until(pilot, lambda: agent.status == "done", "the agent")
-            await pilot.press("4")
+            await until(pilot, lambda: agent.status == "waiting", "the question")
+            await pilot.press("2")  # Changes: the workspace diff, read on demand
+            await until(pilot, lambda: "+print('new')" in screen_text(app), "the diff")
+            assert "-print('old')" in screen_text(app)
+            await pilot.press("4")  # Notes: every memory note, searchable
             await pilot.pause(0.2)
             text = screen_text(app)
             assert "libfoo" in text and "Port 8080" in text
@@ -585,6 +603,10 @@ async def test_notes_tab_searches_memory(home: Path) -> None:
             await pilot.pause(0.5)
             text = screen_text(app)
             assert "Port 8080 is taken by the proxy." in text and "libfoo" not in text
+            await pilot.press("escape", "m")
+            await type_text(pilot, "yes")
+            await pilot.press("enter")
+            await until(pilot, lambda: agent.status == "done", "the agent")
 
 
 # -- bad input and small screens

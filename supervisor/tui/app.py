@@ -75,7 +75,7 @@ class MessageInput(Input):
 class SupervisorApp(App[int]):
     """The fleet of agents, live."""
 
-    CSS_PATH = "supervisor.tcss"
+    CSS_PATH = Path(__file__).with_name("supervisor.tcss")  # absolute: subclasses live elsewhere
     TITLE = "supervisor"
     COMMANDS = App.COMMANDS | {FleetCommands}
     # Below these sizes the detail pane gives its room to the fleet.
