@@ -619,6 +619,23 @@ async def test_small_terminal_and_a_huge_paste_do_not_break_it(home: Path) -> No
             await loaded(pilot)
             run_id = await start_run(app, "small")
             await select_agent_of(pilot, app, run_id)
+            # Text streams into the transcript as it arrives, then becomes Markdown.
+            agent = app.selected_agent
+            assert agent is not None
+            base = app.fleet.last_event_id + 1000
+            for i, word in enumerate(["Streaming ", "**live** ", "words"]):
+                app._receive(
+                    [Event("message.delta", run_id, agent.id, {"delta": word}, id=base + i)]
+                )
+                await pilot.pause(0.1)
+                assert word.strip() in screen_text(app)
+            app._receive(
+                [Event("message", run_id, agent.id, {}, "Streaming **live** words", id=base + 9)]
+            )
+            await pilot.pause(0.2)
+            text = screen_text(app)
+            assert "Streaming live words" in text and "**live**" not in text
+
             await pilot.resize_terminal(40, 10)
             await pilot.pause(0.2)
             assert (

@@ -68,6 +68,7 @@ class AskBar(Horizontal):
         if pending is None:
             return
         approval = pending.get("kind") == "approval"
+        self.set_class(approval, "-approval")
         text = Text()
         if approval:
             args = pending.get("arguments") or {}
