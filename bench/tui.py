@@ -8,13 +8,16 @@ it, with the server already running. Measured, each beside a baseline taken in t
 run on the same tmux server:
 
 - first_frame_s: from spawning ``supervisor`` in the pane until ``capture-pane`` shows
-  the TUI's first screen (its footer), median of --launches (5); each launch quits with
-  ``q``. Baseline: ``python -c "print('x'); input()"``, the same interpreter, until its
-  ``x`` shows (what any Python program costs to appear in tmux).
-- key_latency_p50_ms / p95: the TUI's message input focused (``i``), one character sent
+  the TUI's first screen (its connecting banner or its footer), median of --launches (5);
+  fleet_shown_s: until the fleet's snapshot is drawn ("Fleet — 50 agents"); each launch
+  quits with ``q``. Baselines: ``python -c "print('x'); input()"`` with the same
+  interpreter (what any Python program costs to appear in tmux), and a minimal Textual
+  app (a footer only: the floor for any Textual app).
+- key_latency_p50_ms / p95: the TUI's message input focused (``m``), one character sent
   with ``send-keys -l``, then ``capture-pane`` polled until the character shows; --keys
-  (100) samples. Baseline: the same against ``cat`` in a pane (tmux's own echo path and
-  the polling cost).
+  (100) samples. Then the same with every agent paused (key_latency_fleet_paused_ms: the
+  same TUI and screen, nothing streaming). Baselines: ``cat`` in a pane (tmux's own echo
+  path and the polling cost), and the minimal Textual app's focused input line.
 - tui_cpu_share, server_cpu_share: utime+stime from /proc/PID/stat over a --window (20 s)
   while the fleet streams and the TUI shows one agent's transcript (so its text deltas
   stream to the TUI too), as a fraction of one core. The scripted model server and the
@@ -76,6 +79,23 @@ WIDTH, HEIGHT = 160, 48
 FIRST_FRAME = ("Connecting to the supervisor server", "q Detach")
 INPUT_KEY = "m"  # focuses the message input (the selected agent's)
 SHOWN_AGENT = re.compile(r"Message (\S+) \(m, Enter sends\)")
+# The floor for any Textual app: the interpreter, textual's imports, one screen with a
+# focused input line.
+TEXTUAL_APP = """
+from textual.app import App
+from textual.widgets import Footer, Input
+
+
+class Minimal(App):
+    BINDINGS = [("ctrl+q", "quit", "Quit")]
+
+    def compose(self):
+        yield Input()
+        yield Footer()
+
+
+Minimal().run()
+"""
 TICKS = os.sysconf("SC_CLK_TCK")
 
 # The scripted model, run by a child process so its CPU is its own (a real model is another
@@ -232,6 +252,13 @@ class Database:
         return int(
             self.value("SELECT count(DISTINCT agent_id) FROM events WHERE type = 'message.delta'")
         )
+
+    def agent_ids(self, run_id: str) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT id FROM agents WHERE run_id = ?", (run_id,))]
+
+    def statuses(self, run_id: str) -> set[str]:
+        rows = self.db.execute("SELECT DISTINCT status FROM agents WHERE run_id = ?", (run_id,))
+        return {r[0] for r in rows}
 
     def words_between(self, after: int, upto: int, agent_name: str = "") -> int:
         """Words (the scripted model's tokens) in the text deltas committed in an id range,
@@ -422,6 +449,22 @@ def key_latencies(tmux: Tmux, session: str, count: int, marker: str) -> list[flo
     return samples
 
 
+def typing_latencies(tmux: Tmux, session: str, count: int) -> list[float]:
+    """Focus the TUI's message input, type into it, clear it and go back to the fleet."""
+    tmux.keys(session, INPUT_KEY)
+    # Keys sent in the same instant as m would reach the fleet's bindings before the focus
+    # moves; a person's next key comes later than this.
+    time.sleep(0.5)
+    tmux.keys(session, "@@", literal=True)
+    tmux.wait_for(session, lambda screen: "@@" in screen)
+    samples = key_latencies(tmux, session, count, "@@")
+    tmux.keys(session, "BSpace", "BSpace")
+    tmux.wait_for(session, lambda screen: "@@" not in screen)
+    tmux.keys(session, "Escape")
+    time.sleep(0.3)  # an Escape with a key right behind it reads as alt+key
+    return samples
+
+
 def summary(values: list[float], scale: float = 1000.0) -> dict[str, float]:
     return {
         "p50": round(statistics.median(values) * scale, 1),
@@ -479,6 +522,21 @@ def bench(args: argparse.Namespace, model: ModelServer) -> dict[str, Any]:
                 first_frame(tmux, "app", python_launch, printed, ["Enter"])[0]
                 for _ in range(args.launches)
             ]
+            # A file, not -c: a control-mode command is one line.
+            minimal = Path(HOME) / "minimal_textual_app.py"
+            minimal.write_text(TEXTUAL_APP)
+            textual_launch = shlex.join([sys.executable, str(minimal)])
+            drawn = lambda screen: "Quit" in screen  # noqa: E731
+            textual_frames = [
+                first_frame(tmux, "app", textual_launch, drawn, ["C-q"])[0]
+                for _ in range(args.launches)
+            ]
+            tmux.respawn("app", textual_launch)
+            tmux.wait_for("app", drawn)
+            tmux.keys("app", "@@", literal=True)
+            tmux.wait_for("app", lambda screen: "@@" in screen)
+            textual_keys = key_latencies(tmux, "app", args.keys, "@@")
+            tmux.keys("app", "C-q")
             tmux.keys("cat", ">>", literal=True)
             tmux.wait_for("cat", lambda screen: ">>" in screen)
             baseline_keys = key_latencies(tmux, "cat", args.keys, ">>")
@@ -520,16 +578,29 @@ def bench(args: argparse.Namespace, model: ModelServer) -> dict[str, Any]:
             window = time.monotonic() - meter.start_wall
             result["events_per_s"] = round((last_id - first_id) / window, 1)
             result["tokens_per_s"] = round(db.words_between(first_id, last_id) / window, 1)
+            result["tokens_per_s_nominal"] = args.agents * args.rate
             result["shown_agent_tokens_per_s"] = round(
                 db.words_between(first_id, last_id, agent_name) / window, 1
             )
 
         with stage("TUI key latency"):
-            tmux.keys("app", INPUT_KEY)
-            tmux.keys("app", "@@", literal=True)
-            tmux.wait_for("app", lambda screen: "@@" in screen)
-            keys = key_latencies(tmux, "app", args.keys, "@@")
-            tmux.keys("app", "BSpace", "BSpace", "Escape")
+            keys = typing_latencies(tmux, "app", args.keys)
+
+        with stage("TUI key latency, the fleet paused"):
+            # The same TUI, the same 50 agents on screen, nothing streaming: what the load
+            # adds to the latency above.
+            for agent_id in db.agent_ids(run_id):
+                call("agent.pause", agent=agent_id)
+            deadline = time.monotonic() + 60
+            while db.statuses(run_id) != {"paused"}:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the fleet did not pause: {db.statuses(run_id)}")
+                time.sleep(0.2)
+            time.sleep(1)
+            quiet_from, quiet_start = db.max_id(), time.monotonic()
+            idle_keys = typing_latencies(tmux, "app", args.keys)
+            quiet = time.monotonic() - quiet_start
+            result["paused_events_per_s"] = round((db.max_id() - quiet_from) / quiet, 1)
 
         frame = statistics.median(frames)
         result.update(
@@ -538,7 +609,9 @@ def bench(args: argparse.Namespace, model: ModelServer) -> dict[str, Any]:
                 "key_latency_p95_ms": summary(keys)["p95"],
                 "key_latency_max_ms": summary(keys)["max"],
                 "key_latency_target_p95_ms": 50,
+                "key_latency_fleet_paused_ms": summary(idle_keys),
                 "baseline_cat_key_latency_ms": summary(baseline_keys),
+                "baseline_textual_key_latency_ms": summary(textual_keys),
                 "tui_cpu_share": round(shares["tui"], 3),
                 "tui_cpu_target": 0.30,
                 "server_cpu_share": round(shares["server"], 3),
@@ -549,6 +622,7 @@ def bench(args: argparse.Namespace, model: ModelServer) -> dict[str, Any]:
                 "first_frame_target_s": 0.5,
                 "fleet_shown_s": round(statistics.median(fleets), 3),
                 "baseline_python_first_frame_s": round(statistics.median(baseline_frames), 3),
+                "baseline_textual_first_frame_s": round(statistics.median(textual_frames), 3),
                 "first_frame_added_over_python_s": round(
                     frame - statistics.median(baseline_frames), 3
                 ),
@@ -563,7 +637,7 @@ def bench(args: argparse.Namespace, model: ModelServer) -> dict[str, Any]:
             db.db.close()
         if run_id:
             try:
-                call("run.stop", timeout=20, run=run_id)
+                call("run.stop", timeout=10, run=run_id)
             except Exception as exc:
                 log(f"run.stop: {type(exc).__name__}: {exc}")
         if server_pid:
@@ -572,12 +646,12 @@ def bench(args: argparse.Namespace, model: ModelServer) -> dict[str, Any]:
 
 
 def stop_server(pid: int) -> None:
-    """Shut the server down; kill it if it has not gone within 15 s."""
+    """Shut the server down; kill it if it has not gone within 10 s."""
     try:
         call("shutdown", timeout=10, force=True)
     except Exception as exc:
         log(f"shutdown: {type(exc).__name__}: {exc}")
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if not Path(f"/proc/{pid}").exists():
             return
