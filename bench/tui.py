@@ -289,6 +289,7 @@ class Tmux:
         self.env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         self.env.pop("TMUX", None)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.socket = ""
 
     def run(self, *args: str) -> str:
         return subprocess.run(
@@ -313,6 +314,7 @@ class Tmux:
         # find no client: wait for it, so that every later answer pairs with its command.
         self._block()
         self.command("refresh-client -f no-output")
+        self.socket = self.command("display-message -p '#{socket_path}'")[0]
 
     def command(self, line: str) -> list[str]:
         """Run one tmux command over the control client; its output lines."""
@@ -391,6 +393,8 @@ class Tmux:
                 self.proc.wait(timeout=5)
         with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
             self.run("kill-server")
+        if self.socket:  # tmux leaves its socket file behind
+            Path(self.socket).unlink(missing_ok=True)
 
 
 # -- measurements

@@ -59,6 +59,7 @@ class Terminal:
         self.env.pop("TMUX", None)
         self.home = home
         self.started = False
+        self.socket_path = ""
 
     def tmux(self, *args: str) -> str:
         return subprocess.run(
@@ -79,6 +80,7 @@ class Terminal:
             )  # fmt: skip
             self.tmux("set-option", "-g", "remain-on-exit", "on")
             self.started = True
+            self.socket_path = self.tmux("display-message", "-p", "#{socket_path}").strip()
         else:
             self.tmux("respawn-pane", "-k", "-t", "e2e", command)
 
@@ -108,6 +110,8 @@ class Terminal:
         if self.started:
             with contextlib.suppress(subprocess.SubprocessError):
                 self.tmux("kill-server")
+        if self.socket_path:  # tmux leaves its socket file behind
+            Path(self.socket_path).unlink(missing_ok=True)
 
 
 @pytest.fixture
