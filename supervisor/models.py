@@ -308,11 +308,16 @@ class ModelClient:
         usage: Any = None
         finish = ""
         try:
-            stream = await asyncio.wait_for(lib.acompletion(**kwargs), self.stall_timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
+            # that arrives as the awaited chunk completes, so stopping a streaming agent
+            # (run.stop, server shutdown) could hang. A stall is a TimeoutError either way.
+            async with asyncio.timeout(self.stall_timeout_s):
+                stream = await lib.acompletion(**kwargs)
             iterator = stream.__aiter__()
             while True:
                 try:
-                    chunk = await asyncio.wait_for(iterator.__anext__(), self.stall_timeout_s)
+                    async with asyncio.timeout(self.stall_timeout_s):
+                        chunk = await iterator.__anext__()
                 except StopAsyncIteration:
                     break
                 if getattr(chunk, "usage", None):

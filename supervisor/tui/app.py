@@ -528,7 +528,9 @@ class SupervisorApp(App[int]):
     def action_message(self) -> None:
         """Write to the selected agent (an answer, when it asked a question)."""
         if self._need_agent() is not None:
-            self.query_one(MessageInput).focus()
+            # set_focus, not focus(): focus() waits behind keys already queued, so a
+            # person typing straight after `m` would have letters taken as commands.
+            self.screen.set_focus(self.query_one(MessageInput))
 
     @on(Input.Submitted, "#message")
     def message_submitted(self, event: Input.Submitted) -> None:
