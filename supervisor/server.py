@@ -63,6 +63,7 @@ MAX_MESSAGE_CHARS = 100_000  # what a person may send an agent in one message
 HISTORY_CHUNK = 2_000
 SLOW_CLIENT_EVENTS = 200_000  # a client this far behind is dropped; it reconnects from SQLite
 AUTO_RESUME_MAX = 3  # automatic resumes of one run after crashes, then it waits for a person
+SERVER_NICENESS = 5  # the started-on-demand process runs a little below interactive work
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -664,6 +665,10 @@ def serve(data_dir: Path) -> int:
 def main() -> None:
     from supervisor import config
 
+    # Background work yields to the person's terminal: on a busy machine the TUI stays
+    # responsive while agents stream (bench/tui.py measures key latency under load).
+    with contextlib.suppress(OSError):
+        os.nice(SERVER_NICENESS)
     sys.exit(serve(config.ensure_data_dir()))
 
 
