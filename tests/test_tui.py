@@ -78,6 +78,12 @@ async def until(
         await pilot.pause(0.05)
 
 
+async def shows(pilot: Pilot[Any], app: SupervisorApp, text: str) -> None:
+    """Wait until the screen shows ``text`` (panes load on the app's next tick; a loaded
+    machine makes that later)."""
+    await until(pilot, lambda: text in screen_text(app), repr(text))
+
+
 def screen_text(app: SupervisorApp) -> str:
     """What the terminal shows, as text (read from the app's SVG screenshot)."""
     svg = app.export_screenshot()
@@ -177,6 +183,7 @@ async def test_fleet_shows_a_real_run_and_selection_changes_the_detail(home: Pat
             assert "Fleet — 2 agents" in text
 
             agent_a = await select_agent_of(pilot, app, first)
+            await shows(pilot, app, "Working on alpha now.")
             text = screen_text(app)
             assert "Working on alpha now." in text and "→ shell: echo output-of-alpha" in text
             # A tool call is folded; its output is one key away.
@@ -190,11 +197,11 @@ async def test_fleet_shows_a_real_run_and_selection_changes_the_detail(home: Pat
             app.query_one(FleetTable).focus()
             agent_b = await select_agent_of(pilot, app, second)
             assert agent_b is not agent_a
+            await shows(pilot, app, "Working on beta now.")
             text = screen_text(app)
             assert "Working on beta now." in text and "Working on alpha" not in text
             await pilot.press("3")  # Shell tab
-            await pilot.pause(0.2)
-            assert "$ echo output-of-beta" in screen_text(app)
+            await shows(pilot, app, "$ echo output-of-beta")
             await pilot.press("5")  # Info tab
             await pilot.pause(0.2)
             text = screen_text(app)
