@@ -190,8 +190,7 @@ async def test_fleet_shows_a_real_run_and_selection_changes_the_detail(home: Pat
             assert "output-of-alpha\n" not in text.replace("→ shell: echo output-of-alpha", "")
             app.query_one("TranscriptView CollapsibleTitle").focus()
             await pilot.press("enter")
-            await pilot.pause(0.1)
-            assert "[exit code 0]" in screen_text(app)
+            await shows(pilot, app, "[exit code 0]")
 
             # Moving the cursor selects another agent: the tabs follow it.
             app.query_one(FleetTable).focus()
@@ -321,8 +320,7 @@ async def test_pause_resume_keep_stop_and_restart(home: Path) -> None:
             await until(pilot, lambda: "sandbox will be kept" in screen_text(app), "the keep")
             await pilot.press("x")
             await until(pilot, lambda: agent.status == "stopped", "the stop")
-            await pilot.pause(0.1)
-            assert "stopped" in screen_text(app)
+            await shows(pilot, app, "stopped")
             await pilot.press("r")
             await until(pilot, lambda: agent.status == "running", "the restart")
             await pilot.press("m")
@@ -396,13 +394,11 @@ async def test_new_agent_dialog_starts_a_run_and_the_cursor_follows(
             assert "New agent" in screen_text(app)
             # Bad input shows inline; nothing starts and nothing crashes.
             await pilot.press("ctrl+s")
-            await pilot.pause(0.1)
-            assert "Give the agent a task." in screen_text(app)
+            await shows(pilot, app, "Give the agent a task.")
             app.screen.query_one("#task", TextArea).insert("count the files")
             app.screen.query_one("#workspace", Input).value = str(tmp_path / "missing")
             await pilot.press("ctrl+s")
-            await pilot.pause(0.1)
-            assert "No folder" in screen_text(app)
+            await shows(pilot, app, "No folder")
             app.screen.query_one("#workspace", Input).value = ""
             app.screen.query_one("#model", Input).value = "no-such-model-alias"
             await pilot.press("ctrl+s")
@@ -463,8 +459,7 @@ async def test_run_recipe_dialog_starts_a_recipe_run(home: Path) -> None:
         assert app.screen.query_one("#param-count", Input).value == "2"  # the default
         app.screen.query_one("#param-count", Input).value = "three"
         await pilot.press("ctrl+s")
-        await pilot.pause(0.1)
-        assert "parameter count must be int, got 'three'" in screen_text(app)
+        await shows(pilot, app, "parameter count must be int, got 'three'")
         app.screen.query_one("#param-count", Input).value = "3"
         app.screen.query_one("#param-greeting", Input).value = "ahoy"
         await pilot.press("ctrl+s")
@@ -523,8 +518,7 @@ async def test_history_search_finds_a_transcript_and_jumps_to_the_agent(home: Pa
             await pilot.press("enter")  # choose the result
             await until(pilot, lambda: not app.screen.query("#history"), "the jump")
             assert app.selected_agent is agents_of(app, first)[0]
-            await pilot.pause(0.2)
-            assert "zebracorn lives in the attic" in screen_text(app)
+            await shows(pilot, app, "zebracorn lives in the attic")
 
 
 async def test_filter_and_sort(home: Path) -> None:
@@ -559,8 +553,7 @@ async def test_filter_and_sort(home: Path) -> None:
             assert "apples-1" in text and "apples-2" in text and "Fleet — 3 agents" in text
             await pilot.press("s")
             assert app.sort == "name"
-            await pilot.pause(0.1)
-            assert "sort: name" in screen_text(app)
+            await shows(pilot, app, "sort: name")
             app.fleet.agents[
                 next(a for a in app.fleet.agents if a.startswith("apples-2"))
             ].cost = 9.0
@@ -634,8 +627,7 @@ async def test_small_terminal_and_a_huge_paste_do_not_break_it(home: Path) -> No
                 app._receive(
                     [Event("message.delta", run_id, agent.id, {"delta": word}, id=base + i)]
                 )
-                await pilot.pause(0.1)
-                assert word.strip() in screen_text(app)
+                await shows(pilot, app, word.strip())
             app._receive(
                 [Event("message", run_id, agent.id, {}, "Streaming **live** words", id=base + 9)]
             )
@@ -677,8 +669,7 @@ async def test_command_palette_and_shell_key(home: Path, monkeypatch: pytest.Mon
             await pilot.press("ctrl+p")
             await pilot.pause(0.2)
             await type_text(pilot, "history")
-            await pilot.pause(0.3)
-            assert "Every run, and search over every transcript" in screen_text(app)
+            await shows(pilot, app, "Every run, and search over every transcript")
             await pilot.press("enter")
             await until(pilot, lambda: app.screen.query("#history"), "history from the palette")
             await pilot.press("escape")
@@ -686,8 +677,7 @@ async def test_command_palette_and_shell_key(home: Path, monkeypatch: pytest.Mon
             # o hands the terminal to `supervisor sandbox shell`; a test terminal cannot
             # be handed over, which the app says instead of crashing.
             await pilot.press("o")
-            await pilot.pause(0.1)
-            assert "cannot be handed over" in screen_text(app)
+            await shows(pilot, app, "cannot be handed over")
             assert tui_app.shell_command(agent.id)[-3:] == ["sandbox", "shell", agent.id]
             await pilot.press("q")
         assert app.return_code == 0
