@@ -1118,7 +1118,7 @@ def recipe_run(
             click.echo(f"  {i}. {s.id} [{s.kind}] {s.run or s.prompt[:60]}")
         return
     if not foreground:
-        args = {"path": str(Path(r.path).resolve()), "params": _param_texts(values)}
+        args = {"path": str(Path(r.path).resolve()), "params": r.texts(values)}
         code = _via_server(
             "recipe.start",
             args,
@@ -1129,19 +1129,6 @@ def recipe_run(
         )
         sys.exit(1 if code == 3 else code)
     sys.exit(_run_recipe(r, values, run_id=None))
-
-
-def _param_texts(values: dict[str, Any]) -> dict[str, str]:
-    """Parameters as the texts `-p` takes (the server checks them again)."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, bool):
-            out[key] = "true" if value else "false"
-        elif isinstance(value, list | dict):
-            out[key] = json.dumps(value)
-        else:
-            out[key] = str(value)
-    return out
 
 
 @cli.command("resume")

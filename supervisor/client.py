@@ -240,12 +240,17 @@ class Client:
         events = [Event.from_row(r) for r in rows]
         return events[::-1] if newest else events
 
+    def _match(self, query: str) -> str:
+        """A person's words as a safe FTS5 query (quoted as the store quotes them)."""
+        from sqlite_utils import Database
+
+        return str(Database(self.db).quote_fts(query.strip())) if query.strip() else ""
+
     def search(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
         """Full-text search over every transcript (events), newest first."""
-        words = query.strip()
-        if not words:
+        match = self._match(query)
+        if not match:
             return []
-        match = " ".join(f'"{w}"' for w in words.replace('"', " ").split())
         return self.query(
             "SELECT events.id, events.ts, events.run_id, events.agent_id, events.type, "
             "snippet(events_fts, 0, '[', ']', '…', 12) AS snippet FROM events_fts "
@@ -255,9 +260,9 @@ class Client:
         )
 
     def notes(self, query: str = "", limit: int = 200) -> list[dict[str, Any]]:
-        if not query.strip():
+        match = self._match(query)
+        if not match:
             return self.query("SELECT * FROM notes ORDER BY created_at DESC LIMIT ?", [limit])
-        match = " ".join(f'"{w}"' for w in query.replace('"', " ").split())
         return self.query(
             "SELECT notes.* FROM notes JOIN notes_fts ON notes.id = notes_fts.rowid "
             "WHERE notes_fts MATCH ? ORDER BY rank LIMIT ?",
@@ -272,10 +277,10 @@ class Client:
         )
 
     def spent_today(self) -> float:
-        from supervisor.engine import _start_of_day
+        from supervisor.system import start_of_day
 
         row = self.db.execute(
-            "SELECT coalesce(sum(cost_usd), 0) FROM costs WHERE ts >= ?", [_start_of_day()]
+            "SELECT coalesce(sum(cost_usd), 0) FROM costs WHERE ts >= ?", [start_of_day()]
         ).fetchone()
         return float(row[0])
 

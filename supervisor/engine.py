@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -31,13 +30,14 @@ from supervisor.plugins import Plugins
 from supervisor.redact import Redactor
 from supervisor.sandbox.base import Sandbox, SandboxSpec
 from supervisor.store import Store
+from supervisor.system import owner_alive, process_owner, start_of_day
 from supervisor.types import ModelSpec, Tool, ToolCall
 
 Listener = Callable[[Event], None]
 DELTA_FLUSH_CHARS = 256
 DELTA_FLUSH_S = 0.05
 DEFAULT_CONTEXT = 128_000
-OWNER = f"pid:{os.getpid()}"  # recorded on the runs this process drives
+OWNER = process_owner()  # recorded on the runs this process drives
 
 
 @dataclass
@@ -109,7 +109,7 @@ class Engine:
         self._listeners: list[Listener] = []
         self._done: dict[str, asyncio.Event] = {}
         self._policies: dict[str, Policy] = {}
-        self._spent_today = self._spent_since(_start_of_day())
+        self._spent_today = self._spent_since(start_of_day())
         self._poller: asyncio.Task[None] | None = None
         self._last_seen_event = 0
         self._releasing: set[asyncio.Task[None]] = set()
@@ -244,15 +244,8 @@ class Engine:
     async def adopt_run(self, run_id: str) -> None:
         """Take up an existing run again (``recipe resume``) in this engine."""
         self.adopt_policy(run_id)
-        self._done.setdefault(run_id, asyncio.Event())
         self._managed.add(run_id)
-        now = time.time()
-        self.store.write(
-            lambda db: db.table("runs").update(
-                run_id,
-                {"status": "running", "updated_at": now, "finished_at": None, "owner": OWNER},
-            )
-        )
+        self._reopen_run(run_id)
         self._start_poller()
 
     async def _start_agents(
@@ -446,7 +439,6 @@ class Engine:
         return await agent.run()
 
     def _sandbox_env(self) -> dict[str, str]:
-        import os
 
         return {k: os.environ[k] for k in self.settings["sandbox.env_allow"] if k in os.environ}
 
@@ -745,19 +737,16 @@ class Engine:
         """Point the agent at its existing sandbox (by the id recorded for it)."""
         row = self._row("agents", agent.id)
         sandbox_id = row.get("sandbox_id")
-        if not sandbox_id or (agent.sandbox.id == sandbox_id and await _alive(agent.sandbox)):
-            return bool(sandbox_id)
+        if not sandbox_id:
+            return False
+        if agent.sandbox.id == sandbox_id and await sandbox_alive(agent.sandbox):
+            return True
+        from supervisor.sandbox.manager import attach
+
         try:
-            if agent.sandbox.backend == "local":
-                from supervisor.sandbox.local import LocalSandbox
-
-                found: Sandbox = LocalSandbox.attach(Path(sandbox_id))
-            else:
-                from supervisor.sandbox.docker import DockerSandbox
-
-                found = await asyncio.to_thread(DockerSandbox.attach, sandbox_id)
+            found = await asyncio.to_thread(attach, agent.sandbox.backend, sandbox_id)
             found.spec = agent.sandbox.spec
-            if not await _alive(found):
+            if not await sandbox_alive(found):
                 return False
         except Exception:
             return False
@@ -765,16 +754,20 @@ class Engine:
         return True
 
     def _reopen_run(self, run_id: str) -> None:
-        if self._row("runs", run_id).get("status") != "running":
-            now = time.time()
-            self.store.write(
-                lambda db: db.table("runs").update(
-                    run_id,
-                    {"status": "running", "updated_at": now, "finished_at": None, "owner": OWNER},
-                )
-            )
-            self.emit(EventType.RUN_STATUS, None, {"status": "running"}, run_id=run_id)
+        """Mark a run running again, driven by this process (once, however many of its
+        agents come back)."""
+        done = self._done.get(run_id)
+        if done is not None and not done.is_set():
+            return
         self._done[run_id] = asyncio.Event()
+        now = time.time()
+        self.store.write(
+            lambda db: db.table("runs").update(
+                run_id,
+                {"status": "running", "updated_at": now, "finished_at": None, "owner": OWNER},
+            )
+        )
+        self.emit(EventType.RUN_STATUS, None, {"status": "running"}, run_id=run_id)
 
     async def resume_task_run(self, run_id: str) -> list[Agent]:
         """Take up a task run from the store (after the supervisor process died): every
@@ -846,7 +839,7 @@ class Engine:
         rows = [
             dict(r)
             for r in self.store.db.query("SELECT * FROM runs WHERE status = 'running'")
-            if not _owner_alive(r.get("owner"))
+            if not owner_alive(r.get("owner"))
         ]
         now = time.time()
         for row in rows:
@@ -960,8 +953,8 @@ class Engine:
         agent.set_status("paused", reason)
         while reason:
             await asyncio.sleep(1.0)
-            if _start_of_day() > time.time() - 1.5:
-                self._spent_today = self._spent_since(_start_of_day())
+            if start_of_day() > time.time() - 1.5:
+                self._spent_today = self._spent_since(start_of_day())
             reason = self.over_budget(agent)
         agent.set_status("running", "budget raised")
 
@@ -1075,24 +1068,8 @@ class Engine:
         self.store.flush()
 
 
-def _owner_alive(owner: str | None) -> bool:
-    import os
-
-    if not owner or not owner.startswith("pid:"):
-        return False
-    pid = int(owner[4:])
-    if pid == os.getpid():
-        return False  # recorded by an earlier process that had this pid
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-async def _alive(sandbox: Sandbox) -> bool:
+async def sandbox_alive(sandbox: Sandbox) -> bool:
+    """Does the sandbox still answer a command?"""
     try:
         return (await sandbox.exec("true", timeout=10)).exit_code == 0
     except Exception:
@@ -1105,8 +1082,3 @@ def _new_id(prefix: str) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")[:40] or "x"
-
-
-def _start_of_day() -> float:
-    today = datetime.datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
-    return today.timestamp()

@@ -93,6 +93,10 @@ class Parameter:
             ) from None
         if self.choices and value not in self.choices:
             raise RecipeError(f"{where}: parameter {self.name} must be one of {self.choices}")
+        if self.type == "path" and value:
+            # Relative to where the person typed it: the supervisor process that runs the
+            # recipe works in another folder.
+            value = str(Path(value).expanduser().resolve())
         return value
 
 
@@ -131,6 +135,18 @@ class Recipe:
                 )
             values[key] = self.parameters[key].parse(text, f"recipe {self.name}")
         return values
+
+    def texts(self, values: dict[str, Any]) -> dict[str, str]:
+        """Checked values back as the texts ``params`` takes (what a client sends)."""
+        out = {}
+        for key, value in values.items():
+            if isinstance(value, bool):
+                out[key] = "true" if value else "false"
+            elif isinstance(value, list | dict):
+                out[key] = json.dumps(value)
+            else:
+                out[key] = str(value)
+        return out
 
     def order(self) -> list[Step]:
         """Steps in dependency order (the file's order among independent steps)."""

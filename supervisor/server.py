@@ -607,11 +607,12 @@ class Server:
         self.engine.restart(key)
 
     async def _agent_diff(self, conn: _Conn, args: dict[str, Any]) -> str:
+        from supervisor.engine import sandbox_alive
         from supervisor.sandbox import workspace
 
         key = str(args.get("agent") or "")
         agent = self.engine.find_agent(key)
-        if agent is not None and await _sandbox_alive(agent.sandbox):
+        if agent is not None and await sandbox_alive(agent.sandbox):
             return await workspace.diff(agent.sandbox)
         from supervisor.sandbox.manager import find_agent_sandbox
 
@@ -641,12 +642,6 @@ def _set_resumes(run_id: str, count: int) -> Callable[[Any], None]:
 
 class _Busy(Exception):
     pass
-
-
-async def _sandbox_alive(sandbox: Any) -> bool:
-    from supervisor.engine import _alive
-
-    return await _alive(sandbox)
 
 
 def log(line: str) -> None:

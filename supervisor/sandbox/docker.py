@@ -71,24 +71,6 @@ def home_label() -> str:
     return hashlib.sha256(str(config.data_dir().resolve()).encode()).hexdigest()[:12]
 
 
-def process_owner() -> str:
-    """This process, as ``pid:start-ticks`` (a reused pid does not look alive)."""
-    return f"{os.getpid()}:{_start_ticks(os.getpid())}"
-
-
-def owner_alive(owner: str) -> bool:
-    pid, _, ticks = owner.partition(":")
-    try:
-        return _start_ticks(int(pid)) == ticks
-    except (ValueError, OSError):
-        return False
-
-
-def _start_ticks(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 # -- the exec socket
 
 

@@ -26,11 +26,10 @@ from supervisor.sandbox.docker import (
     DockerSandbox,
     docker_client,
     home_label,
-    owner_alive,
-    process_owner,
     remove_container,
 )
 from supervisor.sandbox.shell import quote
+from supervisor.system import owner_alive, process_owner
 
 # An interrupted run keeps its sandboxes: resuming it picks them up again.
 LIVE_RUN_STATES = ("running", "paused", "waiting", "interrupted")
@@ -310,6 +309,15 @@ def _agent_rows(sql: str, agent: str) -> list[dict[str, Any]]:
         store.close()
 
 
+def attach(backend: str, sandbox_id: str) -> Sandbox:
+    """A sandbox object for an existing sandbox, by the id recorded for its agent."""
+    if backend == "local":
+        from supervisor.sandbox.local import LocalSandbox
+
+        return LocalSandbox.attach(Path(sandbox_id))
+    return DockerSandbox.attach(sandbox_id)
+
+
 def find_agent_sandbox(agent: str) -> Sandbox:
     """The sandbox of an agent, by agent id or name (or container name)."""
     from supervisor.errors import InputError
@@ -320,12 +328,7 @@ def find_agent_sandbox(agent: str) -> Sandbox:
         agent,
     )
     if rows and rows[0]["sandbox_id"]:
-        row = rows[0]
-        if row["sandbox"] == "local":
-            from supervisor.sandbox.local import LocalSandbox
-
-            return LocalSandbox.attach(Path(row["sandbox_id"]))
-        return DockerSandbox.attach(row["sandbox_id"])
+        return attach(rows[0]["sandbox"], rows[0]["sandbox_id"])
     client = docker_client()
     for container in _managed(client, "containers"):
         if agent in (container.labels.get(f"{LABEL}.agent"), container.name):

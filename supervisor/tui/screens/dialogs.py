@@ -240,11 +240,8 @@ class RecipeScreen(Dialog):
             name = (widget.id or "")[len("param-") :]
             if isinstance(widget, Input):
                 given[name] = widget.value.strip()
-                param = self.recipe.parameters.get(name)
-                if param is not None and param.type == "path" and given[name]:
-                    # Relative to where the person is, not to the server's folder.
-                    given[name] = str(Path(given[name]).expanduser().resolve())
             elif isinstance(widget, Select) and isinstance(widget.value, str):
                 given[name] = widget.value
-        self.recipe.params(given)  # clear errors here, before the server sees them
-        return "recipe.start", {"path": str(self.recipe.path), "params": given}
+        # Checked here for clear errors, and paths made absolute, before the server sees them.
+        values = self.recipe.params(given)
+        return "recipe.start", {"path": str(self.recipe.path), "params": self.recipe.texts(values)}

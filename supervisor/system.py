@@ -1,0 +1,33 @@
+"""Small facts about this machine, light enough for any process (the TUI included): which
+process owns something (a run, a pooled sandbox) — told apart from a later process that
+reuses its pid — and when today began (for daily budgets)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+
+def start_of_day() -> float:
+    """Local midnight today, as a timestamp."""
+    today = datetime.datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    return today.timestamp()
+
+
+def process_owner() -> str:
+    """This process, as ``pid:start-ticks`` (a reused pid does not look alive)."""
+    return f"{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    pid, _, ticks = (owner or "").partition(":")
+    try:
+        return _start_ticks(int(pid)) == ticks
+    except (ValueError, OSError):
+        return False
+
+
+def _start_ticks(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[19]
