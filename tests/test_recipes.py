@@ -152,3 +152,27 @@ def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     )
     missing = run_cli("recipe", "show", "nope")
     assert missing.returncode == 2 and "no recipe named 'nope'" in missing.stderr
+
+
+def test_a_relative_path_parameter_means_where_the_person_is(tmp_path: Path) -> None:
+    """The supervisor process runs the recipe in another folder: `-p src=data` must still
+    mean ./data of the person's shell."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "marker.txt").write_text("found me")
+    path = tmp_path / "read.md"
+    path.write_text(
+        "---\nname: read\ndescription: Read a file from a folder.\nparameters:\n"
+        "  src: {type: path, default: '', help: a folder}\n"
+        'steps:\n  - id: show\n    kind: shell\n    run: "cat {src}/marker.txt"\n---\n# Read\n'
+    )
+    result = run_cli("recipe", "run", "read.md", "-p", "src=data", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = result.stdout.split()[1].rstrip(":")
+    from supervisor.store import open_default
+
+    store = open_default()
+    try:
+        (step,) = store.db.query("SELECT output FROM steps WHERE run_id = ?", [run_id])
+    finally:
+        store.close()
+    assert "found me" in step["output"]
