@@ -1348,6 +1348,7 @@ def server_stop(force: bool) -> None:
 def web(host: str, port: int) -> None:
     """Serve the TUI in a browser (each tab is a client of the one supervisor process)."""
     import shlex
+    import socket
 
     from textual_serve.server import Server
 
@@ -1355,6 +1356,13 @@ def web(host: str, port: int) -> None:
     from supervisor.client import start_server
     from supervisor.server import running_pid
 
+    try:  # a taken port or a foreign address is the person's to fix: say so, not a traceback
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     data_dir = config.ensure_data_dir()
     if not running_pid(data_dir):
         start_server(data_dir)

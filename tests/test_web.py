@@ -78,3 +78,16 @@ async def test_web_serves_the_tui_on_loopback(home: Path) -> None:
     finally:
         web.terminate()
         web.wait(30)
+
+
+def test_web_on_a_taken_port_is_one_line(home: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*SUPERVISOR, "web", "--port", str(port)], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 2
+    assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert running_pid(home) is None  # nothing started for nothing
