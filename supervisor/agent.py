@@ -19,16 +19,19 @@ import asyncio
 import fnmatch
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
+from supervisor.api import AgentInfo, Finished
 from supervisor.events import Event, EventType
 from supervisor.models import Completion, ContextOverflow, ModelError, RetryInfo, ToolCallOut
+from supervisor.status import AgentStatus
 from supervisor.types import Tool, ToolCall
 
 if TYPE_CHECKING:
-    from supervisor.engine import Engine
+    from supervisor.api import ToolContext
     from supervisor.sandbox.base import Sandbox
     from supervisor.types import ModelSpec
 
@@ -37,12 +40,6 @@ NO_TOOL_NUDGES = 3  # replies without a tool call tolerated before the text is t
 COMPACT_AT = 0.75  # fraction of the context window that triggers compaction
 INTERRUPTED_CALL = "error: interrupted (the supervisor stopped while this ran); check its effect"
 KEEP_RECENT = 6  # messages kept verbatim when older turns are compacted
-
-
-class Finished(Exception):
-    def __init__(self, summary: str) -> None:
-        super().__init__(summary)
-        self.summary = summary
 
 
 class LimitReached(Exception):
@@ -102,25 +99,69 @@ def _matches(pattern: str, tool: str, subject: str) -> bool:
     return not glob or fnmatch.fnmatchcase(subject.strip(), glob)
 
 
-@dataclass
-class ToolContext:
-    """What a tool sees: its agent (and through it the engine and the sandbox)."""
+class DeltaSink(Protocol):
+    def add(self, text: str) -> None: ...
 
-    agent: Agent
+    def flush(self) -> None: ...
 
-    @property
-    def sandbox(self) -> Sandbox:
-        return self.agent.sandbox
 
-    @property
-    def engine(self) -> Engine:
-        return self.agent.engine
+class Runtime(Protocol):
+    """What the loop needs from whoever runs it (the engine implements this). The agent
+    never sees more of the engine than this."""
+
+    def emit(
+        self, type: str, agent: Agent | None, data: dict[str, Any], text: str = ""
+    ) -> Event: ...
+
+    def delta_stream(self, agent: Agent) -> DeltaSink: ...
+
+    async def complete(
+        self,
+        agent: Agent,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        *,
+        on_delta: Callable[[str], None] | None = None,
+        on_retry: Callable[[RetryInfo], Awaitable[None]] | None = None,
+    ) -> Completion: ...
+
+    def context_window(self, spec: ModelSpec) -> int: ...
+
+    def record_cost(self, agent: Agent, completion: Completion) -> None: ...
+
+    async def ask_approval(self, agent: Agent, call: ToolCall, pattern: str) -> str: ...
+
+    def before_tool_call(self, agent: Agent, call: ToolCall) -> Verdict: ...
+
+    def tool_context(self, agent: Agent) -> ToolContext: ...
+
+    def save_artifact(self, agent: Agent, kind: str, name: str, text: str) -> Path: ...
+
+    async def wait_while_paused(self, agent: Agent) -> None: ...
+
+    async def wait_within_budget(self, agent: Agent) -> None: ...
+
+    def agent_status(self, agent: Agent, status: str, doing: str) -> None: ...
+
+    def agent_finished(self, agent: Agent, status: str) -> None: ...
+
+    def recall(self, query: str, scope_key: str, limit: int = 5) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the ``before_tool_call`` plugins decided: ``refused`` (a reason), a
+    ``rewritten`` call, or neither; ``plugin`` names the plugin that decided."""
+
+    plugin: str = ""
+    refused: str = ""
+    rewritten: ToolCall | None = None
 
 
 class Agent:
     def __init__(
         self,
-        engine: Engine,
+        runtime: Runtime,
         *,
         id: str,
         run_id: str,
@@ -135,7 +176,7 @@ class Agent:
         parent_id: str | None = None,
         scope_key: str = "",
     ) -> None:
-        self.engine = engine
+        self.runtime = runtime
         self.id = id
         self.run_id = run_id
         self.name = name
@@ -155,7 +196,7 @@ class Agent:
         self.input_tokens = 0
         self.output_tokens = 0
         self.cost_usd = 0.0
-        self.status = "starting"
+        self.status: str = AgentStatus.STARTING
         self.summary = ""
         self.started = time.monotonic()
         self._no_tool_replies = 0
@@ -165,7 +206,7 @@ class Agent:
 
     async def run(self) -> str:
         """Work the task until done; returns the final status."""
-        status = "failed"
+        status: str = AgentStatus.FAILED
         try:
             history = self.messages
             doing = "picking up its transcript" if history else "reading the task"
@@ -179,25 +220,25 @@ class Agent:
                 await self.step()
         except Finished as done:
             self.summary = done.summary
-            status = "done"
+            status = AgentStatus.DONE
         except LimitReached as limit:
             self.summary = f"stopped: {limit}"
-            status = "stopped"
+            status = AgentStatus.STOPPED
         except Stopped:
-            status = "stopped"
+            status = AgentStatus.STOPPED
         except ModelError as exc:
             self.summary = str(exc)
-            status = "failed"
+            status = AgentStatus.FAILED
         except asyncio.CancelledError:
-            status = "stopped"
+            status = AgentStatus.STOPPED
             raise
         except Exception as exc:
             # A bug in a tool or plugin: record it; the engine and other agents keep going.
             self.summary = f"internal error: {type(exc).__name__}: {exc}"
-            status = "failed"
+            status = AgentStatus.FAILED
         finally:
             self.status = status
-            self.engine.agent_finished(self, status)
+            self.runtime.agent_finished(self, status)
         return status
 
     async def step(self) -> None:
@@ -209,7 +250,7 @@ class Agent:
         completion = await self.ask_model()
         self.messages.append(completion.assistant_message())
         if completion.text:
-            self.engine.emit(EventType.MESSAGE, self, {"step": self.steps}, completion.text)
+            self.runtime.emit(EventType.MESSAGE, self, {"step": self.steps}, completion.text)
         if not completion.tool_calls:
             self._no_tool_replies += 1
             if self._no_tool_replies >= NO_TOOL_NUDGES:
@@ -240,14 +281,14 @@ class Agent:
             raise finished
 
     async def ask_model(self) -> Completion:
-        if self._last_prompt_tokens > COMPACT_AT * self.engine.context_window(self.model):
+        if self._last_prompt_tokens > COMPACT_AT * self.runtime.context_window(self.model):
             await self.compact()
         tools = [_schema(t) for t in self.tools.values()]
-        stream = self.engine.delta_stream(self)
+        stream = self.runtime.delta_stream(self)
 
         async def on_retry(info: RetryInfo) -> None:
             stream.flush()
-            self.engine.emit(
+            self.runtime.emit(
                 EventType.LOG,
                 self,
                 {
@@ -260,14 +301,14 @@ class Agent:
             )
 
         try:
-            completion = await self.engine.models.complete(
-                self.model, self.messages, tools, on_delta=stream.add, on_retry=on_retry
+            completion = await self.runtime.complete(
+                self, self.messages, tools, on_delta=stream.add, on_retry=on_retry
             )
         except ContextOverflow:
             stream.flush()
             await self.compact()
-            completion = await self.engine.models.complete(
-                self.model, self.messages, tools, on_delta=stream.add, on_retry=on_retry
+            completion = await self.runtime.complete(
+                self, self.messages, tools, on_delta=stream.add, on_retry=on_retry
             )
         finally:
             stream.flush()
@@ -275,7 +316,7 @@ class Agent:
         self.input_tokens += completion.input_tokens
         self.output_tokens += completion.output_tokens
         self.cost_usd += completion.cost_usd
-        self.engine.record_cost(self, completion)
+        self.runtime.record_cost(self, completion)
         return completion
 
     async def compact(self) -> None:
@@ -296,64 +337,55 @@ class Agent:
                 + json.dumps(old, default=str)[-200_000:],
             },
         ]
-        summary = await self.engine.models.complete(self.model, request, None)
+        summary = await self.runtime.complete(self, request, None)
         self.messages = [
             self.messages[0],
             self.messages[1],
             {"role": "user", "content": f"Summary of earlier work:\n{summary.text}"},
             *self.messages[cut:],
         ]
-        self.engine.emit(
+        self.runtime.emit(
             EventType.LOG, self, {"compacted": len(old)}, f"compacted {len(old)} earlier messages"
         )
 
     # -- one tool call
 
     async def call(self, out: ToolCallOut) -> str:
-        """Run one tool call; whatever happens, return text for the model (or Finished)."""
+        """Run one tool call; whatever happens, return text for the model (or Finished).
+
+        Every outcome leaves a ``tool.finished`` event whose text is exactly what the model
+        was told, so the transcript shows it and a resumed agent replays it: refusals
+        (unknown tool, arguments that are not JSON, policy, a person, a plugin) included.
+        """
         if out.name not in self.tools:
-            return f"error: unknown tool {out.name!r}; available: {', '.join(self.tools)}"
-        if out.error is not None or out.arguments is None:
-            return f"error: {out.error}; you sent: {out.raw_arguments[:500]}"
-        call = ToolCall(out.name, out.arguments, out.id)
-        decision, pattern = self.policy.decide(call)
-        if decision == "deny":
-            self.engine.emit(
-                EventType.TOOL_FINISHED,
-                self,
-                {"tool": call.name, "id": call.id, "denied": pattern},
-                "",
+            return self._refused(
+                out,
+                "unknown_tool",
+                f"error: unknown tool {out.name!r}; available: {', '.join(self.tools)}",
             )
-            return f"error: refused by policy ({pattern}); do not try this again"
-        if decision == "ask":
-            verdict = await self.engine.ask_approval(self, call, pattern)
-            if verdict == "deny":
-                return "error: a person denied this call; choose another way"
-        verdict_hook = self.engine.plugins.call(
-            "before_tool_call", firstresult=True, call=call, agent=self
-        )
-        if verdict_hook:
-            result = verdict_hook[0]
-            if isinstance(result, str):
-                return f"error: refused by a plugin: {result}"
-            if isinstance(result, ToolCall):
-                call = result
+        if out.error is not None or out.arguments is None:
+            return self._refused(
+                out, "malformed", f"error: {out.error}; you sent: {out.raw_arguments[:500]}"
+            )
+        asked = ToolCall(out.name, out.arguments, out.id)
+        call, refusal = await self._admit(out, asked)
+        if refusal is not None:
+            return refusal
         tool = self.tools.get(call.name)
         if tool is None:
-            return f"error: unknown tool {call.name!r}"
+            return self._refused(out, "unknown_tool", f"error: unknown tool {call.name!r}")
         started = time.perf_counter()
-        self.set_status("running", f"{call.name} {_subject(call)[:80]}".strip())
-        self.engine.emit(
-            EventType.TOOL_STARTED,
-            self,
-            {"tool": call.name, "id": call.id, "arguments": call.arguments},
-            f"{call.name} {_subject(call)}",
-        )
+        self.set_status(AgentStatus.RUNNING, f"{call.name} {_subject(call)[:80]}".strip())
+        data: dict[str, Any] = {"tool": call.name, "id": call.id, "arguments": call.arguments}
+        if call != asked:
+            # What the model asked for stays in the record beside what ran.
+            data["asked"] = {"tool": asked.name, "arguments": asked.arguments}
+        self.runtime.emit(EventType.TOOL_STARTED, self, data, f"{call.name} {_subject(call)}")
         try:
-            text = await tool.run(ToolContext(self), **call.arguments)
+            text = await tool.run(self.runtime.tool_context(self), **call.arguments)
             error = False
         except Finished:
-            self.engine.emit(
+            self.runtime.emit(
                 EventType.TOOL_FINISHED,
                 self,
                 {"tool": call.name, "id": call.id, "duration_s": time.perf_counter() - started},
@@ -366,8 +398,10 @@ class Agent:
             raise
         except Exception as exc:
             text, error = f"error: {type(exc).__name__}: {exc}", True
+        if not isinstance(text, str):
+            text, error = f"error: tool {call.name} returned {type(text).__name__}, not text", True
         text = self.cut(text, call)
-        self.engine.emit(
+        self.runtime.emit(
             EventType.TOOL_FINISHED,
             self,
             {
@@ -381,11 +415,80 @@ class Agent:
         )
         return text
 
+    async def _admit(self, out: ToolCallOut, call: ToolCall) -> tuple[ToolCall, str | None]:
+        """The policy, then the plugins; a rewritten call faces the policy again (a plugin
+        cannot launder a denied command). Returns the call to run, or a refusal."""
+        rewrites = 0
+        while True:
+            decision, pattern = self.policy.decide(call)
+            if decision == "deny":
+                text = f"error: refused by policy ({pattern}); do not try this again"
+                return call, self._refused(out, "policy", text, denied=pattern, ran=call)
+            if decision == "ask":
+                verdict = await self.runtime.ask_approval(self, call, pattern)
+                if verdict == "deny":
+                    text = "error: a person denied this call; choose another way"
+                    return call, self._refused(out, "person", text, ran=call)
+            plugin = self.runtime.before_tool_call(self, call)
+            if plugin.refused:
+                text = f"error: refused by a plugin: {plugin.refused}"
+                return call, self._refused(out, "plugin", text, plugin=plugin.plugin, ran=call)
+            if plugin.rewritten is None or plugin.rewritten == call:
+                return call, None
+            rewritten = ToolCall(plugin.rewritten.name, plugin.rewritten.arguments, call.id)
+            self.runtime.emit(
+                EventType.TOOL_REWRITTEN,
+                self,
+                {
+                    "id": call.id,
+                    "plugin": plugin.plugin,
+                    "from": {"tool": call.name, "arguments": call.arguments},
+                    "to": {"tool": rewritten.name, "arguments": rewritten.arguments},
+                },
+                f"{plugin.plugin} rewrote {call.name} {_subject(call)} → "
+                f"{rewritten.name} {_subject(rewritten)}",
+            )
+            call = rewritten
+            rewrites += 1
+            if rewrites > 3:  # plugins rewriting each other's rewrites: stop, refuse
+                text = "error: refused: plugins kept rewriting this call"
+                return call, self._refused(out, "plugin", text, ran=call)
+
+    def _refused(
+        self,
+        out: ToolCallOut,
+        reason: str,
+        text: str,
+        *,
+        denied: str = "",
+        plugin: str = "",
+        ran: ToolCall | None = None,
+    ) -> str:
+        """Record a call that never ran (and what the model was told), then return it."""
+        data: dict[str, Any] = {
+            "tool": out.name,
+            "id": out.id,
+            "error": True,
+            "refused": reason,
+        }
+        if out.arguments is not None:
+            data["arguments"] = out.arguments
+        else:
+            data["raw_arguments"] = out.raw_arguments[:4000]
+        if denied:
+            data["denied"] = denied
+        if plugin:
+            data["plugin"] = plugin
+        if ran is not None and (ran.name, ran.arguments) != (out.name, out.arguments):
+            data["rewritten_to"] = {"tool": ran.name, "arguments": ran.arguments}
+        self.runtime.emit(EventType.TOOL_FINISHED, self, data, text)
+        return text
+
     def cut(self, text: str, call: ToolCall) -> str:
         """Long output: keep head and tail, save the whole, and say where."""
         if len(text) <= MAX_TOOL_OUTPUT:
             return text
-        path = self.engine.save_artifact(self, "output", f"{call.name}-{call.id}.txt", text)
+        path = self.runtime.save_artifact(self, "output", f"{call.name}-{call.id}.txt", text)
         half = MAX_TOOL_OUTPUT // 2
         return (
             f"{text[:half]}\n[... {len(text) - MAX_TOOL_OUTPUT} characters cut; the full "
@@ -395,7 +498,7 @@ class Agent:
     # -- limits, status, prompt
 
     async def check_limits(self) -> None:
-        await self.engine.wait_while_paused(self)
+        await self.runtime.wait_while_paused(self)
         lim = self.limits
         if lim.max_steps and self.steps >= lim.max_steps:
             raise LimitReached(f"step limit ({lim.max_steps}) reached")
@@ -403,12 +506,12 @@ class Agent:
             raise LimitReached(f"token limit ({lim.max_tokens}) reached")
         if lim.max_wall_s and time.monotonic() - self.started >= lim.max_wall_s:
             raise LimitReached(f"time limit ({lim.max_wall_s:g}s) reached")
-        await self.engine.wait_within_budget(self)
+        await self.runtime.wait_within_budget(self)
 
     def set_status(self, status: str, doing: str = "") -> None:
         if status != self.status or doing:
             self.status = status
-            self.engine.agent_status(self, status, doing)
+            self.runtime.agent_status(self, status, doing)
 
     async def system_prompt(self) -> str:
         parts = [
@@ -417,7 +520,7 @@ class Agent:
             "Work the task through your tools, step by step; check your work by running it. "
             "When the task is done, call finish(summary) with a short summary of the result.",
         ]
-        notes = self.engine.recall(self.task, self.scope_key, limit=5)
+        notes = self.runtime.recall(self.task, self.scope_key, limit=5)
         if notes:
             parts.append(
                 "Notes from earlier work (memory):\n"
@@ -432,6 +535,24 @@ class Agent:
         except Exception:
             pass  # no AGENTS.md: nothing to add
         return "\n\n".join(parts)
+
+    def info(self) -> AgentInfo:
+        """What plugins see of this agent (a snapshot)."""
+        return AgentInfo(
+            id=self.id,
+            name=self.name,
+            run_id=self.run_id,
+            role=self.role,
+            task=self.task,
+            model=self.model.alias,
+            backend=self.sandbox.backend,
+            parent_id=self.parent_id,
+            scope_key=self.scope_key,
+            status=str(self.status),
+            steps=self.steps,
+            cost_usd=self.cost_usd,
+            summary=self.summary,
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -478,7 +599,12 @@ def messages_from_events(events: Iterable[Event]) -> list[dict[str, Any]]:
                     {
                         "id": cid,
                         "type": "function",
-                        "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+                        "function": {
+                            "name": c["name"],
+                            "arguments": c["raw"]
+                            if c.get("raw") is not None
+                            else json.dumps(c["arguments"]),
+                        },
                     }
                     for cid, c in calls.items()
                 ]
@@ -499,12 +625,25 @@ def messages_from_events(events: Iterable[Event]) -> list[dict[str, Any]]:
         elif t == EventType.MESSAGE:
             step_text.append(event.text)
         elif t == EventType.TOOL_STARTED:
-            arguments = d.get("arguments", {})
-            calls[d.get("id", "")] = {"name": d.get("tool", ""), "arguments": arguments}
+            # The model's own words: what it asked for, even if a plugin rewrote it.
+            asked = d.get("asked") or {}
+            calls[d.get("id", "")] = {
+                "name": asked.get("tool", d.get("tool", "")),
+                "arguments": asked.get("arguments", d.get("arguments", {})),
+            }
         elif t == EventType.TOOL_FINISHED:
             cid = d.get("id", "")
-            calls.setdefault(cid, {"name": d.get("tool", ""), "arguments": {}})
-            if d.get("denied"):
+            # A refused call has no tool.started: its arguments (or the unparsable text the
+            # model sent) are on this event.
+            calls.setdefault(
+                cid,
+                {
+                    "name": d.get("tool", ""),
+                    "arguments": d.get("arguments", {}),
+                    "raw": d.get("raw_arguments"),
+                },
+            )
+            if d.get("denied") and not event.text:  # recorded before refusals kept their text
                 results[cid] = f"error: refused by policy ({d['denied']}); do not try this again"
             else:
                 results[cid] = event.text or "finished"

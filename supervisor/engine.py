@@ -17,21 +17,24 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor import config
-from supervisor.agent import Agent, Limits, Policy
+from supervisor.agent import Agent, Limits, Policy, Verdict
 from supervisor.events import Event, EventType
-from supervisor.models import Completion, ModelClient, ModelRegistry, check_usable
+from supervisor.models import Completion, ModelClient, ModelRegistry, RetryInfo, check_usable
 from supervisor.plugins import Plugins
 from supervisor.redact import Redactor
 from supervisor.sandbox.base import Sandbox, SandboxSpec
 from supervisor.store import Store
 from supervisor.system import owner_alive, process_owner, start_of_day
 from supervisor.types import ModelSpec, Tool, ToolCall
+
+if TYPE_CHECKING:
+    from supervisor.api import ToolContext
 
 Listener = Callable[[Event], None]
 DELTA_FLUSH_CHARS = 256
@@ -119,6 +122,13 @@ class Engine:
         self.kept: set[str] = set()  # agents whose sandbox outlives them
         self.closing = False  # set by close(interrupt=True): runs stop to resume later
         self.data_dir = store.path.parent
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._plugin_errors: set[tuple[str | None, str, str, str]] = set()
+        self._hook_run: str | None = None  # the run whose event a plugin is observing
+        plugins.on_failure = self._plugin_failed
+        self._migrate_plugins()
+        # Observers see events once they are committed, with their ids, as clients do.
+        store.subscribe(self._committed)
 
     # -- events
 
@@ -134,6 +144,8 @@ class Engine:
         text: str = "",
         run_id: str | None = None,
     ) -> Event:
+        """Record an event: redacted, queued for the store, shown to live listeners now
+        and to ``on_event`` plugins once it is committed (with its id)."""
         event = Event(
             type=type,
             run_id=agent.run_id if agent else run_id,
@@ -141,11 +153,107 @@ class Engine:
             data=self.redactor.value(data),
             text=self.redactor.text(text),
         )
+        if self._loop is None:
+            with contextlib.suppress(RuntimeError):
+                self._loop = asyncio.get_running_loop()
         self.store.append(event)
-        self.plugins.call("on_event", event=event)
         for listener in list(self._listeners):
             listener(event)
         return event
+
+    def _migrate_plugins(self) -> None:
+        """Create and update plugins' own tables before anything runs."""
+        sets = self.plugins.collect("register_migrations")
+        if not sets:
+            return
+        for plugin, error in self.store.migrate_plugins(sets):
+            info = self.plugins.info.get(plugin)
+            if info is not None and info.error is None:
+                info.error = f"raised in register_migrations: {error}"
+            self._plugin_failed(plugin, "register_migrations", error, "its tables are missing")
+
+    def _committed(self, events: list[Event]) -> None:
+        """In the store's writer thread, after a commit: hand the events to ``on_event``
+        plugins on the engine's loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not self.plugins.pm.hook.on_event.get_hookimpls():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._observe, events)
+
+    def _observe(self, events: list[Event]) -> None:
+        for event in events:
+            self._hook_run = event.run_id
+            try:
+                self.plugins.call("on_event", event=event)
+            finally:
+                self._hook_run = None
+
+    def _plugin_failed(self, plugin: str, hook: str, error: str, effect: str) -> None:
+        """A plugin raised inside a hook: say so once per run, in the transcript and the
+        log (``supervisor plugins list`` and ``doctor`` read it from there)."""
+        key = (self._hook_run, plugin, hook, error)
+        if key in self._plugin_errors:
+            return
+        self._plugin_errors.add(key)
+        import sys
+
+        print(f"plugin {plugin} raised in {hook}: {error}", file=sys.stderr)
+        self.emit(
+            EventType.PLUGIN_ERROR,
+            None,
+            {"plugin": plugin, "hook": hook, "error": error, "effect": effect},
+            f"plugin {plugin} failed in {hook}: {error}" + (f"; {effect}" if effect else ""),
+            run_id=self._hook_run,
+        )
+
+    # -- what the agent loop asks of its runtime (supervisor.agent.Runtime)
+
+    async def complete(
+        self,
+        agent: Agent,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        *,
+        on_delta: Callable[[str], None] | None = None,
+        on_retry: Callable[[RetryInfo], Awaitable[None]] | None = None,
+    ) -> Completion:
+        return await self.models.complete(
+            agent.model, messages, tools, on_delta=on_delta, on_retry=on_retry
+        )
+
+    def before_tool_call(self, agent: Agent, call: ToolCall) -> Verdict:
+        """Ask the ``before_tool_call`` plugins. A plugin that raises refuses the call: a
+        guard that cannot decide must not let everything through."""
+        self._hook_run = agent.run_id
+        try:
+            answers = self.plugins.each(
+                "before_tool_call",
+                firstresult=True,
+                effect="the call was refused (a failing guard fails closed)",
+                call=call,
+                agent=agent.info(),
+            )
+        finally:
+            self._hook_run = None
+        for plugin, result, error in answers:
+            if error is not None:
+                return Verdict(plugin, refused=f"{plugin} failed while checking it ({error})")
+            if result is None:
+                continue
+            if isinstance(result, str):
+                return Verdict(plugin, refused=result)
+            if isinstance(result, ToolCall):
+                return Verdict(plugin, rewritten=result)
+            return Verdict(
+                plugin, refused=f"{plugin} returned {type(result).__name__}, not a verdict"
+            )
+        return Verdict()
+
+    def tool_context(self, agent: Agent) -> ToolContext:
+        from supervisor.context import AgentContext
+
+        return AgentContext(self, agent)
 
     def delta_stream(self, agent: Agent) -> _DeltaStream:
         return _DeltaStream(self, agent)
@@ -382,6 +490,43 @@ class Engine:
             pids=self.settings["sandbox.pids"],
             image=self.settings["sandbox.image"],
             env=self._sandbox_env(),
+        )
+        sandbox: Sandbox = self.backends[backend].factory(
+            spec, **self.sandbox_kwargs.get(backend, {})
+        )
+        return sandbox
+
+    def step_sandbox(
+        self,
+        run_id: str,
+        name: str,
+        *,
+        workspace: Path | None = None,
+        network: bool = False,
+        gpus: list[str] | None = None,
+        labels: dict[str, str] | None = None,
+        backend: str = "",
+    ) -> Sandbox:
+        """A sandbox (not started) for a recipe step, from the person's settings."""
+        backend = backend or self.settings["sandbox.backend"]
+        if backend not in self.backends:
+            from supervisor.errors import InputError
+
+            raise InputError(
+                f"unknown sandbox backend {backend!r} (have: {', '.join(sorted(self.backends))})"
+            )
+        spec = SandboxSpec(
+            run_id=run_id,
+            agent_id=f"{_slug(name)}-{secrets.token_hex(2)}",
+            workspace=workspace,
+            network=network,
+            gpus=bool(gpus),
+            memory=self.settings["sandbox.memory"],
+            cpus=self.settings["sandbox.cpus"],
+            pids=self.settings["sandbox.pids"],
+            image=self.settings["sandbox.image"],
+            env=self._sandbox_env(),
+            labels=dict(labels or {}),
         )
         sandbox: Sandbox = self.backends[backend].factory(
             spec, **self.sandbox_kwargs.get(backend, {})
@@ -960,28 +1105,45 @@ class Engine:
 
     # -- memory, artifacts
 
-    async def remember(self, agent: Agent, body: str, scope: str) -> int:
-        key = {"project": agent.scope_key, "global": ""}.get(scope, agent.scope_key)
+    async def remember(
+        self,
+        agent: Agent | None,
+        body: str,
+        scope: str,
+        *,
+        scope_key: str | None = None,
+        run_id: str | None = None,
+    ) -> int:
+        """Save a memory note (redacted) for an agent, or for a run's step (no agent)."""
+        own_key = agent.scope_key if agent is not None else (scope_key or "")
+        key = {"project": own_key, "global": ""}.get(scope, own_key)
         row = {
             "scope": scope,
             "scope_key": key,
             "body": self.redactor.text(body),
-            "run_id": agent.run_id,
-            "agent_id": agent.id,
+            "run_id": agent.run_id if agent is not None else run_id,
+            "agent_id": agent.id if agent is not None else None,
             "created_at": time.time(),
         }
         note_id = await asyncio.wrap_future(
             self.store.write(lambda db: db.table("notes").insert(row).last_pk)
         )
-        self.emit(EventType.NOTE_WRITTEN, agent, {"note_id": note_id, "scope": scope}, body)
+        self.emit(
+            EventType.NOTE_WRITTEN, agent, {"note_id": note_id, "scope": scope}, body, run_id=run_id
+        )
         return int(note_id)
 
-    async def forget(self, agent: Agent, note_id: int) -> bool:
+    async def forget(self, agent: Agent | None, note_id: int, *, by: str = "agent") -> bool:
         def delete(db: Any) -> bool:
             cursor = db.execute("DELETE FROM notes WHERE id = ?", [note_id])
             return bool(cursor.rowcount)
 
-        return bool(await asyncio.wrap_future(self.store.write(delete)))
+        removed = bool(await asyncio.wrap_future(self.store.write(delete)))
+        if removed:
+            self.emit(
+                EventType.NOTE_REMOVED, agent, {"note_id": note_id, "by": by}, f"note {note_id}"
+            )
+        return removed
 
     def recall(self, query: str, scope_key: str, limit: int = 5) -> list[dict[str, Any]]:
         """Notes most relevant to ``query``: global ones and this project's."""
@@ -1066,6 +1228,9 @@ class Engine:
                 *(self._release(a) for a in self.agents.values()), return_exceptions=True
             )
         self.store.flush()
+        # on_event observers run on this loop after each commit: let the last ones run.
+        for _ in range(3):
+            await asyncio.sleep(0)
 
 
 async def sandbox_alive(sandbox: Sandbox) -> bool:

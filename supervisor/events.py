@@ -15,6 +15,9 @@ from typing import Any
 
 
 class EventType(StrEnum):
+    """Every event type. :data:`CATALOGUE` says what each means and what ``data`` holds;
+    docs/plugins.md prints it and a test keeps the two in step."""
+
     RUN_CREATED = "run.created"
     RUN_STATUS = "run.status"
     AGENT_CREATED = "agent.created"
@@ -23,16 +26,108 @@ class EventType(StrEnum):
     MESSAGE = "message"
     TOOL_STARTED = "tool.started"
     TOOL_FINISHED = "tool.finished"
+    TOOL_REWRITTEN = "tool.rewritten"
     COST = "cost"
     NOTE_WRITTEN = "note.written"
+    NOTE_REMOVED = "note.removed"
     APPROVAL_ASKED = "approval.asked"
     APPROVAL_RESOLVED = "approval.resolved"
     HUMAN_ASKED = "human.asked"
     HUMAN_ANSWERED = "human.answered"
     HUMAN_MESSAGE = "human.message"
+    BUDGET_SET = "budget.set"
     ARTIFACT = "artifact"
     STEP = "step"
+    PROGRESS = "progress"
+    METRIC = "metric"
+    PLUGIN_ERROR = "plugin.error"
     LOG = "log"
+
+
+CATALOGUE: dict[str, tuple[str, dict[str, str]]] = {
+    "run.created": ("a run began; text is its task", {"title": "str", "kind": "task|recipe"}),
+    "run.status": (
+        "a run's status changed",
+        {"status": "running|done|failed|stopped|interrupted"},
+    ),
+    "agent.created": (
+        "an agent was made; text is its task",
+        {"name": "str", "parent_id": "str|None", "model": "alias", "sandbox": "backend"},
+    ),
+    "agent.status": (
+        "an agent's status or current activity changed",
+        {"status": "see AgentInfo.status", "doing": "str", "summary": "str (when it ended)"},
+    ),
+    "message.delta": ("streamed model text, a few per second", {"delta": "str"}),
+    "message": ("the model's whole text of one step", {"step": "int"}),
+    "tool.started": (
+        "a tool call began; text is the tool and its main argument",
+        {
+            "tool": "str",
+            "id": "call id",
+            "arguments": "dict (what runs)",
+            "asked": "{tool, arguments} the model asked for, when a plugin rewrote it",
+        },
+    ),
+    "tool.finished": (
+        "a tool call ended, or was refused without running; text is exactly what the model "
+        "was told",
+        {
+            "tool": "str",
+            "id": "call id",
+            "error": "bool",
+            "duration_s": "float",
+            "refused": "unknown_tool|malformed|policy|person|plugin (only when it never ran)",
+            "arguments": "dict (refused calls)",
+            "raw_arguments": "str (arguments that were not JSON)",
+            "denied": "the policy pattern that refused it",
+            "plugin": "the plugin that refused it",
+        },
+    ),
+    "tool.rewritten": (
+        "a before_tool_call plugin replaced a call (the new call faces the policy again)",
+        {"id": "call id", "plugin": "str", "from": "{tool, arguments}", "to": "{tool, arguments}"},
+    ),
+    "cost": (
+        "one model call's tokens and price",
+        {
+            "model": "str",
+            "cost_usd": "float",
+            "input_tokens": "int",
+            "output_tokens": "int",
+            "agent_cost_usd": "float",
+        },
+    ),
+    "note.written": ("a memory note was saved; text is its body", {"note_id": "int", "scope": "str"}),
+    "note.removed": ("a memory note was removed", {"note_id": "int", "by": "agent|person"}),
+    "approval.asked": (
+        "a call waits for a person's verdict",
+        {"call_id": "str", "tool": "str", "arguments": "dict", "pattern": "policy pattern"},
+    ),
+    "approval.resolved": ("a person decided", {"verdict": "approve|deny|always"}),
+    "human.asked": ("an agent asked a person a question", {"question": "str"}),
+    "human.answered": ("a person answered; text is the answer", {"answer": "str"}),
+    "human.message": ("a person told an agent something", {"from": "person"}),
+    "budget.set": (
+        "a person set a spending limit",
+        {"scope": "run|agent", "target": "id", "usd": "float (0: none)"},
+    ),
+    "artifact": ("a report or big output was kept", {"kind": "str", "name": "str", "path": "str"}),
+    "step": ("a recipe step's progress; text is what it says", {"step": "step id"}),
+    "progress": (
+        "long work advanced (a download, an experiment loop)",
+        {"label": "str", "done": "float", "total": "float|None", "unit": "str"},
+    ),
+    "metric": (
+        "one value of a named series (the TUI's Info tab draws it)",
+        {"name": "str", "value": "float", "labels": "dict"},
+    ),
+    "plugin.error": (
+        "a plugin raised inside a hook; the run went on without it",
+        {"plugin": "str", "hook": "str", "error": "str", "effect": "what happened instead"},
+    ),
+    "log": ("anything else worth a line in the transcript", {}),
+}
 
 
 @dataclass

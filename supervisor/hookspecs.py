@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
     import click
 
+    from sqlite_utils import Migrations
+
+    from supervisor.api import AgentInfo
     from supervisor.events import Event
     from supervisor.types import Check, ModelSpec, SandboxBackend, Tool, ToolCall
 
@@ -89,8 +92,9 @@ def register_steps(register: Callable[[str, Callable[..., Any]], None]) -> None:
 
     :param register: call ``register("plugin.step_name", function)``. The function is
         called (or awaited, if a coroutine function) with one argument, a
-        ``supervisor.recipes.StepContext``, and may return a JSON-able value that later
-        steps see as ``ctx.outputs[step_id]``.
+        ``supervisor.StepContext``, and may return a JSON-able value that later steps see
+        as ``ctx.outputs[step_id]``. An exception it raises fails the step (and the run,
+        which stays resumable); ``supervisor.InputError`` is shown as one line.
 
     The return value is ignored.
     """
@@ -123,21 +127,47 @@ def register_checks(register: Callable[[Check], None]) -> None:
     """
 
 
+@hookspec
+def register_migrations(register: Callable[[Migrations], None]) -> None:
+    """Offer a plugin's own tables, as a named set of schema migrations.
+
+    Called when an engine opens the database (the supervisor process, a ``--foreground``
+    run), before any agent starts. Each set is applied once per database, in order, and
+    recorded under its name in ``_sqlite_migrations``; like supervisor's own, a migration
+    that was applied is never edited: append a new one.
+
+    :param register: call ``register(migrations)`` with a ``sqlite_utils.Migrations``
+        named after the plugin (``Migrations("myplugin")``), whose functions create and
+        alter the plugin's tables. Name tables after the plugin too (``myplugin_runs``)
+        or pick names no core table has (see docs/plugins.md).
+
+    A set that raises is recorded as the plugin's failure; the others still apply. The
+    return value is ignored.
+    """
+
+
 # -- Agent work: called while agents run.
 
 
 @hookspec(firstresult=True)
-def before_tool_call(call: ToolCall, agent: Any) -> ToolCall | str | None:
+def before_tool_call(call: ToolCall, agent: AgentInfo) -> ToolCall | str | None:
     """Inspect a tool call before it runs; veto it or rewrite it.
 
-    Called for every tool call an agent makes, after the approval policy allowed it.
+    Called for every tool call an agent makes, after the approval policy allowed it (and a
+    person approved it, when the policy asks), in the engine's event loop.
 
-    :param call: the tool name and its parsed arguments.
-    :param agent: the agent making the call (its id, run id, model and policy).
+    :param call: the tool name, its parsed arguments and the call's id.
+    :param agent: a snapshot of the agent making the call (``supervisor.AgentInfo``: id,
+        name, run id, role, task, model alias, sandbox backend, parent, status, steps,
+        cost so far).
 
-    Return ``None`` to let the call run unchanged, a ``str`` to veto it (the string is
-    given to the model as the reason), or a new ``ToolCall`` to run instead. The first
-    non-``None`` result wins.
+    Return ``None`` to let the call run unchanged, a ``str`` to veto it (the model is told
+    ``error: refused by a plugin: <str>``), or a new ``ToolCall`` to run instead. The
+    first non-``None`` result wins, newest plugin first. A rewritten call faces the
+    approval policy again, and both the model's call and what ran are recorded
+    (``tool.rewritten``). A veto is recorded as a refused ``tool.finished``. An
+    implementation that raises refuses the call (a guard fails closed) and is recorded as
+    a ``plugin.error``.
     """
 
 
@@ -145,10 +175,14 @@ def before_tool_call(call: ToolCall, agent: Any) -> ToolCall | str | None:
 def on_event(event: Event) -> None:
     """Observe every event (message text, tool calls, status changes, costs, notes).
 
-    Called after the event is handed to the store, in the engine's event loop: return
-    quickly, and hand slow work to a task or thread of your own.
+    Called once the store has committed the event (``event.id`` is set), in the engine's
+    event loop, in order: return quickly, and hand slow work to a task or thread of your
+    own. The event types and their ``data`` keys are listed in docs/plugins.md
+    (``supervisor.CATALOGUE``).
 
     :param event: the event; treat it as read-only.
 
-    The return value is ignored.
+    An implementation that raises is recorded once per run as a ``plugin.error`` event (in
+    the transcript, ``server.log``, ``supervisor plugins list`` and ``doctor``); the
+    others still see the event. The return value is ignored.
     """

@@ -19,7 +19,7 @@ import importlib
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from types import ModuleType
 from typing import Any
@@ -39,9 +39,9 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "team": "supervisor.tools.team",
 }
 
-# Built-in plugins shipped as separate packages of this workspace (plugins/*): found
-# through their entry points like any plugin, but always loaded and shown as built-in.
-BUILTIN_DISTRIBUTIONS = ("supervisor-autoresearch",)
+# Entry points of supervisor's own distribution are its built-in plugins (plugins/*): found
+# like any plugin, but always loaded and shown as built-in.
+OWN_DISTRIBUTION = "supervisor-agents"
 
 ENTRY_POINT_GROUP = "supervisor"
 
@@ -61,6 +61,7 @@ class Plugins:
         self.pm = pluggy.PluginManager("supervisor")
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
+        self.on_failure: Callable[[str, str, str, str], None] | None = None
         self.trace = env.get("SUPERVISOR_TRACE_HOOKS", "") not in ("", "0")
         self._disabled = set(disabled)
         allow = env.get("SUPERVISOR_LOAD_PLUGINS")
@@ -75,7 +76,7 @@ class Plugins:
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in self._disabled:
                 continue
-            ours = ep.dist is not None and ep.dist.name in BUILTIN_DISTRIBUTIONS
+            ours = ep.dist is not None and ep.dist.name == OWN_DISTRIBUTION
             if self._allow is not None and ep.name not in self._allow and not ours:
                 continue
             version = ep.dist.version if ep.dist is not None else ""
@@ -134,8 +135,20 @@ class Plugins:
         A plugin that raises is marked failed (with the hook and the error) and skipped;
         the others still run. With ``firstresult``, stops at the first non-None result.
         """
-        caller = getattr(self.pm.hook, hook_name)
         results: list[Any] = []
+        for _name, result, error in self.each(hook_name, firstresult=firstresult, **kwargs):
+            if error is None and result is not None:
+                results.append(result)
+        return results
+
+    def each(
+        self, hook_name: str, *, firstresult: bool = False, effect: str = "", **kwargs: Any
+    ) -> list[tuple[str, Any, str | None]]:
+        """Like :meth:`call`, but says who answered what: ``(plugin, result, error)`` for
+        each implementation called (``error`` is the failure's description, or None).
+        ``effect`` says what a failure means for the run (shown to the person)."""
+        caller = getattr(self.pm.hook, hook_name)
+        answers: list[tuple[str, Any, str | None]] = []
         for impl in reversed(caller.get_hookimpls()):
             plugin_name = impl.plugin_name
             args = {a: kwargs[a] for a in impl.argnames}
@@ -143,23 +156,29 @@ class Plugins:
             try:
                 result = impl.function(**args)
             except Exception as exc:
-                self._record_failure(plugin_name, hook_name, exc)
+                answers.append((plugin_name, None, _describe(exc)))
+                self._record_failure(plugin_name, hook_name, exc, effect)
                 continue
             finally:
                 if self.trace:
                     ms = (time.perf_counter() - start) * 1000
                     print(f"hook {hook_name} -> {plugin_name} ({ms:.1f} ms)", file=sys.stderr)
-            if result is not None:
-                results.append(result)
-                if firstresult:
-                    break
-        return results
+            answers.append((plugin_name, result, None))
+            if firstresult and result is not None:
+                break
+        return answers
 
-    def _record_failure(self, plugin_name: str, hook_name: str, exc: Exception) -> None:
+    def _record_failure(
+        self, plugin_name: str, hook_name: str, exc: Exception, effect: str = ""
+    ) -> None:
         info = self.info.get(plugin_name)
         message = f"raised in {hook_name}: {_describe(exc)}"
         if info is not None and info.error is None:
             info.error = message
+        if self.on_failure is not None:
+            # The engine turns this into a plugin.error event and a server.log line, so a
+            # failure during a run is seen in the transcript and by `plugins list`.
+            self.on_failure(plugin_name, hook_name, _describe(exc), effect)
 
     def collect(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call a ``register_*`` hook; return ``(plugin name, registered item)`` pairs."""
@@ -182,7 +201,7 @@ class Plugins:
             except Exception as exc:
                 # Nothing from a plugin that failed half-way is kept: half a registration
                 # is harder to understand than none.
-                self._record_failure(name, hook_name, exc)
+                self._record_failure(name, hook_name, exc, "nothing it registers is used")
                 continue
             items.extend(staged)
         return items

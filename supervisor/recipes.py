@@ -37,15 +37,18 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from supervisor.errors import InputError
 
 if TYPE_CHECKING:
+    from supervisor.api import AgentInfo, Events, Memory, PluginStore
     from supervisor.engine import Engine
+    from supervisor.sandbox.base import Sandbox
 
 KINDS = ("agent", "python", "shell")
 TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "path": str}
@@ -312,7 +315,9 @@ def search_paths() -> list[Path]:
     from supervisor import config
     from supervisor.sandbox.image import sandboxes_dir
 
-    builtin = sandboxes_dir().parent / "recipes"
+    # Beside sandboxes/ in a checkout; inside the package (_recipes) when installed.
+    home = sandboxes_dir().parent
+    builtin = home / ("_recipes" if sandboxes_dir().name == "_sandboxes" else "recipes")
     user = config.config_path().parent / "recipes"
     return [builtin, user, Path.cwd() / "recipes"]
 
@@ -381,9 +386,9 @@ class StepFailed(Exception):
 
 @dataclass
 class StepContext:
-    """What a python step receives."""
+    """What a python step receives: :class:`supervisor.api.StepContext` over the engine."""
 
-    engine: Engine
+    engine: Engine  # internal: plugins use the services below (the lint rule holds them)
     recipe: Recipe
     step: Step
     run_id: str
@@ -392,6 +397,30 @@ class StepContext:
     outputs: dict[str, Any]
     progress: Callable[[str], None]
 
+    @property
+    def data_dir(self) -> Path:
+        return self.engine.data_dir
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        return MappingProxyType(self.engine.settings)
+
+    @property
+    def events(self) -> Events:
+        from supervisor.context import AgentEvents
+
+        return AgentEvents(self.engine, None, self.run_id)
+
+    @property
+    def store(self) -> PluginStore:
+        return self.engine.store
+
+    def memory(self, scope_key: str) -> Memory:
+        """Memory notes of the project ``scope_key`` (and global ones)."""
+        from supervisor.context import RunMemory
+
+        return RunMemory(self.engine, self.run_id, scope_key)
+
     def emit(self, text: str, **data: Any) -> None:
         from supervisor.events import EventType
 
@@ -399,6 +428,54 @@ class StepContext:
             EventType.STEP, None, {"step": self.step.id, **data}, text, run_id=self.run_id
         )
         self.progress(text)
+
+    def new_sandbox(
+        self,
+        name: str,
+        *,
+        workspace: Path | None = None,
+        network: bool = False,
+        gpus: list[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        backend: str = "",
+    ) -> Sandbox:
+        return self.engine.step_sandbox(
+            self.run_id,
+            name,
+            workspace=workspace,
+            network=network,
+            gpus=gpus,
+            labels=dict(labels or {}),
+            backend=backend,
+        )
+
+    async def run_agent(
+        self,
+        task: str,
+        sandbox: Sandbox,
+        *,
+        name: str,
+        model: str | None = None,
+        exclude_tools: tuple[str, ...] = (),
+        max_steps: int = 0,
+    ) -> AgentInfo:
+        agent = await self.engine.run_in_sandbox(
+            self.run_id,
+            task,
+            sandbox,
+            name=name,
+            model=model,
+            exclude_tools=exclude_tools,
+            max_steps=max_steps,
+        )
+        return agent.info()
+
+    def check_model(self, model: str | None = None) -> str:
+        from supervisor.models import check_usable
+
+        spec = self.engine.models.registry.resolve(model or self.engine.settings["model"])
+        check_usable(spec)
+        return spec.alias
 
 
 class RecipeRunner:

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
+from sqlite_utils import Database, Migrations
 
 from supervisor.errors import StoreError
 from supervisor.events import Event
@@ -144,6 +144,26 @@ class Store:
         self.errors: list[str] = []
 
     # -- lifecycle
+
+    def migrate_plugins(self, sets: list[tuple[str, Migrations]]) -> list[tuple[str, str]]:
+        """Apply plugins' own migration sets (``register_migrations``), one process at a
+        time; returns ``(plugin, error)`` for each set that failed (the others apply)."""
+        failed: list[tuple[str, str]] = []
+        with _migration_lock(self.path):
+            conn = connect(self.path)
+            try:
+                db = Database(conn)
+                for plugin, migration_set in sets:
+                    if migration_set.name == migrations.name:
+                        failed.append((plugin, "a plugin's migrations may not be named supervisor"))
+                        continue
+                    try:
+                        migration_set.apply(db)
+                    except Exception as exc:
+                        failed.append((plugin, f"{type(exc).__name__}: {exc}"))
+            finally:
+                conn.close()
+        return failed
 
     @classmethod
     def open(cls, path: Path) -> Store:

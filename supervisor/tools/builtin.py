@@ -6,17 +6,17 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from supervisor import Tool, hookimpl
+from supervisor import Finished, Tool, ToolContext, hookimpl
 from supervisor.tools import integer, obj, string
 
 SCOPES = ("global", "project", "host", "recipe")
 
 
-def _path(ctx: Any, path: str) -> str:
+def _path(ctx: ToolContext, path: str) -> str:
     return path if path.startswith("/") else f"{ctx.sandbox.workdir}/{path}"
 
 
-async def shell(ctx: Any, command: str, timeout: int = 120) -> str:
+async def shell(ctx: ToolContext, command: str, timeout: int = 120) -> str:
     result = await ctx.sandbox.exec(command, timeout=float(timeout))
     parts = []
     if result.stdout:
@@ -31,7 +31,7 @@ async def shell(ctx: Any, command: str, timeout: int = 120) -> str:
     return "\n".join(parts)
 
 
-async def read_file(ctx: Any, path: str, offset: int = 1, limit: int = 2000) -> str:
+async def read_file(ctx: ToolContext, path: str, offset: int = 1, limit: int = 2000) -> str:
     data = await ctx.sandbox.read_file(_path(ctx, path))
     lines = data.decode("utf-8", errors="replace").splitlines()
     start = max(offset, 1) - 1
@@ -41,12 +41,12 @@ async def read_file(ctx: Any, path: str, offset: int = 1, limit: int = 2000) -> 
     return numbered + (f"\n[{more} more lines; read on with offset]" if more > 0 else "")
 
 
-async def write_file(ctx: Any, path: str, content: str) -> str:
+async def write_file(ctx: ToolContext, path: str, content: str) -> str:
     await ctx.sandbox.write_file(_path(ctx, path), content.encode())
     return f"wrote {len(content.encode())} bytes to {path}"
 
 
-async def edit_file(ctx: Any, path: str, old_text: str, new_text: str) -> str:
+async def edit_file(ctx: ToolContext, path: str, old_text: str, new_text: str) -> str:
     full = _path(ctx, path)
     text = (await ctx.sandbox.read_file(full)).decode("utf-8", errors="surrogateescape")
     count = text.count(old_text)
@@ -62,7 +62,7 @@ async def edit_file(ctx: Any, path: str, old_text: str, new_text: str) -> str:
     return f"edited {path}"
 
 
-async def list_files(ctx: Any, path: str = ".") -> str:
+async def list_files(ctx: ToolContext, path: str = ".") -> str:
     entries = await ctx.sandbox.list_files(_path(ctx, path))
     if not entries:
         return f"{path} is empty"
@@ -71,7 +71,7 @@ async def list_files(ctx: Any, path: str = ".") -> str:
     )
 
 
-async def search_files(ctx: Any, pattern: str, path: str = ".") -> str:
+async def search_files(ctx: ToolContext, pattern: str, path: str = ".") -> str:
     target = shlex.quote(_path(ctx, path))
     quoted = shlex.quote(pattern)
     command = (
@@ -84,38 +84,36 @@ async def search_files(ctx: Any, pattern: str, path: str = ".") -> str:
     return str(result.stdout or result.stderr)
 
 
-async def remember(ctx: Any, note: str, scope: str = "project") -> str:
+async def remember(ctx: ToolContext, note: str, scope: str = "project") -> str:
     if scope not in SCOPES:
         return f"error: scope must be one of {', '.join(SCOPES)}"
-    note_id = await ctx.engine.remember(ctx.agent, note, scope)
+    note_id = await ctx.memory.remember(note, scope)
     return f"remembered as note {note_id}"
 
 
-async def recall(ctx: Any, query: str) -> str:
-    notes = ctx.engine.recall(query, ctx.agent.scope_key, limit=10)
+async def recall(ctx: ToolContext, query: str) -> str:
+    notes = ctx.memory.recall(query, limit=10)
     if not notes:
         return "no notes match"
-    return "\n".join(f"[{n['id']}] ({n['scope']}) {n['body']}" for n in notes)
+    return "\n".join(f"[{n.id}] ({n.scope}) {n.body}" for n in notes)
 
 
-async def forget(ctx: Any, note_id: int) -> str:
-    removed = await ctx.engine.forget(ctx.agent, int(note_id))
+async def forget(ctx: ToolContext, note_id: int) -> str:
+    removed = await ctx.memory.forget(int(note_id))
     return f"forgot note {note_id}" if removed else f"error: no note {note_id}"
 
 
-async def ask_human(ctx: Any, question: str) -> str:
-    answer = await ctx.engine.ask_human(ctx.agent, question)
+async def ask_human(ctx: ToolContext, question: str) -> str:
+    answer = await ctx.human.ask(question)
     return f"The person answered: {answer}"
 
 
-async def write_report(ctx: Any, title: str, markdown: str) -> str:
-    path = ctx.engine.save_artifact(ctx.agent, "report", f"{title}.md", markdown)
+async def write_report(ctx: ToolContext, title: str, markdown: str) -> str:
+    path = ctx.artifacts.save("report", f"{title}.md", markdown)
     return f"report saved at {path}"
 
 
-async def finish(ctx: Any, summary: str) -> str:
-    from supervisor.agent import Finished
-
+async def finish(ctx: ToolContext, summary: str) -> str:
     raise Finished(summary)
 
 

@@ -5,21 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from supervisor import Tool, hookimpl
+from supervisor import Tool, ToolContext, hookimpl
 from supervisor.tools import integer, obj, string
 
 
 async def spawn_agent(
-    ctx: Any, task: str, name: str = "", model: str = "", sandbox: str = ""
+    ctx: ToolContext, task: str, name: str = "", model: str = "", sandbox: str = ""
 ) -> str:
-    child = await ctx.engine.spawn(
-        ctx.agent, task, name=name or None, model=model or None, sandbox=sandbox or None
+    child = await ctx.team.spawn(
+        task, name=name or None, model=model or None, sandbox=sandbox or None
     )
     return f"started agent {child.name} (id {child.id})"
 
 
-async def list_agents(ctx: Any) -> str:
-    team = ctx.engine.children(ctx.agent)
+async def list_agents(ctx: ToolContext) -> str:
+    team = ctx.team.members()
     if not team:
         return "you lead no agents"
     return "\n".join(
@@ -28,21 +28,17 @@ async def list_agents(ctx: Any) -> str:
     )
 
 
-async def send_message(ctx: Any, agent: str, message: str) -> str:
-    target = ctx.engine.find_agent(agent)
+async def send_message(ctx: ToolContext, agent: str, message: str) -> str:
+    target = ctx.team.send(agent, message)
     if target is None:
         return f"error: no agent {agent!r}"
-    target.inbox.put_nowait(f"Message from {ctx.agent.name}: {message}")
     return f"sent to {target.name}"
 
 
-async def wait_for(ctx: Any, agents: list[str] | None = None, timeout: int = 3600) -> str:
-    team = ctx.engine.children(ctx.agent)
-    if agents:
-        team = [a for a in team if a.name in agents or a.id in agents]
-    if not team:
+async def wait_for(ctx: ToolContext, agents: list[str] | None = None, timeout: int = 3600) -> str:
+    done = await ctx.team.wait(agents or None, float(timeout))
+    if not done:
         return "error: no such agents to wait for"
-    done = await ctx.engine.wait_agents(ctx.agent, team, float(timeout))
     return "\n".join(f"{a.name}: {a.status} — {a.summary}" for a in done)
 
 

@@ -34,7 +34,12 @@ if TYPE_CHECKING:
     from supervisor.recipes import StepContext
     from supervisor.sandbox.base import Sandbox
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+# The repository's examples/ in a checkout; the copy inside the package when installed.
+_HERE = Path(__file__).resolve().parent
+EXAMPLES = next(
+    (p for p in (_HERE.parents[2] / "examples", _HERE / "_examples") if p.is_dir()),
+    _HERE / "_examples",
+)
 RESULTS_HEADER = "commit\t{metric}\tmemory_gb\tstatus\tdescription\n"
 
 
