@@ -10,6 +10,8 @@ imported where they are used.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pluggy
 
 from supervisor.api import (
@@ -44,6 +46,15 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("supervisor")
 """Marks a function in a plugin module as an implementation of a hook."""
 
+
+def data_dir() -> Path:
+    """supervisor's data directory (``$SUPERVISOR_HOME``, else the XDG data folder): the
+    database is ``data_dir() / "supervisor.db"``."""
+    from supervisor import config
+
+    return config.data_dir()
+
+
 __all__ = [
     "CATALOGUE",
     "ENDED",
@@ -77,5 +88,6 @@ __all__ = [
     "ToolCall",
     "ToolContext",
     "__version__",
+    "data_dir",
     "hookimpl",
 ]

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from supervisor.sandbox.base import Sandbox
 
 
-class Finished(Exception):  # noqa: N818 (a signal, not an error)
+class Finished(Exception):
     """Raised by a tool to end its agent's work: ``summary`` is the agent's result (the
     built-in ``finish`` tool raises it)."""
 

@@ -98,7 +98,10 @@ CATALOGUE: dict[str, tuple[str, dict[str, str]]] = {
             "agent_cost_usd": "float",
         },
     ),
-    "note.written": ("a memory note was saved; text is its body", {"note_id": "int", "scope": "str"}),
+    "note.written": (
+        "a memory note was saved; text is its body",
+        {"note_id": "int", "scope": "str"},
+    ),
     "note.removed": ("a memory note was removed", {"note_id": "int", "by": "agent|person"}),
     "approval.asked": (
         "a call waits for a person's verdict",

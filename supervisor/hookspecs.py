@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import click
-
     from sqlite_utils import Migrations
 
     from supervisor.api import AgentInfo

@@ -65,7 +65,7 @@ STEP_KEYS = {
     "timeout",
     "description",
 }
-PARAM_KEYS = {"type", "default", "help", "choices"}
+PARAM_KEYS = {"type", "default", "help", "choices", "required"}
 
 
 class RecipeError(InputError):
@@ -79,6 +79,7 @@ class Parameter:
     default: Any
     help: str = ""
     choices: list[Any] | None = None
+    required: bool = False  # no default: the person must give it (`-p name=value`)
 
     def parse(self, text: str, where: str) -> Any:
         t = TYPES[self.type]
@@ -137,6 +138,12 @@ class Recipe:
                     f"(has: {', '.join(self.parameters) or 'none'})"
                 )
             values[key] = self.parameters[key].parse(text, f"recipe {self.name}")
+        missing = [n for n, p in self.parameters.items() if p.required and values[n] in (None, "")]
+        if missing:
+            raise RecipeError(
+                f"recipe {self.name}: parameter {missing[0]} is required "
+                f"(give it with -p {missing[0]}=VALUE)"
+            )
         return values
 
     def texts(self, values: dict[str, Any]) -> dict[str, str]:
@@ -241,8 +248,11 @@ def parse(path: Path, text: str | None = None) -> Recipe:
             raise fail(
                 f"parameter {pname}: default {default!r} is not {ptype}", "parameters", pname
             )
+        required = spec.get("required", False)
+        if not isinstance(required, bool):
+            raise fail(f"parameter {pname}: required must be true or false", "parameters", pname)
         parameters[pname] = Parameter(
-            pname, ptype, default, str(spec.get("help", "")), spec.get("choices")
+            pname, ptype, default, str(spec.get("help", "")), spec.get("choices"), required
         )
     steps: list[Step] = []
     raw_steps = data.get("steps")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
-from typing import Any
 
 from supervisor import Finished, Tool, ToolContext, hookimpl
 from supervisor.tools import integer, obj, string

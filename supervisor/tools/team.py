@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from supervisor import Tool, ToolContext, hookimpl
 from supervisor.tools import integer, obj, string
