@@ -100,9 +100,11 @@ def check_credentials() -> CheckResult:
 
 
 def check_plugins() -> CheckResult:
-    from supervisor.plugins import get_plugins
+    from supervisor import config
+    from supervisor.plugins import get_plugins, mark_run_failures
 
     plugins = get_plugins()
+    mark_run_failures(plugins, config.data_dir() / "supervisor.db")
     loaded = [i.name for i in plugins.info.values() if i.ok]
     failed = plugins.failed
     if failed:

@@ -123,9 +123,12 @@ def plugins_list(as_json: bool) -> None:
     """List every plugin: name, version, source, hooks, and errors of failed ones."""
     from dataclasses import asdict
 
-    from supervisor.plugins import get_plugins
+    from supervisor import config as cfg
+    from supervisor.plugins import get_plugins, mark_run_failures
 
-    infos = list(get_plugins().info.values())
+    plugins = get_plugins()
+    mark_run_failures(plugins, cfg.data_dir() / "supervisor.db")
+    infos = list(plugins.info.values())
     if as_json:
         click.echo(json.dumps([asdict(i) | {"ok": i.ok} for i in infos], indent=2))
         return

@@ -199,6 +199,14 @@ class Engine:
         import sys
 
         print(f"plugin {plugin} raised in {hook}: {error}", file=sys.stderr)
+        row = {
+            "ts": time.time(),
+            "plugin": plugin,
+            "hook": hook,
+            "error": self.redactor.text(error),
+            "run_id": self._hook_run,
+        }
+        self.store.write(lambda db: db.table("plugin_errors").insert(row))
         self.emit(
             EventType.PLUGIN_ERROR,
             None,

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -209,6 +210,43 @@ class Plugins:
     @property
     def failed(self) -> list[PluginInfo]:
         return [i for i in self.info.values() if i.error is not None]
+
+
+RUN_FAILURES_SHOWN_S = 24 * 3600
+
+
+def mark_run_failures(plugins: Plugins, db_path: Path) -> None:
+    """Mark plugins that raised inside a hook during a run in the last day (recorded by
+    the supervisor process in ``plugin_errors``): `plugins list` and `doctor` run in
+    another process and would otherwise show them as fine."""
+    import sqlite3
+
+    if not db_path.exists():
+        return
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(
+                "SELECT ts, plugin, hook, error FROM plugin_errors WHERE ts > ? ORDER BY id",
+                [time.time() - RUN_FAILURES_SHOWN_S],
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return  # an older database without the table, or none readable: nothing recorded
+    for ts, plugin, hook, error in rows:
+        info = plugins.info.get(plugin)
+        if info is not None and info.error is None:
+            ago = _ago(time.time() - ts)
+            info.error = f"raised in {hook} during a run {ago} ago: {error}"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
 
 
 def _load_target(target: str) -> Any:

@@ -67,6 +67,9 @@ class Printer:
                 return ""
             if d.get("denied"):
                 return click.style(f"✗ {d.get('tool')} refused by policy ({d['denied']})", fg="red")
+            if d.get("refused"):
+                told = event.text if event else ""
+                return click.style(f"✗ {d.get('tool')} not run: ", fg="red") + told[:200]
             text = event.text if event else ""
             first = next((ln for ln in text.splitlines() if ln.strip()), "")
             mark = click.style("←", fg="red" if d.get("error") else "green")
@@ -101,6 +104,16 @@ class Printer:
             )
         if t == EventType.ARTIFACT:
             return click.style(f"▤ {d.get('kind')}: {d.get('path')}", dim=True)
+        if t == EventType.TOOL_REWRITTEN:
+            return click.style("↻ rewritten: ", fg="yellow") + (event.text[:200] if event else "")
+        if t == EventType.PLUGIN_ERROR:
+            return click.style("✗ ", fg="red") + (event.text[:300] if event else "")
+        if t == EventType.PROGRESS:
+            return click.style(f"… {event.text if event else ''}", dim=True)
+        if t == EventType.METRIC:
+            return click.style(f"≡ {event.text if event else ''}", dim=True)
+        if t in (EventType.NOTE_REMOVED, EventType.BUDGET_SET):
+            return click.style(f"· {event.text if event else ''}", dim=True)
         if t == EventType.RUN_STATUS:
             return click.style(f"run {event.run_id if event else ''}: {d.get('status')}", bold=True)
         return ""

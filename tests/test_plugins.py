@@ -256,6 +256,12 @@ class Everything:
         register("everything.noop", lambda ctx: None)
 
     @hookimpl
+    def register_migrations(self, register):  # type: ignore[no-untyped-def]
+        from sqlite_utils import Migrations
+
+        register(Migrations("everything"))
+
+    @hookimpl
     def before_tool_call(self, call: ToolCall, agent: object) -> str | None:
         return "vetoed" if call.name == "shell" else None
 
@@ -279,6 +285,7 @@ def test_every_hook_reaches_a_plugin() -> None:
         "register_models",
         "register_checks",
         "register_steps",
+        "register_migrations",
         "before_tool_call",
         "on_event",
     }
@@ -293,6 +300,7 @@ def test_every_hook_reaches_a_plugin() -> None:
     assert plugins.collect("register_models")[0][1].alias == "qwen"
     assert plugins.collect("register_checks")[0][1].name == "always"
     assert plugins.collect("register_steps")[0][1][0] == "everything.noop"
+    assert plugins.collect("register_migrations")[0][1].name == "everything"
     veto = plugins.call(
         "before_tool_call",
         firstresult=True,

@@ -213,3 +213,15 @@ def m003_run_owner(db: Database) -> None:
     # only runs whose owner has died, never a `--foreground` run that is still alive.
     db.table("runs").add_column("owner", str)
     db.table("runs").add_column("resumes", int)  # automatic resumes after crashes
+
+
+@migrations()
+def m004_plugin_errors(db: Database) -> None:
+    # Failures of plugins inside hooks during runs, kept where another process
+    # (`supervisor plugins list`, `doctor`) can see them; the transcript has the event.
+    db.table("plugin_errors").create(
+        {"id": int, "ts": float, "plugin": str, "hook": str, "error": str, "run_id": str},
+        pk="id",
+        not_null={"ts", "plugin", "hook", "error"},
+    )
+    db.table("plugin_errors").create_index(["ts"])
