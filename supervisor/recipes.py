@@ -530,13 +530,35 @@ class RecipeRunner:
                 self._mark(run_id, step, "running")
                 self._say(run_id, step, f"▶ {step.id}")
                 started = time.monotonic()
+                # A step's inputs are values of its own, templated from the run's.
+                inputs = {k: render(str(v), values) for k, v in step.inputs.items()}
+                step_values = {**values, **inputs}
                 ctx = StepContext(
-                    self.engine, self.recipe, step, run_id, params, run_dir, outputs, self.progress
+                    self.engine,
+                    self.recipe,
+                    step,
+                    run_id,
+                    {**params, **inputs},
+                    run_dir,
+                    outputs,
+                    self.progress,
                 )
+                deadline = asyncio.timeout(step.timeout or None)
                 try:
-                    output = await self._run_step(ctx, values)
-                    if step.check:
-                        await self._check(step, render(step.check, values), run_dir)
+                    async with deadline:
+                        output = await self._run_step(ctx, step_values)
+                        if step.check:
+                            await self._check(step, render(step.check, step_values), run_dir)
+                except TimeoutError as exc:
+                    error = (
+                        f"step {step.id} took longer than its timeout ({step.timeout:g}s)"
+                        if deadline.expired()
+                        else f"step {step.id} failed: TimeoutError: {exc}"
+                    )
+                    self._mark(run_id, step, "failed", error=error)
+                    self._say(run_id, step, f"✗ {error}")
+                    status = "failed"
+                    break
                 except InputError as exc:
                     # The user's to fix (a bad target, parameter or spec): recorded, then
                     # reported as bad input — one line, exit code 2 — not as a failed step.

@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import REPO
 
-from supervisor import hookspecs
+from supervisor import docgen, hookspecs
 
 HOOKS = [
     name
@@ -40,7 +40,28 @@ def test_hook_is_documented_with_exact_signature(name: str) -> None:
 @pytest.mark.parametrize("name", HOOKS)
 def test_hook_has_a_test(name: str) -> None:
     tests = [p for p in (REPO / "tests").glob("test_*.py") if p.name != "test_docs.py"]
-    assert any(name in p.read_text() for p in tests), f"no test mentions the hook {name}"
+    assert any(f"def test_hook_{name}" in p.read_text() for p in tests), (
+        f"no test is named test_hook_{name}"
+    )
+
+
+def test_hooks_page_is_made_from_the_hookspecs() -> None:
+    assert (REPO / "docs" / "hooks.md").read_text() == docgen.hooks_markdown(), (
+        "docs/hooks.md is stale: run `python -m supervisor.docgen`"
+    )
+
+
+def test_event_catalogue_in_plugin_guide_is_current() -> None:
+    page = (REPO / "docs" / "plugins.md").read_text()
+    assert page == docgen.with_events(page), (
+        "docs/plugins.md's event catalogue is stale: run `python -m supervisor.docgen`"
+    )
+
+
+def test_every_event_type_is_in_the_catalogue() -> None:
+    from supervisor.events import CATALOGUE, EventType
+
+    assert [str(t) for t in EventType] == list(CATALOGUE)
 
 
 def test_readme_quickstart_is_two_commands() -> None:

@@ -56,7 +56,7 @@ class Guard:
         self.seen.append((event.id, event.type))  # type: ignore[attr-defined]
 
 
-async def test_refusals_and_rewrites_are_events(home: Path) -> None:
+async def test_hook_before_tool_call_refusals_and_rewrites_are_events(home: Path) -> None:
     script = [
         Reply(
             tool_calls=[
@@ -156,7 +156,7 @@ class Crashing:
         raise ValueError("observer broke")
 
 
-async def test_a_raising_guard_fails_closed_and_failures_are_recorded(home: Path) -> None:
+async def test_hook_on_event_and_a_raising_guard_are_recorded(home: Path) -> None:
     # Every call is refused while the guard is broken, finish too; the agent ends when it
     # stops calling tools.
     script = [
