@@ -635,28 +635,31 @@ def approve(agent: str, verdict: str | None) -> None:
 
 
 def _send_answer(agent: str, text: str) -> None:
-    from supervisor.events import Event, EventType
+    _server_call("agent.answer", start=False, agent=agent, text=text)
+    click.echo(f"sent to {agent}")
 
-    store = _open_store()
-    try:
-        row = _find_agent_row(store, agent)
-        if row["status"] != "waiting":
+
+def _server_call(cmd: str, *, start: bool = True, **args: Any) -> Any:
+    """One command to the supervisor process: every write a person makes goes this way,
+    so the engine that drives the agents applies it and records it as an event."""
+    import asyncio
+
+    from supervisor.client import Client, ServerGone
+
+    async def go() -> Any:
+        try:
+            client = await Client.connect(name="cli", start=start)
+        except ServerGone:
             raise InputError(
-                f"agent {row['name']} ({row['id']}) is not waiting (it is {row['status']})"
-            )
-        store.append(
-            Event(
-                type=EventType.HUMAN_ANSWERED,
-                run_id=row["run_id"],
-                agent_id=row["id"],
-                data={"answer": text},
-                text=text,
-            )
-        )
-        store.flush()
-        click.echo(f"sent to {row['name']}")
-    finally:
-        store.close()
+                "no supervisor process runs, so no agent is waiting here (a --foreground "
+                "run is answered in its own terminal)"
+            ) from None
+        try:
+            return await client.call(cmd, **args)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
 
 
 def _find_agent_row(store: Any, key: str) -> dict[str, Any]:
@@ -836,35 +839,15 @@ def notes_search(query: str) -> None:
 @click.option("--key", default="", help="Which project, host or recipe (scope other than global).")
 def notes_add(text: str, scope: str, key: str) -> None:
     """Add a note agents will recall."""
-    import time
-
-    store = _open_store()
-    try:
-        note_id = store.write(
-            lambda db: (
-                db.table("notes")
-                .insert({"scope": scope, "scope_key": key, "body": text, "created_at": time.time()})
-                .last_pk
-            )
-        ).result()
-        click.echo(f"added note {note_id}")
-    finally:
-        store.close()
+    note_id = _server_call("note.add", text=text, scope=scope, key=key)
+    click.echo(f"added note {note_id}")
 
 
 @notes.command("rm")
 @click.argument("note_id", type=int)
 def notes_rm(note_id: int) -> None:
     """Delete a note."""
-    store = _open_store()
-    try:
-        gone = store.write(
-            lambda db: db.execute("DELETE FROM notes WHERE id = ?", [note_id]).rowcount
-        ).result()
-    finally:
-        store.close()
-    if not gone:
-        raise InputError(f"no note {note_id}")
+    _server_call("note.rm", id=note_id)
     click.echo(f"removed note {note_id}")
 
 
@@ -960,18 +943,7 @@ def budget(scope: str, args: tuple[str, ...]) -> None:
         return
     if len(args) != 2:
         raise InputError(f"usage: supervisor budget {scope} ID USD")
-    store = _open_store()
-    try:
-        if scope == "agent":
-            key = _find_agent_row(store, args[0])["id"]
-        else:
-            key = args[0]
-            if not store.db.table("runs").count_where("id = ?", [key]):
-                raise InputError(f"no run {key!r}")
-        table = "agents" if scope == "agent" else "runs"
-        store.write(lambda db: db.table(table).update(key, {"budget_usd": usd})).result()
-    finally:
-        store.close()
+    key = _server_call("budget.set", scope=scope, target=args[0], usd=usd)
     click.echo(f"{scope} {key} budget ${usd:g}")
 
 

@@ -113,8 +113,7 @@ class Engine:
         self._done: dict[str, asyncio.Event] = {}
         self._policies: dict[str, Policy] = {}
         self._spent_today = self._spent_since(start_of_day())
-        self._poller: asyncio.Task[None] | None = None
-        self._last_seen_event = 0
+        self._limits_usd: dict[str, float] = {}  # agent or run id -> budget, once read
         self._releasing: set[asyncio.Task[None]] = set()
         self._managed: set[str] = set()
         self._windows: dict[str, int] = {}
@@ -337,6 +336,7 @@ class Engine:
             "owner": OWNER,
         }
         self.store.write(lambda db: db.table("runs").insert(self.redactor.value(row)))
+        self._limits_usd[run_id] = float(row["budget_usd"] or 0.0)
         self.emit(
             EventType.RUN_CREATED,
             None,
@@ -344,7 +344,6 @@ class Engine:
             text or title,
             run_id=run_id,
         )
-        self._start_poller()
         return run_id
 
     def adopt_policy(self, run_id: str) -> None:
@@ -353,16 +352,11 @@ class Engine:
             Policy(ask=list(self.settings["policy.ask"]), deny=list(self.settings["policy.deny"])),
         )
 
-    def _start_poller(self) -> None:
-        if self._poller is None:
-            self._poller = asyncio.get_running_loop().create_task(self._poll_answers())
-
     async def adopt_run(self, run_id: str) -> None:
         """Take up an existing run again (``recipe resume``) in this engine."""
         self.adopt_policy(run_id)
         self._managed.add(run_id)
         self._reopen_run(run_id)
-        self._start_poller()
 
     async def _start_agents(
         self, run_id: str, options: RunOptions, model: ModelSpec, backend: str
@@ -721,6 +715,13 @@ class Engine:
         verdict = await self._park(agent)
         if verdict == "always":
             agent.policy.always.append(pattern)
+        shown = verdict if verdict in ("always", "deny") else "approve"
+        self.emit(
+            EventType.APPROVAL_RESOLVED,
+            agent,
+            {"verdict": shown, "call_id": call.id},
+            f"{shown}: {call.name}",
+        )
         agent.set_status("running", "approval received")
         return "deny" if verdict == "deny" else "approve"
 
@@ -745,27 +746,6 @@ class Engine:
 
     def waiting(self) -> list[Agent]:
         return [self.agents[a] for a in self._pending]
-
-    async def _poll_answers(self) -> None:
-        """Pick up answers written to the store by other processes (``supervisor answer``)."""
-        self.store.flush()
-        row = self.store.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
-        self._last_seen_event = row[0]
-        while True:
-            await asyncio.sleep(0.3)
-            if not self._pending:
-                continue
-            rows = self.store.db.execute(
-                "SELECT id, agent_id, data FROM events WHERE id > ? AND type = ? ORDER BY id",
-                [self._last_seen_event, str(EventType.HUMAN_ANSWERED)],
-            ).fetchall()
-            for event_id, agent_id, data in rows:
-                self._last_seen_event = max(self._last_seen_event, event_id)
-                payload = json.loads(data or "{}")
-                future = self._pending.get(agent_id)
-                if payload.get("handled") or future is None or future.done():
-                    continue
-                future.set_result(str(payload.get("answer", "")))
 
     # -- steering: a person's hand on a running fleet
 
@@ -941,7 +921,6 @@ class Engine:
         )
         self.runs[run_id] = options
         self.adopt_policy(run_id)
-        self._start_poller()
         resumed = []
         for a in self.store.db.query(
             "SELECT * FROM agents WHERE run_id = ? ORDER BY created_at", [run_id]
@@ -1066,21 +1045,19 @@ class Engine:
     def over_budget(self, agent: Agent) -> str:
         """Why the agent may not spend more now ('' if it may), with the way to raise it.
 
-        Called before every model call, so it never waits for the store's writer: limits
-        are read from committed rows (``supervisor budget`` commits at once) and spend is
-        counted in memory.
+        Called before every model call, so it never waits for the store: limits are read
+        once per run or agent and then changed only through :meth:`set_budget` (``supervisor
+        budget`` reaches it through the supervisor process), and spend is counted in memory.
         """
-        agent_row = self._row("agents", agent.id)
-        agent_limit = agent_row.get("budget_usd") or agent.limits.max_cost_usd
+        agent_limit = self._limit_usd("agents", agent.id) or agent.limits.max_cost_usd
         if agent_limit and agent.cost_usd >= agent_limit:
             return (
                 f"agent budget ${agent_limit:g} reached; raise it with "
                 f"`supervisor budget agent {agent.id} USD`"
             )
-        run_row = self._row("runs", agent.run_id)
-        run_limit = run_row.get("budget_usd") or 0.0
+        run_limit = self._limit_usd("runs", agent.run_id)
         spent = sum(a.cost_usd for a in self.agents.values() if a.run_id == agent.run_id)
-        if run_limit and max(spent, run_row.get("cost_usd") or 0.0) >= run_limit:
+        if run_limit and spent >= run_limit:
             return (
                 f"run budget ${run_limit:g} reached; raise it with "
                 f"`supervisor budget run {agent.run_id} USD`"
@@ -1097,6 +1074,62 @@ class Engine:
                 "`supervisor config set budget.daily_usd USD`"
             )
         return ""
+
+    def _limit_usd(self, table: str, key: str) -> float:
+        if key not in self._limits_usd:
+            self._limits_usd[key] = float(self._row(table, key).get("budget_usd") or 0.0)
+        return self._limits_usd[key]
+
+    async def set_budget(self, scope: str, key: str, usd: float) -> str:
+        """A person sets a run's or an agent's spending limit (0: none); returns the id.
+
+        Paused agents go on at their next look (within a second)."""
+        from supervisor.errors import InputError
+
+        if scope not in ("run", "agent"):
+            raise InputError(f"budget scope must be run or agent, not {scope!r}")
+        if usd < 0:
+            raise InputError(f"a budget must be 0 (none) or more, not {usd:g}")
+        table = "runs" if scope == "run" else "agents"
+        await self.store.aflush()
+        if scope == "agent":
+            found = self.find_agent(key)
+            row = self._row("agents", found.id if found else key) or self._agent_row_by_name(key)
+        else:
+            row = self._row("runs", key)
+        if not row:
+            raise InputError(f"no {scope} {key!r} (see `supervisor agents ls`)")
+        target = str(row["id"])
+        await asyncio.wrap_future(
+            self.store.write(lambda db: db.table(table).update(target, {"budget_usd": usd or None}))
+        )
+        self._limits_usd[target] = usd
+        self.emit(
+            EventType.BUDGET_SET,
+            None,
+            {"scope": scope, "target": target, "usd": usd},
+            f"{scope} {target} budget set to ${usd:g}" if usd else f"{scope} {target}: no budget",
+            run_id=str(row.get("run_id") or target),
+        )
+        return target
+
+    def _agent_row_by_name(self, name: str) -> dict[str, Any]:
+        rows = list(
+            self.store.db.query(
+                "SELECT * FROM agents WHERE name = ? ORDER BY created_at DESC LIMIT 1", [name]
+            )
+        )
+        return dict(rows[0]) if rows else {}
+
+    async def add_note(self, body: str, scope: str, key: str) -> int:
+        """A person adds a memory note (redacted like everything else)."""
+        from supervisor.errors import InputError
+
+        if not body.strip():
+            raise InputError("the note is empty")
+        if scope not in ("global", "project", "host", "recipe"):
+            raise InputError(f"scope must be global, project, host or recipe, not {scope!r}")
+        return await self.remember(None, body, scope, scope_key=key)
 
     async def wait_within_budget(self, agent: Agent) -> None:
         """Pause (status ``paused``, no model calls) while a budget is exhausted."""
@@ -1217,8 +1250,6 @@ class Engine:
         where they were; otherwise sandboxes are released."""
         self.closing = interrupt
         active = {a.run_id for a in self.agents.values() if self.running(a)}
-        if self._poller is not None:
-            self._poller.cancel()
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)

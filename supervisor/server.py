@@ -186,6 +186,9 @@ class Server:
             "agent.restart": self._agent_restart,
             "agent.keep": self._agent_simple("keep_sandbox"),
             "agent.diff": self._agent_diff,
+            "budget.set": self._budget_set,
+            "note.add": self._note_add,
+            "note.rm": self._note_rm,
             "shutdown": self._shutdown,
         }
 
@@ -578,9 +581,43 @@ class Server:
         return self.engine.message(str(args.get("agent") or ""), self._text(args))
 
     async def _agent_answer(self, conn: _Conn, args: dict[str, Any]) -> bool:
-        agent = self.engine.agent(str(args.get("agent") or ""))
+        key = str(args.get("agent") or "")
+        agent = self.engine.find_agent(key)
+        if agent is None:
+            row = self.engine._row("agents", key) or self.engine._agent_row_by_name(key)
+            if not row:
+                raise InputError(f"no agent {key!r} (see `supervisor agents ls`)")
+            raise InputError(
+                f"agent {row['name']} ({row['id']}) is not waiting here (it is "
+                f"{row['status']}); a --foreground run is answered in its own terminal"
+            )
         if not self.engine.answer(agent.id, self._text(args)):
-            raise InputError(f"agent {agent.name} is not waiting for an answer")
+            raise InputError(
+                f"agent {agent.name} ({agent.id}) is not waiting (it is {agent.status})"
+            )
+        return True
+
+    async def _budget_set(self, conn: _Conn, args: dict[str, Any]) -> str:
+        try:
+            usd = float(args.get("usd"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise InputError("give the limit in USD as a number") from None
+        return await self.engine.set_budget(
+            str(args.get("scope") or ""), str(args.get("target") or ""), usd
+        )
+
+    async def _note_add(self, conn: _Conn, args: dict[str, Any]) -> int:
+        return await self.engine.add_note(
+            self._text(args), str(args.get("scope") or "global"), str(args.get("key") or "")
+        )
+
+    async def _note_rm(self, conn: _Conn, args: dict[str, Any]) -> bool:
+        try:
+            note_id = int(args.get("id"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise InputError("give the note's id as a number") from None
+        if not await self.engine.forget(None, note_id, by="person"):
+            raise InputError(f"no note {note_id}")
         return True
 
     def _agent_simple(self, method: str) -> Handler:

@@ -179,28 +179,6 @@ async def test_approvals_park_the_agent_until_a_person_decides(home: Path) -> No
     assert "[exit code" in results[3]  # "always" covers the same pattern without asking
 
 
-async def test_ask_human_answered_from_another_process(home: Path) -> None:
-    script = [
-        Reply(tool_calls=[("ask_human", {"question": "Which branch?"})]),
-        finish("used the answer"),
-    ]
-    with scripted(script) as server:
-        async with engine() as eng:
-            run_id = await eng.start_run(RunOptions(task="ask", sandbox="local"))
-            agent = next(iter(eng.agents.values()))
-            while agent.status != "waiting":
-                await asyncio.sleep(0.02)
-            eng.store.flush()
-            listed = json.loads(run_cli("agents", "ls", "--json").stdout)
-            assert listed[0]["status"] == "waiting" and "Which branch?" in listed[0]["doing"]
-            answered = await asyncio.to_thread(run_cli, "answer", agent.id, "use develop")
-            assert answered.returncode == 0, answered.stderr
-            assert await asyncio.wait_for(eng.wait_run(run_id), 10) == "done"
-    assert tool_results(server.requests[1])[-1] == "The person answered: use develop"
-    again = run_cli("answer", agent.id, "late")
-    assert again.returncode == 2 and "is not waiting" in again.stderr
-
-
 async def test_memory_is_recalled_in_a_later_run(home: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
@@ -230,29 +208,6 @@ async def test_memory_is_recalled_in_a_later_run(home: Path, tmp_path: Path) -> 
     assert "Always run the linter before finishing." in system
     notes = run_cli("notes", "search", "diverged").stdout
     assert "learning rate 0.3 diverged" in notes and "(project:project)" in notes
-
-
-async def test_budget_pauses_then_continues_when_raised(home: Path) -> None:
-    script = [
-        Reply(tool_calls=[("shell", {"command": "true"})], usage=(1_000_000, 0)),
-        Reply(tool_calls=[("shell", {"command": "true"})], usage=(10, 0)),
-        finish(),
-    ]
-    with scripted(script) as server:  # $1 per million input tokens: the first call costs $1
-        async with engine() as eng:
-            run_id = await eng.start_run(RunOptions(task="t", sandbox="local", max_cost_usd=0.5))
-            agent = next(iter(eng.agents.values()))
-            while agent.status != "paused":
-                await asyncio.sleep(0.05)
-            eng.store.flush()
-            row = json.loads(run_cli("agents", "ls", "--json").stdout)[0]
-            assert row["status"] == "paused" and f"supervisor budget run {run_id}" in row["doing"]
-            calls = len(server.requests)
-            await asyncio.sleep(1.5)
-            assert len(server.requests) == calls  # a paused agent makes no model calls
-            raised = await asyncio.to_thread(run_cli, "budget", "run", run_id, "5")
-            assert raised.returncode == 0, raised.stderr
-            assert await asyncio.wait_for(eng.wait_run(run_id), 15) == "done"
 
 
 async def test_unknown_model_and_missing_credentials_are_exit_2(home: Path) -> None:

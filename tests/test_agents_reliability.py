@@ -210,7 +210,7 @@ async def test_a_team_run_with_people_memory_and_budget(sandbox_image: str, home
             lead = next(a for a in eng.agents.values() if a.parent_id is None)
             while lead.status != "paused":
                 await asyncio.sleep(0.1)
-            await asyncio.to_thread(run_cli, "budget", "run", run_id, "10")
+            await eng.set_budget("run", run_id, 10)
             assert await asyncio.wait_for(eng.wait_run(run_id), 60) == "done"
             by_name = {a.name: a for a in eng.agents.values()}
             assert by_name["asker"].summary == "told port"
