@@ -12,21 +12,9 @@ import tempfile
 from collections.abc import Callable
 
 from supervisor import Check, CheckResult, hookimpl
+from supervisor.models import PROVIDER_KEYS
 
 # Environment variables litellm reads for each provider's credentials.
-PROVIDER_KEYS: dict[str, tuple[str, ...]] = {
-    "anthropic": ("ANTHROPIC_API_KEY",),
-    "openai": ("OPENAI_API_KEY",),
-    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-    "mistral": ("MISTRAL_API_KEY",),
-    "groq": ("GROQ_API_KEY",),
-    "deepseek": ("DEEPSEEK_API_KEY",),
-    "openrouter": ("OPENROUTER_API_KEY",),
-    "xai": ("XAI_API_KEY",),
-    "together_ai": ("TOGETHERAI_API_KEY", "TOGETHER_API_KEY"),
-    "bedrock": ("AWS_ACCESS_KEY_ID",),
-    "azure": ("AZURE_API_KEY",),
-}
 
 
 def providers_with_credentials(environ: dict[str, str] | None = None) -> list[str]:

@@ -24,6 +24,7 @@ from supervisor import __version__, config
 from supervisor.errors import InputError, SupervisorError
 from supervisor.events import Event
 from supervisor.server import LINE_LIMIT, PROTOCOL, log_path, running_pid, socket_path
+from supervisor.store.queries import Series
 
 START_TIMEOUT_S = 20.0
 
@@ -269,12 +270,11 @@ class Client:
             [match, limit],
         )
 
-    def experiments(self, run_id: str) -> list[dict[str, Any]]:
-        return self.query(
-            "SELECT agent_id, n, metric, status, description FROM experiments "
-            "WHERE run_id = ? ORDER BY started_at",
-            [run_id],
-        )
+    def series(self, run_id: str) -> Series:
+        """The run's metric and progress events, summed up for the Info tab."""
+        from supervisor.store.queries import run_series
+
+        return run_series(self.db, run_id)
 
     def spent_today(self) -> float:
         from supervisor.system import start_of_day

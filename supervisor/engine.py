@@ -96,7 +96,7 @@ class Engine:
         self._settings_from_config = settings is None
         self.settings = settings if settings is not None else config.load().values
         self.models = models or ModelClient(
-            ModelRegistry.load(),
+            ModelRegistry.load(plugins),
             max_concurrent=self.settings["model.max_concurrent"],
             retries=self.settings["model.retries"],
             stall_timeout_s=self.settings["model.stall_timeout_s"],

@@ -20,10 +20,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor.errors import InputError, SupervisorError
 from supervisor.types import ModelSpec
+
+if TYPE_CHECKING:
+    from supervisor.plugins import Plugins
 
 _litellm: Any = None
 
@@ -116,6 +119,22 @@ class RetryInfo:
 # -- the registry of models
 
 
+# Which environment variables hold each provider's credentials.
+PROVIDER_KEYS: dict[str, tuple[str, ...]] = {
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "openai": ("OPENAI_API_KEY",),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "mistral": ("MISTRAL_API_KEY",),
+    "groq": ("GROQ_API_KEY",),
+    "deepseek": ("DEEPSEEK_API_KEY",),
+    "openrouter": ("OPENROUTER_API_KEY",),
+    "xai": ("XAI_API_KEY",),
+    "together_ai": ("TOGETHERAI_API_KEY", "TOGETHER_API_KEY"),
+    "bedrock": ("AWS_ACCESS_KEY_ID",),
+    "azure": ("AZURE_API_KEY",),
+}
+
+
 @dataclass
 class ModelRegistry:
     """Aliases and endpoints from the config file and the ``register_models`` hook."""
@@ -124,12 +143,13 @@ class ModelRegistry:
     limits: dict[str, tuple[int, int]] = field(default_factory=dict)  # alias: (concurrent, rpm)
 
     @classmethod
-    def load(cls) -> ModelRegistry:
+    def load(cls, plugins: Plugins | None = None) -> ModelRegistry:
+        """From the engine's plugin manager when given (else the process-wide one)."""
         from supervisor import config
         from supervisor.plugins import get_plugins
 
         registry = cls()
-        for _, spec in get_plugins().collect("register_models"):
+        for _, spec in (plugins or get_plugins()).collect("register_models"):
             registry.specs[spec.alias] = spec
         values = config.load().values
         tables: dict[str, dict[str, Any]] = {}
@@ -165,8 +185,6 @@ class ModelRegistry:
 
 def check_usable(spec: ModelSpec, environ: dict[str, str] | None = None) -> None:
     """Fail early, in one line, for an unknown provider or missing credentials."""
-    from supervisor.checks import PROVIDER_KEYS
-
     env = dict(os.environ) if environ is None else environ
     try:
         _, provider, _, _ = litellm().get_llm_provider(model=spec.model, api_base=spec.api_base)

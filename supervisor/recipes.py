@@ -48,6 +48,7 @@ from supervisor.errors import InputError
 if TYPE_CHECKING:
     from supervisor.api import AgentInfo, Events, Memory, PluginStore
     from supervisor.engine import Engine
+    from supervisor.plugins import Plugins
     from supervisor.sandbox.base import Sandbox
 
 KINDS = ("agent", "python", "shell")
@@ -362,11 +363,11 @@ def load(name_or_path: str) -> Recipe:
     return parse(found[name_or_path])
 
 
-def registered_steps() -> dict[str, Callable[..., Any]]:
+def registered_steps(plugins: Plugins | None = None) -> dict[str, Callable[..., Any]]:
     """Python steps by name, from every plugin's ``register_steps``."""
     from supervisor.plugins import get_plugins
 
-    return dict(item for _, item in get_plugins().collect("register_steps"))
+    return dict(item for _, item in (plugins or get_plugins()).collect("register_steps"))
 
 
 def validate(recipe: Recipe) -> None:
@@ -590,7 +591,7 @@ class RecipeRunner:
     async def _run_step(self, ctx: StepContext, values: dict[str, Any]) -> Any:
         step = ctx.step
         if step.kind == "python":
-            fn = registered_steps().get(step.run)
+            fn = registered_steps(self.engine.plugins).get(step.run)
             if fn is None:
                 raise StepFailed(step, f"no python step {step.run!r} is registered")
             try:

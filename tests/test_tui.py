@@ -854,6 +854,19 @@ def _snapshot_data(home: Path) -> None:
             T0 + 300,
         ),
     ]
+    # The autoresearch plugin's experiments, as the metric and progress events any plugin
+    # emits (the Info tab draws them without knowing the plugin).
+    experiments = [(1.0, "keep"), (0.98, "keep"), (0.99, "discard"), (0.95, "keep")]
+    experiments += [(None, "crash"), (0.94, "keep")]
+    for n, (metric, status) in enumerate(experiments, 1):
+        if metric is not None:
+            labels = {"status": status, "better": "lower"}
+            data = {"name": "val_bpb", "value": metric, "labels": labels}
+        else:
+            data = {"name": "val_bpb", "value": None, "labels": {"status": status}}
+        events.append(Event("metric", "run-bbb222", None, data, f"val_bpb {status}", T0 + 60 + n))
+        progress = {"label": "experiments", "done": n, "total": 8, "unit": ""}
+        events.append(Event("progress", "run-bbb222", None, progress, f"{n}/8", T0 + 60 + n))
     for event in events:
         store.append(event)
     store.flush()

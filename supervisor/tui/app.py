@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from supervisor.events import Event
 
 FLUSH_HZ = 15
+SERIES_TYPES = ("metric", "progress")  # events drawn in the Info tab
 RECONNECT_S = 1.0
 FOLLOW_S = 15.0  # how long a new run's first agent is waited for, to move the cursor to it
 NEWLINE = "↵"  # how a pasted line break shows in the one-line message input
@@ -264,6 +265,11 @@ class SupervisorApp(App[int]):
                 self._update_message_hint()
                 self.refresh_bindings()
                 if detail.active_tab == "info":
+                    detail.show_info(self.client, self.settings)
+            if detail.active_tab == "info" and detail.run is not None:
+                # Any plugin's progress and metrics: the Info tab follows them live.
+                shown = detail.run.id
+                if any(e.run_id == shown and e.type in SERIES_TYPES for e in batch):
                     detail.show_info(self.client, self.settings)
             if changes.notes and detail.active_tab == "notes":
                 self._load_notes()

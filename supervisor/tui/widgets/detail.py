@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from rich.syntax import Syntax
@@ -32,6 +31,7 @@ from supervisor.tui.widgets.transcript import (
 
 if TYPE_CHECKING:
     from supervisor.client import Client
+    from supervisor.store.queries import Series
 
 SHELL_CALLS = 30  # recent shell calls shown when an agent is selected
 SHELL_OUTPUT_LINES = 200
@@ -287,35 +287,44 @@ class DetailPane(Vertical):
             if run.workspace:
                 field("workspace", run.workspace)
         info.update(text)
-        research = run is not None and run.recipe == "autoresearch" and client is not None
-        spark.display = research
-        if not research or run is None or client is None:
+        series = client.series(run.id) if run is not None and client is not None else None
+        spark.display = bool(series and series.metrics)
+        if not series:
             counters.update("")
             return
-        self.show_experiments(client, run)
+        self.show_series(series)
 
-    def show_experiments(self, client: Client, run: RunInfo) -> None:
-        rows = client.experiments(run.id)
-        params = client.query("SELECT params FROM runs WHERE id = ?", [run.id])
-        saved = json.loads((params[0]["params"] if params else None) or "{}")
-        direction = str((saved.get("params") or {}).get("direction") or "lower")
-        metrics = [float(r["metric"]) for r in rows if r.get("metric") is not None]
-        kept = [r for r in rows if r.get("status") == "keep"]
-        discarded = sum(r.get("status") == "discard" for r in rows)
-        crashed = sum(r.get("status") == "crash" for r in rows)
-        kept_metrics = [float(r["metric"]) for r in kept if r.get("metric") is not None]
-        best = (min if direction == "lower" else max)(kept_metrics) if kept_metrics else None
-        text = Text("\nexperiments ", style="bold")
-        text.append(f"{len(rows)}  ")
-        text.append(f"kept {len(kept)}", style="green")
-        text.append("  ")
-        text.append(f"discarded {discarded}", style="yellow")
-        text.append("  ")
-        text.append(f"crashed {crashed}", style="red")
-        text.append(f"  best {best:.4g}" if best is not None else "  best —")
-        text.append(f" ({direction} is better)", style="dim")
+    def show_series(self, series: Series) -> None:
+        """Any plugin's progress and metrics: the last value, best, count and tallies of
+        each series, and a sparkline of the first one."""
+        text = Text()
+        for progress in series.progress.values():
+            text.append(f"\n{progress.label:>10}  ", style="bold")
+            if progress.total:
+                share = min(1.0, progress.done / progress.total)
+                filled = round(share * 20)
+                text.append("█" * filled + "░" * (20 - filled), style="green")
+                text.append(f" {progress.done:g}/{progress.total:g} {progress.unit}")
+            else:
+                text.append(f"{progress.done:g} {progress.unit}")
+        for metric in series.metrics.values():
+            text.append(f"\n{metric.name:>10}  ", style="bold")
+            last = metric.values[-1] if metric.values else None
+            text.append(f"{len(metric.values)} values")
+            if last is not None:
+                text.append(f"  last {last:.4g}")
+            best = metric.best
+            if best is not None:
+                text.append(f"  best {best:.4g}", style="green")
+                text.append(f" ({metric.better} is better)", style="dim")
+            for label, counts in metric.tallies.items():
+                styles = {"keep": "green", "discard": "yellow", "crash": "red", "invalid": "red"}
+                text.append(f"\n{'':>10}  {label}: ", style="dim")
+                for value, count in counts.items():
+                    text.append(f"{value} {count}  ", style=styles.get(value, ""))
         self.query_one("#experiments-text", Static).update(text)
-        self.query_one("#experiments", Sparkline).data = metrics or [0.0]
+        first = next(iter(series.metrics.values()), None)
+        self.query_one("#experiments", Sparkline).data = (first.values if first else []) or [0.0]
 
 
 def _last_items(events: list[Event], count: int) -> list[Event]:
