@@ -24,6 +24,7 @@ from supervisor import __version__, config
 from supervisor.errors import InputError, SupervisorError
 from supervisor.events import Event
 from supervisor.server import LINE_LIMIT, PROTOCOL, log_path, running_pid, socket_path
+from supervisor.store import queries
 from supervisor.store.queries import Series
 
 START_TIMEOUT_S = 20.0
@@ -197,20 +198,16 @@ class Client:
     def query(self, sql: str, args: list[Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute(sql, args)]
 
+    # The queries themselves live in supervisor.store.queries, shared with the CLI.
+
     def last_event_id(self) -> int:
-        row = self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
-        return int(row[0])
+        return queries.last_event_id(self.db)
 
     def runs(self, limit: int = 500) -> list[dict[str, Any]]:
-        return self.query("SELECT * FROM runs ORDER BY created_at DESC LIMIT ?", [limit])
+        return queries.runs(self.db, limit)
 
     def agents(self, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
-        if run_ids is None:
-            return self.query("SELECT * FROM agents ORDER BY created_at")
-        marks = ",".join("?" * len(run_ids))
-        return self.query(
-            f"SELECT * FROM agents WHERE run_id IN ({marks}) ORDER BY created_at", run_ids
-        )
+        return queries.agents(self.db, run_ids)
 
     def events(
         self,
@@ -222,67 +219,31 @@ class Client:
         limit: int = 5000,
         newest: bool = False,
     ) -> list[Event]:
-        where: list[str] = ["id > ?"]
-        args: list[Any] = [after]
-        if agent_id is not None:
-            where.append("agent_id = ?")
-            args.append(agent_id)
-        if run_id is not None:
-            where.append("run_id = ?")
-            args.append(run_id)
-        if types:
-            where.append(f"type IN ({','.join('?' * len(types))})")
-            args.extend(types)
-        order = "DESC" if newest else "ASC"
-        rows = self.query(
-            f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?",
-            [*args, limit],
+        return queries.events(
+            self.db,
+            agent_id=agent_id,
+            run_id=run_id,
+            after=after,
+            types=types,
+            limit=limit,
+            newest=newest,
         )
-        events = [Event.from_row(r) for r in rows]
-        return events[::-1] if newest else events
-
-    def _match(self, query: str) -> str:
-        """A person's words as a safe FTS5 query (quoted as the store quotes them)."""
-        from sqlite_utils import Database
-
-        return str(Database(self.db).quote_fts(query.strip())) if query.strip() else ""
 
     def search(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
         """Full-text search over every transcript (events), newest first."""
-        match = self._match(query)
-        if not match:
-            return []
-        return self.query(
-            "SELECT events.id, events.ts, events.run_id, events.agent_id, events.type, "
-            "snippet(events_fts, 0, '[', ']', '…', 12) AS snippet FROM events_fts "
-            "JOIN events ON events.id = events_fts.rowid WHERE events_fts MATCH ? "
-            "ORDER BY events.id DESC LIMIT ?",
-            [match, limit],
-        )
+        return queries.search(self.db, query, limit)
 
     def notes(self, query: str = "", limit: int = 200) -> list[dict[str, Any]]:
-        match = self._match(query)
-        if not match:
-            return self.query("SELECT * FROM notes ORDER BY created_at DESC LIMIT ?", [limit])
-        return self.query(
-            "SELECT notes.* FROM notes JOIN notes_fts ON notes.id = notes_fts.rowid "
-            "WHERE notes_fts MATCH ? ORDER BY rank LIMIT ?",
-            [match, limit],
-        )
+        return queries.notes(self.db, query, limit)
 
     def series(self, run_id: str) -> Series:
         """The run's metric and progress events, summed up for the Info tab."""
-        from supervisor.store.queries import run_series
-
-        return run_series(self.db, run_id)
+        return queries.run_series(self.db, run_id)
 
     def spent_today(self) -> float:
         from supervisor.system import start_of_day
 
-        row = self.db.execute(
-            "SELECT coalesce(sum(cost_usd), 0) FROM costs WHERE ts >= ?", [start_of_day()]
-        ).fetchone()
-        return float(row[0])
+        return queries.spent_since(self.db, start_of_day())
 
 
 def start_server(data_dir: Path) -> int:

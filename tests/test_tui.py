@@ -184,6 +184,7 @@ async def test_fleet_shows_a_real_run_and_selection_changes_the_detail(home: Pat
 
             agent_a = await select_agent_of(pilot, app, first)
             await shows(pilot, app, "Working on alpha now.")
+            await shows(pilot, app, "→ shell: echo output-of-alpha")
             text = screen_text(app)
             assert "Working on alpha now." in text and "→ shell: echo output-of-alpha" in text
             # A tool call is folded; its output is one key away.
