@@ -426,7 +426,7 @@ class Engine:
     async def _run_agent(self, agent: Agent) -> str:
         try:
             agent.set_status("starting", "starting its sandbox")
-            await agent.sandbox.start()
+            await self._start_sandbox(agent)
             sandbox_id = agent.sandbox.id
             self.store.write(
                 lambda db: db.table("agents").update(agent.id, {"sandbox_id": sandbox_id})
@@ -437,6 +437,20 @@ class Engine:
             self.agent_finished(agent, "failed")
             return "failed"
         return await agent.run()
+
+    async def _start_sandbox(self, agent: Agent) -> None:
+        """Start the agent's sandbox; a failed start is tried once more, and said so."""
+        from supervisor.sandbox.manager import start_sandbox
+
+        def retrying(why: str) -> None:
+            self.emit(
+                EventType.LOG,
+                agent,
+                {"sandbox_retry": why},
+                f"sandbox start failed, trying once more: {why}",
+            )
+
+        await start_sandbox(agent.sandbox, on_retry=retrying)
 
     def _sandbox_env(self) -> dict[str, str]:
 
@@ -714,7 +728,7 @@ class Engine:
         try:
             agent.set_status("starting", "re-adopting its sandbox")
             if not await self._reattach(agent):
-                await agent.sandbox.start()
+                await self._start_sandbox(agent)
                 sandbox_id = agent.sandbox.id
                 self.store.write(
                     lambda db: db.table("agents").update(agent.id, {"sandbox_id": sandbox_id})

@@ -33,7 +33,7 @@ from typing import Any
 from supervisor import CheckResult
 from supervisor.errors import InputError
 from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
-from supervisor.sandbox.shell import STDERR, STDOUT, PersistentShell
+from supervisor.sandbox.shell import START_TIMEOUT_S, STDERR, STDOUT, PersistentShell
 
 ENGINE_FIX = (
     "start a Docker engine (e.g. `sudo systemctl start docker`, or `sudo dockerd &`), "
@@ -42,6 +42,10 @@ ENGINE_FIX = (
 LABEL = "supervisor"
 USER = "1000:1000"
 SINCE_FILE = "/tmp/.supervisor-cmd-start"
+# Every stage of a start has a deadline: Docker API calls that of the client (60 s each),
+# the shell's handshake ``start_timeout``, filling the workspace this one (a large repo
+# is copied in a stream; a copy that stalls this long never finishes).
+PREPARE_TIMEOUT_S = 600.0
 
 
 class EngineUnavailable(SandboxError, InputError):
@@ -158,8 +162,12 @@ class DockerSandbox(Sandbox):
         container: Any = None,
         spool_dir: Path | None = None,
         progress: Callable[[str], None] | None = None,
+        start_timeout: float = START_TIMEOUT_S,
+        prepare_timeout: float = PREPARE_TIMEOUT_S,
     ) -> None:
         super().__init__(spec)
+        self.start_timeout = start_timeout
+        self.prepare_timeout = prepare_timeout
         self._client = client
         self.container = container
         self._spool_dir = spool_dir
@@ -211,7 +219,13 @@ class DockerSandbox(Sandbox):
             await asyncio.to_thread(self._create, pool_owner)
             await self._open_shell()
             if prepare:
-                await self.prepare()
+                try:
+                    await asyncio.wait_for(self.prepare(), self.prepare_timeout)
+                except TimeoutError:
+                    raise SandboxError(
+                        f"sandbox {self.name}: filling the workspace took longer than "
+                        f"{self.prepare_timeout:g} s"
+                    ) from None
         except BaseException:
             await self.destroy()
             raise
@@ -346,7 +360,12 @@ class DockerSandbox(Sandbox):
             await asyncio.to_thread(self._exec_io, ["sh", "-c", script])
 
         self._shell = PersistentShell(
-            self.name, open_transport, kill, since_file=SINCE_FILE, spool_dir=self._spool_dir
+            self.name,
+            open_transport,
+            kill,
+            since_file=SINCE_FILE,
+            spool_dir=self._spool_dir,
+            start_timeout=self.start_timeout,
         )
         await self._shell.start()
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.sandbox.base import Sandbox, SandboxSpec
+from supervisor.sandbox.base import Sandbox, SandboxError, SandboxSpec
 from supervisor.sandbox.docker import (
     LABEL,
     DockerSandbox,
@@ -50,6 +50,35 @@ def new_sandbox(spec: SandboxSpec, backend: str = "docker", **kwargs: Any) -> Sa
         raise InputError(f"unknown sandbox backend {backend!r} (have: {', '.join(sorted(found))})")
     sandbox: Sandbox = found[backend].factory(spec, **kwargs)
     return sandbox
+
+
+START_ATTEMPTS = 2  # a failed start is retried once, then the agent fails with the reason
+
+
+async def start_sandbox(
+    sandbox: Sandbox,
+    *,
+    attempts: int = START_ATTEMPTS,
+    on_retry: Callable[[str], None] | None = None,
+) -> None:
+    """Start ``sandbox``, trying once more after a failed start (the first attempt's
+    leftovers are destroyed first). Bad input (a missing workspace, no Docker engine) is
+    raised at once: trying again cannot help."""
+    from supervisor.errors import InputError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            await sandbox.start()
+            return
+        except InputError:
+            raise
+        except SandboxError as exc:
+            with contextlib.suppress(Exception):
+                await sandbox.destroy()
+            if attempt == attempts:
+                raise SandboxError(f"{exc} (tried {attempts} times)") from None
+            if on_retry is not None:
+                on_retry(str(exc))
 
 
 class SandboxPool:

@@ -29,6 +29,7 @@ STDOUT, STDERR = 1, 2
 DEFAULT_CAP = 32 * 1024  # bytes kept per stream (half head, half tail)
 SPOOL_LIMIT = 100 * 1024 * 1024  # most bytes of full output saved per stream
 KILL_GRACE_S = 5.0
+START_TIMEOUT_S = 30.0  # a shell that has not answered by then never will
 
 
 class Transport(Protocol):
@@ -170,8 +171,10 @@ class PersistentShell:
         since_file: str,
         spool_dir: Path | None = None,
         cap: int = DEFAULT_CAP,
+        start_timeout: float = START_TIMEOUT_S,
     ) -> None:
         self.name = name
+        self.start_timeout = start_timeout
         self._open = open_transport
         self._run_kill = run_kill
         self._since_file = since_file
@@ -183,7 +186,22 @@ class PersistentShell:
         self._count = 0
 
     async def start(self) -> None:
+        """Open the shell and wait for its ready marker, at most ``start_timeout`` seconds
+        (a shell stuck in its startup files would otherwise hang the agent forever)."""
         transport = await self._open()
+        try:
+            self.pid = await asyncio.wait_for(self._handshake(transport), self.start_timeout)
+        except TimeoutError:
+            await transport.close()
+            raise SandboxError(
+                f"sandbox {self.name}: its shell did not answer within {self.start_timeout:g} s"
+            ) from None
+        except BaseException:
+            await transport.close()
+            raise
+        self._transport = transport
+
+    async def _handshake(self, transport: Transport) -> int:
         nonce = secrets.token_hex(16)
         # HOME may point into a fresh tmpfs (the Docker sandbox's /tmp/home).
         await transport.send(
@@ -197,8 +215,7 @@ class PersistentShell:
                 raise SandboxError(f"sandbox {self.name}: its shell exited at start")
             if frame[0] == STDOUT:
                 buf += frame[1]
-        self.pid = int(buf.split(marker, 1)[1][:-3])
-        self._transport = transport
+        return int(buf.split(marker, 1)[1][:-3])
 
     async def close(self) -> None:
         if self._transport is not None:
