@@ -80,3 +80,86 @@ async def test_an_agent_whose_sandbox_hangs_fails_and_the_engine_goes_on(
         finally:
             await eng.close()
             store.close()
+
+
+# -- finding 10: timeouts an agent tries to defeat
+
+
+async def _processes(box) -> list[str]:  # type: ignore[no-untyped-def]
+    """The sandbox's processes other than its own machinery and this listing."""
+    r = await box.exec("ps -eo pid=,args=")
+    return [
+        line
+        for line in r.stdout.splitlines()
+        if not any(k in line for k in ("docker-init", "sandbox-idle", "bash --noprofile", "ps -eo"))
+    ]
+
+
+async def test_a_builtin_loop_in_the_shell_itself_is_stopped(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
+    box = await sandbox_factory()
+    start = time.monotonic()
+    r = await box.exec("while :; do :; done", timeout=1)
+    assert r.timed_out and time.monotonic() - start < 8
+    assert "the shell was killed too" in r.stderr
+    r = await box.exec("echo usable; cat /proc/loadavg")
+    assert r.stdout.startswith("usable\n")
+    # Nothing spins on: the old shell is gone (only the new shell and its reaper remain).
+    shells = (await box.exec("pgrep -c -x bash")).stdout.strip()
+    assert shells == "2", shells
+
+
+async def test_a_fork_bomb_does_not_survive_its_timeout(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
+    box = await sandbox_factory()
+    await box.exec("sleep 600 >/dev/null 2>&1 &")  # an earlier background job
+    r = await box.exec("bomb() { bomb | bomb & }; bomb; sleep 100", timeout=3)
+    assert r.timed_out
+    left = await _processes(box)
+    assert [p for p in left if "sleep 600" not in p] == [], left[:10]
+    assert any("sleep 600" in p for p in left)  # earlier background jobs are kept
+    assert (await box.exec("echo fine")).stdout == "fine\n"
+
+
+async def test_setsid_does_not_escape_the_timeout(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
+    box = await sandbox_factory()
+    r = await box.exec(
+        "setsid sleep 900 </dev/null >/dev/null 2>&1 & "
+        "( setsid -f sleep 901 </dev/null >/dev/null 2>&1 ); sleep 100",
+        timeout=1,
+    )
+    assert r.timed_out
+    assert await _processes(box) == []
+
+
+async def test_rewriting_the_start_mark_does_not_defeat_the_timeout(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
+    box = await sandbox_factory()
+    # What used to hold the command's start, and what the kill read, from inside.
+    tamper = (
+        "echo 99999999999 99999 > /tmp/.supervisor-cmd-start; chmod 444 /tmp/.supervisor-cmd-start"
+    )
+    await box.exec(tamper)
+    start = time.monotonic()
+    r = await box.exec(f"{tamper}; sleep 100 & sleep 100", timeout=1)
+    assert r.timed_out and time.monotonic() - start < 6
+    assert await _processes(box) == []
+
+
+# -- finding 11: every process killed from inside
+
+
+async def test_kill_all_inside_the_sandbox_restarts_it_with_its_workspace(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
+    box = await sandbox_factory()
+    await box.exec("echo precious > /workspace/notes.txt")
+    # bash's kill spares the shell itself; the container's main process dies with the rest,
+    # so the sandbox is found dead by this call or the next one, which says so.
+    first = await box.exec("kill -9 -1", timeout=20)
+    second = await box.exec("true", timeout=20)
+    told = [x for x in (first, second) if x.sandbox_restarted]
+    assert len(told) == 1 and "the sandbox was restarted" in told[0].stderr
+    r = await box.exec("cat /workspace/notes.txt; id -u", timeout=20)
+    assert r.stdout == "precious\n1000\n"
+    assert not (await box.exec("true")).sandbox_restarted
+    # Again, between two commands, through a background job: the next call says so too.
+    await box.exec("(sleep 0.5; kill -9 -1) >/dev/null 2>&1 &")
+    await asyncio.sleep(2)
+    r = await box.exec("cat /workspace/notes.txt", timeout=20)
+    assert r.stdout == "precious\n" and r.sandbox_restarted

@@ -25,7 +25,8 @@ class ExecResult:
     ``stdout``/``stderr`` are decoded (invalid UTF-8 replaced) and capped: when a stream
     was longer than the cap, its head and tail are kept, ``*_truncated`` is set, and
     ``output_path`` names the host file where the full output (up to a size limit) was
-    saved.
+    saved. ``sandbox_restarted`` says the sandbox had to be restarted (its processes all
+    ended; the workspace stayed), and ``stderr`` ends with a note saying so.
     """
 
     exit_code: int
@@ -36,6 +37,7 @@ class ExecResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     output_path: Path | None = None
+    sandbox_restarted: bool = False  # the sandbox died under the command and was restarted
 
     @property
     def ok(self) -> bool:

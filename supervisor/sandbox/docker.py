@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -26,14 +27,21 @@ import struct
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from supervisor import CheckResult
 from supervisor.errors import InputError
 from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
-from supervisor.sandbox.shell import START_TIMEOUT_S, STDERR, STDOUT, PersistentShell
+from supervisor.sandbox.shell import (
+    START_TIMEOUT_S,
+    STDERR,
+    STDOUT,
+    PersistentShell,
+    ShellReaper,
+    Unstoppable,
+)
 
 ENGINE_FIX = (
     "start a Docker engine (e.g. `sudo systemctl start docker`, or `sudo dockerd &`), "
@@ -41,7 +49,6 @@ ENGINE_FIX = (
 )
 LABEL = "supervisor"
 USER = "1000:1000"
-SINCE_FILE = "/tmp/.supervisor-cmd-start"
 # Every stage of a start has a deadline: Docker API calls that of the client (60 s each),
 # the shell's handshake ``start_timeout``, filling the workspace this one (a large repo
 # is copied in a stream; a copy that stalls this long never finishes).
@@ -84,6 +91,7 @@ class _ExecSocket:
     def __init__(self, raw: socket.socket) -> None:
         self._raw = raw
         self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        self.eof = False  # the shell has exited (seen before a command is sent to it)
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
@@ -96,6 +104,7 @@ class _ExecSocket:
         except OSError:
             pass
         finally:
+            self.eof = True
             self._queue.put_nowait(None)
 
     async def send(self, data: bytes) -> None:
@@ -173,6 +182,8 @@ class DockerSandbox(Sandbox):
         self._spool_dir = spool_dir
         self._progress = progress or _stderr
         self._shell: PersistentShell | None = None
+        self._reaper: ShellReaper | None = None
+        self.restarts = 0  # times the container was restarted under the agent
 
     @property
     def client(self) -> Any:
@@ -334,52 +345,87 @@ class DockerSandbox(Sandbox):
         api = self.client.api
         cid = self.container.id
 
-        async def open_transport() -> _ExecSocket:
-            def create() -> socket.socket:
-                exec_id = api.exec_create(
-                    cid,
-                    ["bash", "--noprofile", "--norc"],
-                    stdin=True,
-                    stdout=True,
-                    stderr=True,
-                    tty=False,
-                    user=USER,
-                    workdir="/workspace",
-                )["Id"]
-                raw = _raw_socket(api, exec_id)
-                raw.setblocking(False)
-                return raw
+        def opener(environment: list[str] | None) -> Callable[[], Awaitable[_ExecSocket]]:
+            async def open_transport() -> _ExecSocket:
+                def create() -> socket.socket:
+                    exec_id = api.exec_create(
+                        cid,
+                        ["bash", "--noprofile", "--norc"],
+                        stdin=True,
+                        stdout=True,
+                        stderr=True,
+                        tty=False,
+                        user=USER,
+                        workdir="/workspace",
+                        environment=environment,
+                    )["Id"]
+                    raw = _raw_socket(api, exec_id)
+                    raw.setblocking(False)
+                    return raw
 
-            try:
-                raw = await asyncio.to_thread(create)
-            except Exception as exc:
-                raise SandboxError(f"sandbox {self.name}: cannot start a shell: {exc}") from None
-            return _ExecSocket(raw)
+                try:
+                    raw = await asyncio.to_thread(create)
+                except Exception as exc:
+                    raise SandboxError(
+                        f"sandbox {self.name}: cannot start a shell: {exc}"
+                    ) from None
+                return _ExecSocket(raw)
 
-        async def kill(script: str) -> None:
-            await asyncio.to_thread(self._exec_io, ["sh", "-c", script])
+            return open_transport
 
+        # The reaper starts first, so that it holds its process slot before any command
+        # could fill the pids limit; it reads no startup file the agent could have set.
+        self._reaper = ShellReaper(
+            self.name, opener(["BASH_ENV=", "ENV="]), start_timeout=self.start_timeout
+        )
+        await self._reaper.start()
         self._shell = PersistentShell(
             self.name,
-            open_transport,
-            kill,
-            since_file=SINCE_FILE,
+            opener(None),
+            self._reaper,
             spool_dir=self._spool_dir,
             start_timeout=self.start_timeout,
         )
         await self._shell.start()
 
-    async def stop(self) -> None:
+    async def _close_shells(self) -> None:
         if self._shell is not None:
             await self._shell.close()
             self._shell = None
+        if self._reaper is not None:
+            await self._reaper.close()
+            self._reaper = None
+
+    async def _revive(self, why: str) -> str:
+        """Restart the container (every process in it ends; the workspace volume stays)
+        and open fresh shells; the note that tells the agent. Raises if it is gone."""
+        import docker.errors
+
+        await self._close_shells()
+
+        def restart() -> None:
+            try:
+                self.container.restart(timeout=0)
+                self.container.reload()
+            except docker.errors.NotFound:
+                raise SandboxError(f"sandbox {self.name} died and no longer exists") from None
+
+        await asyncio.to_thread(restart)
+        self.restarts += 1
+        await self._open_shell()
+        return (
+            f"[the sandbox was restarted because {why}: every process in it was ended; "
+            "/workspace is as it was, but /tmp, background jobs, the working directory and "
+            "variables were reset]"
+        )
+
+    async def stop(self) -> None:
+        await self._close_shells()
         if self.container is not None:
             await asyncio.to_thread(self.container.stop, timeout=5)
 
     async def destroy(self) -> None:
-        if self._shell is not None:
-            await self._shell.close()
-            self._shell = None
+        await self._close_shells()
         if self.container is not None:
             await asyncio.to_thread(remove_container, self.client, self.container)
 
@@ -393,14 +439,39 @@ class DockerSandbox(Sandbox):
         env: dict[str, str] | None = None,
         cwd: str | None = None,
     ) -> ExecResult:
-        if self._shell is None:
-            if self.container is None:
-                raise SandboxError("sandbox is not started")
-            await self._open_shell()
-        assert self._shell is not None
-        result = await self._shell.run(command, timeout=timeout, env=env, cwd=cwd)
+        if self.container is None:
+            raise SandboxError("sandbox is not started")
+        started = time.perf_counter()
+        try:
+            if self._shell is None:
+                await self._open_shell()
+            assert self._shell is not None
+            result = await self._shell.run(command, timeout=timeout, env=env, cwd=cwd)
+        except Unstoppable as exc:
+            note = await self._revive(f"a timed-out command could not be stopped otherwise ({exc})")
+            return ExecResult(
+                exit_code=-1,
+                stdout="",
+                stderr=note + "\n",
+                duration_s=time.perf_counter() - started,
+                timed_out=True,
+                sandbox_restarted=True,
+            )
+        except SandboxError:
+            if await asyncio.to_thread(self._running):
+                raise
+            # It died between commands (every process killed): the command never ran.
+            note = await self._revive("every process in it was killed")
+            assert self._shell is not None
+            result = await self._shell.run(command, timeout=timeout, env=env, cwd=cwd)
+            return dataclasses.replace(
+                result, stderr=f"{note}\n{result.stderr}", sandbox_restarted=True
+            )
         if result.exit_code == -1 and not await asyncio.to_thread(self._running):
-            raise SandboxError(f"sandbox {self.name} died while running a command")
+            note = await self._revive("every process in it was killed")
+            return dataclasses.replace(
+                result, stderr=f"{result.stderr}{note}\n", sandbox_restarted=True
+            )
         return result
 
     def _running(self) -> bool:

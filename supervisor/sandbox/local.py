@@ -10,8 +10,10 @@ agent is given (plus PATH, LANG and a private HOME).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import stat
 import tempfile
 from pathlib import Path
@@ -59,6 +61,68 @@ class _PipeShell:
             await self.proc.wait()
         for task in self._tasks:
             task.cancel()
+
+
+class HostReaper:
+    """The local backend's :class:`~supervisor.sandbox.shell.Reaper`: this process, in
+    the same pid namespace as the agent's shell. Only the shell's descendants are looked
+    at (orphans on the host are not the agent's to judge: the backend is not isolated)."""
+
+    async def mark(self) -> str:
+        return await asyncio.to_thread(_mark)
+
+    async def kill(self, mark: str, shell_pid: int) -> int:
+        return await asyncio.to_thread(_kill_descendants, mark, shell_pid)
+
+    async def kill_shell(self, shell_pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(shell_pid, signal.SIGKILL)
+
+
+def _mark() -> str:
+    up = Path("/proc/uptime").read_text().split()[0].replace(".", "")
+    return f"{int(up)} {int(Path('/proc/sys/kernel/ns_last_pid').read_text())}"
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every process: pid -> (parent pid, start tick)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found[int(entry.name)] = (int(fields[1]), int(fields[19]))
+    return found
+
+
+def _kill_descendants(mark: str, shell_pid: int) -> int:
+    """Stop the shell's descendants started after ``mark`` until no new one appears (a
+    fork bomb cannot outrun that), then kill them all."""
+    since, lastpid = (int(x) for x in mark.split())
+    stopped: set[int] = set()
+    for _ in range(500):
+        procs = _processes()
+        new = False
+        for pid, (_, tick) in procs.items():
+            if pid in stopped or not (tick > since or (tick == since and pid > lastpid)):
+                continue
+            parent = procs[pid][0]
+            while parent not in (shell_pid, 0, 1) and parent in procs:
+                parent = procs[parent][0]
+            if parent == shell_pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGSTOP)
+                stopped.add(pid)
+                new = True
+        if not new:
+            break
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(stopped)
 
 
 class LocalSandbox(Sandbox):
@@ -140,15 +204,10 @@ class LocalSandbox(Sandbox):
             )
             return _PipeShell(proc)
 
-        async def kill(script: str) -> None:
-            proc = await asyncio.create_subprocess_exec("sh", "-c", script)
-            await proc.wait()
-
         self._shell = PersistentShell(
             f"local-{root.name}",
             open_transport,
-            kill,
-            since_file=str(root / ".cmd-start"),
+            HostReaper(),
             spool_dir=self._spool_dir,
         )
         await self._shell.start()
