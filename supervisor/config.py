@@ -53,6 +53,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("sandbox.cpus", float, 2.0, "CPU limit per sandbox, in cores."),
         Setting("sandbox.pids", int, 512, "Process limit per sandbox."),
         Setting("sandbox.pool_size", int, 2, "Ready sandboxes kept warm for new agents."),
+        Setting(
+            "sandbox.network_host",
+            bool,
+            False,
+            "Networked sandboxes may also reach services on this machine.",
+        ),
         Setting("sandbox.env_allow", list, [], "Host environment variables passed in."),
         Setting("budget.daily_usd", float, 0.0, "Fleet spend limit per day (0: none)."),
         Setting("budget.run_usd", float, 0.0, "Default spend limit per run (0: none)."),

@@ -377,6 +377,7 @@ class Engine:
             agent_id=agent_id,
             workspace=options.workspace,
             network=options.network,
+            network_host=self.settings.get("sandbox.network_host", False),
             memory=self.settings["sandbox.memory"],
             cpus=self.settings["sandbox.cpus"],
             pids=self.settings["sandbox.pids"],

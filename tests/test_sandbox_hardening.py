@@ -5,6 +5,10 @@ killed, network reach to the host, and outputs too large to keep in memory."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -163,3 +167,84 @@ async def test_kill_all_inside_the_sandbox_restarts_it_with_its_workspace(sandbo
     await asyncio.sleep(2)
     r = await box.exec("cat /workspace/notes.txt", timeout=20)
     assert r.stdout == "precious\n" and r.sandbox_restarted
+
+
+# -- finding 14: a networked sandbox and this machine
+
+
+@pytest.fixture
+def listeners():  # type: ignore[no-untyped-def]
+    """TCP listeners on this machine that answer "reached"; yields a function that starts
+    one on an address and returns its port."""
+    servers: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve(sock: socket.socket) -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"reached\n")
+
+    def start(address: str) -> int:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, 0))
+        sock.listen()
+        servers.append(sock)
+        threading.Thread(target=serve, args=(sock,), daemon=True).start()
+        return int(sock.getsockname()[1])
+
+    yield start
+    stop.set()
+    for sock in servers:
+        sock.close()
+
+
+def _gateway(client, name: str) -> str:  # type: ignore[no-untyped-def]
+    config = client.networks.get(name).attrs["IPAM"]["Config"][0]
+    return str(config.get("Gateway") or ipaddress.ip_network(config["Subnet"])[1])
+
+
+async def _reaches(box, address: str, port: int) -> bool:  # type: ignore[no-untyped-def]
+    probe = f"timeout 5 bash -c 'exec 3<>/dev/tcp/{address}/{port}; head -1 <&3'"
+    return (await box.exec(probe, timeout=20)).stdout == "reached\n"
+
+
+async def test_a_networked_sandbox_does_not_reach_this_machine(
+    sandbox_factory, docker_client, listeners
+) -> None:  # type: ignore[no-untyped-def]
+    bridge = _gateway(docker_client, "bridge")  # docker0, e.g. 172.17.0.1
+    on_all = listeners("0.0.0.0")
+    on_bridge = listeners(bridge)
+    box = await sandbox_factory(network=True)
+    assert (await box.exec("ls /sys/class/net")).stdout.split() != ["lo"]  # it has a network
+    own = next(iter(docker_client.containers.get(box.id).attrs["NetworkSettings"]["Networks"]))
+    gateway = _gateway(docker_client, own)
+    for address, port in [(gateway, on_all), (bridge, on_all), (bridge, on_bridge)]:
+        assert not await _reaches(box, address, port), f"{address}:{port} answered"
+    # Reaching this machine is a separate grant.
+    granted = await sandbox_factory(network=True, network_host=True)
+    own = next(iter(docker_client.containers.get(granted.id).attrs["NetworkSettings"]["Networks"]))
+    assert await _reaches(granted, _gateway(docker_client, own), on_all)
+    assert await _reaches(granted, bridge, on_bridge)
+
+
+async def test_network_is_refused_when_the_host_cannot_be_fenced_off(
+    sandbox_image, docker_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # An iptables that refuses every change, first on PATH.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "iptables").write_text(
+        "#!/bin/sh\necho 'Permission denied (you must be root)' >&2\nexit 4\n"
+    )
+    (fake / "iptables").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    box = DockerSandbox(SandboxSpec(run_id="r", agent_id="net", network=True))
+    with pytest.raises(SandboxError, match=r"iptables refused \(Permission denied.*network_host"):
+        await box.start()
+    assert ours(docker_client) == []

@@ -59,7 +59,8 @@ class SandboxSpec:
     run_id: str
     agent_id: str
     workspace: Path | None = None  # a host folder or git repo copied in at start
-    network: bool = False
+    network: bool = False  # the internet; never this machine unless network_host
+    network_host: bool = False  # also services on this machine (an explicit grant)
     gpus: bool = False
     memory: str = "2g"
     cpus: float = 2.0

@@ -22,10 +22,13 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import socket
 import struct
+import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -216,6 +219,7 @@ class DockerSandbox(Sandbox):
             run_id=labels.get(f"{LABEL}.run", ""),
             agent_id=labels.get(f"{LABEL}.agent", ""),
             network=labels.get(f"{LABEL}.network") == "1",
+            network_host=labels.get(f"{LABEL}.network_host") == "1",
         )
         return cls(spec, client=client, container=container)
 
@@ -268,6 +272,8 @@ class DockerSandbox(Sandbox):
             f"{LABEL}.agent": self.spec.agent_id,
             f"{LABEL}.network": "1" if self.spec.network else "0",
         }
+        if self.spec.network and self.spec.network_host:
+            labels[f"{LABEL}.network_host"] = "1"
         if pool_owner:
             labels[f"{LABEL}.pool"] = pool_owner
         labels.update(self.spec.labels)
@@ -307,6 +313,9 @@ class DockerSandbox(Sandbox):
                     "NVIDIA runtime (install the NVIDIA Container Toolkit)"
                 )
             device_requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        network_mode = "none"
+        if self.spec.network:
+            network_mode = sandbox_network(client, host=self.spec.network_host)
         try:
             self.container = client.containers.run(
                 image,
@@ -325,7 +334,7 @@ class DockerSandbox(Sandbox):
                 volumes={volume.name: {"bind": "/workspace", "mode": "rw"}},
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
-                network_mode="bridge" if self.spec.network else "none",
+                network_mode=network_mode,
                 mem_limit=self.spec.memory,
                 memswap_limit=self.spec.memory,  # no swap: a memory hog is killed, not slowed
                 nano_cpus=int(self.spec.cpus * 1e9),
@@ -614,6 +623,106 @@ def remove_container(client: Any, container: Any) -> None:
     for name in mounts:
         with contextlib.suppress(docker.errors.NotFound):
             client.volumes.get(name).remove(force=True)
+
+
+# -- networks
+#
+# A networked sandbox reaches the internet, not this machine: it joins a bridge network of
+# its own (one per data directory) whose traffic to any address of this machine (the
+# bridge's gateway, docker0, 0.0.0.0 listeners) is rejected by an iptables rule on the
+# bridge's interface, and whose traffic to ports Docker publishes here is rejected in
+# DOCKER-USER. Reaching this machine is a separate grant (``network_host``): a second
+# network without those rules. Without iptables the start is refused, never exposed.
+
+_network_lock = threading.Lock()
+
+
+def _network_names(host: bool) -> tuple[str, str]:
+    """The network's name and its bridge interface's (at most 15 characters)."""
+    label = home_label()
+    if host:
+        return f"sv-net-host-{label}", f"svh-{label[:10]}"
+    return f"sv-net-{label}", f"svn-{label[:10]}"
+
+
+def host_rules(bridge: str) -> list[list[str]]:
+    """The iptables rules (chain, then match and target) that keep ``bridge`` off this
+    machine."""
+    return [
+        ["INPUT", "-i", bridge, "-j", "REJECT"],
+        ["DOCKER-USER", "-i", bridge, "-m", "conntrack", "--ctstate", "DNAT", "-j", "REJECT"],
+    ]
+
+
+def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["iptables", "-w", "10", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def _keep_off_host(client: Any, bridge: str) -> None:
+    why = ""
+    if not str(client.api.base_url).startswith("http+docker://local"):
+        why = f"the Docker engine at {client.api.base_url} is not on this machine"
+    elif shutil.which("iptables") is None:
+        why = "iptables is not installed"
+    for chain, *rule in host_rules(bridge) if not why else []:
+        try:
+            if _iptables("-C", chain, *rule).returncode == 0:
+                continue
+            done = _iptables("-I", chain, "1", *rule)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            done = subprocess.CompletedProcess([], 1, "", str(exc))
+        if done.returncode != 0:
+            why = f"iptables refused ({(done.stderr or '').strip()[:200]})"
+            break
+    if why:
+        raise SandboxError(
+            "network access was asked for, but this machine's own services cannot be kept "
+            f"out of the sandbox's reach: {why}. Run the supervisor where it may change "
+            "iptables (as root), or grant the host as well with "
+            "`supervisor config set sandbox.network_host true`"
+        )
+
+
+def sandbox_network(client: Any, *, host: bool = False) -> str:
+    """The name of the network networked sandboxes join, created (and, unless ``host``,
+    fenced off this machine) on first use."""
+    import docker.errors
+
+    name, bridge = _network_names(host)
+    with _network_lock:
+        if not host:
+            _keep_off_host(client, bridge)  # before any sandbox can join the network
+        if client.networks.list(names=[name]):
+            return name
+        labels = {f"{LABEL}.managed": "1", f"{LABEL}.home": home_label()}
+        try:
+            client.networks.create(
+                name,
+                driver="bridge",
+                labels=labels,
+                check_duplicate=True,
+                options={"com.docker.network.bridge.name": bridge},
+            )
+        except docker.errors.APIError as exc:
+            if not client.networks.list(names=[name]):  # another process made it first
+                raise SandboxError(f"cannot create the sandbox network {name}: {exc}") from None
+    return name
+
+
+def remove_network(network: Any) -> None:
+    """Remove a sandbox network and the iptables rules that fenced it off this machine."""
+    import docker.errors
+
+    bridge = (network.attrs.get("Options") or {}).get("com.docker.network.bridge.name", "")
+    with contextlib.suppress(docker.errors.NotFound):
+        network.remove()
+    if bridge and shutil.which("iptables"):
+        for chain, *rule in host_rules(bridge):
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                while _iptables("-D", chain, *rule).returncode == 0:
+                    pass
 
 
 # -- doctor checks

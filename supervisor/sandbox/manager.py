@@ -27,6 +27,7 @@ from supervisor.sandbox.docker import (
     docker_client,
     home_label,
     remove_container,
+    remove_network,
 )
 from supervisor.sandbox.shell import quote
 from supervisor.system import owner_alive, process_owner
@@ -317,7 +318,7 @@ def prune(
         network.reload()
         if not network.attrs.get("Containers"):
             with contextlib.suppress(Exception):
-                network.remove()
+                remove_network(network)
                 removed.append(f"network {network.name}")
     return removed
 
