@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import re
 import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from agent_kit import scripted
+from agent_kit import engine, last_results, scripted
 
 from supervisor import config
 from supervisor.engine import Engine, RunOptions
@@ -248,3 +249,31 @@ async def test_network_is_refused_when_the_host_cannot_be_fenced_off(
     with pytest.raises(SandboxError, match=r"iptables refused \(Permission denied.*network_host"):
         await box.start()
     assert ours(docker_client) == []
+
+
+# -- finding 15: a long output, and what of it is kept
+
+
+async def test_a_long_output_is_saved_as_the_agent_is_told(sandbox_image: str, home: Path) -> None:
+    size = 110_000_000  # past the 100 MiB kept per stream
+    command = f"head -c {size} /dev/zero | tr '\\0' 'x'; echo done >&2"
+    script = [
+        Reply(tool_calls=[("shell", {"command": command})]),
+        Reply(tool_calls=[("finish", {"summary": "ok"})]),
+    ]
+    with scripted(script) as server:
+        async with engine() as eng:
+            start = time.monotonic()
+            run_id = await eng.start_run(RunOptions(task="t", sandbox="docker"))
+            assert await asyncio.wait_for(eng.wait_run(run_id), 60) == "done"
+            took = time.monotonic() - start
+    (result,) = last_results(server.requests[-1])
+    found = re.search(r"\[stdout was (\d+) bytes; its first (\d+) bytes saved at (\S+)\]", result)
+    assert found, result[-600:]
+    assert int(found[1]) == size and int(found[2]) == 100 * 1024 * 1024
+    saved = Path(found[3])
+    assert saved.is_relative_to(home) and saved.stat().st_size == 100 * 1024 * 1024
+    with saved.open("rb") as fh:
+        assert set(fh.read(1 << 20)) == {ord("x")}
+    assert "stderr was" not in result and "[exit code 0]" in result
+    assert took < 40, took

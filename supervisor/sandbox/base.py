@@ -18,15 +18,26 @@ class SandboxError(SupervisorError):
     """
 
 
+SAVED_LIMIT = 100 * 1024 * 1024  # most bytes of a stream's full output saved on the host
+
+
+def outputs_dir() -> Path:
+    """Where long command outputs are saved when a backend is given no other folder."""
+    from supervisor import config
+
+    return config.data_dir() / "outputs"
+
+
 @dataclass(frozen=True)
 class ExecResult:
     """The outcome of one command in a sandbox.
 
     ``stdout``/``stderr`` are decoded (invalid UTF-8 replaced) and capped: when a stream
     was longer than the cap, its head and tail are kept, ``*_truncated`` is set, and
-    ``output_path`` names the host file where the full output (up to a size limit) was
-    saved. ``sandbox_restarted`` says the sandbox had to be restarted (its processes all
-    ended; the workspace stayed), and ``stderr`` ends with a note saying so.
+    ``output_path`` names where the full output was saved on the host
+    (``PATH.stdout``/``PATH.stderr``, the first :data:`SAVED_LIMIT` bytes of each stream;
+    ``*_bytes`` say how long each stream was). ``sandbox_restarted`` says the sandbox had
+    to be restarted (its processes all ended; the workspace stayed), and ``stderr`` says so.
     """
 
     exit_code: int
@@ -37,11 +48,30 @@ class ExecResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     output_path: Path | None = None
+    stdout_bytes: int = 0  # the stream's whole size, however much of it was kept
+    stderr_bytes: int = 0
     sandbox_restarted: bool = False  # the sandbox died under the command and was restarted
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
+
+    def saved(self) -> list[str]:
+        """One line per stream that was cut, saying exactly what of it is kept where."""
+        lines = []
+        for name, size, cut in (
+            ("stdout", self.stdout_bytes, self.stdout_truncated),
+            ("stderr", self.stderr_bytes, self.stderr_truncated),
+        ):
+            if not cut:
+                continue
+            if self.output_path is None:
+                lines.append(f"[{name} was {size} bytes; only the head and tail above are kept]")
+                continue
+            kept = min(size, SAVED_LIMIT)
+            what = "all of it" if kept == size else f"its first {kept} bytes"
+            lines.append(f"[{name} was {size} bytes; {what} saved at {self.output_path}.{name}]")
+        return lines
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,14 @@ from typing import Any
 
 from supervisor import CheckResult
 from supervisor.errors import InputError
-from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
+from supervisor.sandbox.base import (
+    ExecResult,
+    FileInfo,
+    Sandbox,
+    SandboxError,
+    SandboxSpec,
+    outputs_dir,
+)
 from supervisor.sandbox.shell import (
     START_TIMEOUT_S,
     STDERR,
@@ -93,7 +100,9 @@ class _ExecSocket:
 
     def __init__(self, raw: socket.socket) -> None:
         self._raw = raw
-        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        # Bounded: a command printing faster than we consume waits, instead of piling its
+        # output up in this process's memory.
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(maxsize=64)
         self.eof = False  # the shell has exited (seen before a command is sent to it)
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
@@ -103,12 +112,11 @@ class _ExecSocket:
         try:
             while data := await loop.sock_recv(self._raw, 256 * 1024):
                 for frame in frames.feed(data):
-                    self._queue.put_nowait(frame)
+                    await self._queue.put(frame)
         except OSError:
             pass
-        finally:
-            self.eof = True
-            self._queue.put_nowait(None)
+        self.eof = True
+        await self._queue.put(None)
 
     async def send(self, data: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self._raw, data)
@@ -392,7 +400,7 @@ class DockerSandbox(Sandbox):
             self.name,
             opener(None),
             self._reaper,
-            spool_dir=self._spool_dir,
+            spool_dir=self._spool_dir or outputs_dir(),
             start_timeout=self.start_timeout,
         )
         await self._shell.start()

@@ -18,7 +18,14 @@ import stat
 import tempfile
 from pathlib import Path
 
-from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
+from supervisor.sandbox.base import (
+    ExecResult,
+    FileInfo,
+    Sandbox,
+    SandboxError,
+    SandboxSpec,
+    outputs_dir,
+)
 from supervisor.sandbox.shell import STDERR, STDOUT, PersistentShell
 
 
@@ -208,7 +215,7 @@ class LocalSandbox(Sandbox):
             f"local-{root.name}",
             open_transport,
             HostReaper(),
-            spool_dir=self._spool_dir,
+            spool_dir=self._spool_dir or outputs_dir(),
         )
         await self._shell.start()
 

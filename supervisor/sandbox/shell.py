@@ -29,11 +29,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Protocol
 
+from supervisor.sandbox.base import SAVED_LIMIT as SPOOL_LIMIT
 from supervisor.sandbox.base import ExecResult, SandboxError
 
 STDOUT, STDERR = 1, 2
 DEFAULT_CAP = 32 * 1024  # bytes kept per stream (half head, half tail)
-SPOOL_LIMIT = 100 * 1024 * 1024  # most bytes of full output saved per stream
 KILL_GRACE_S = 2.0  # a killed command's shell answers at once, or is itself stuck
 START_TIMEOUT_S = 30.0  # a shell that has not answered by then never will
 
@@ -278,6 +278,7 @@ class PersistentShell:
         self._lock = asyncio.Lock()
         self.pid = 0
         self._count = 0
+        self._spool_name = ""
 
     async def start(self) -> None:
         """Open the shell and wait for its ready marker, at most ``start_timeout`` seconds
@@ -337,6 +338,9 @@ class PersistentShell:
         assert self._transport is not None
         self._count += 1
         nonce = secrets.token_hex(16)
+        # Unique per command, also across shells of one sandbox (a restarted shell counts
+        # from 1 again).
+        self._spool_name = f"{self.name}-{self._count:05d}-{nonce[:6]}"
         out_sink = _Sink(self._cap, self._spooler(STDOUT))
         err_sink = _Sink(self._cap, self._spooler(STDERR))
         out = _Scanner(f"__SV_{nonce}_".encode(), out_sink)
@@ -387,6 +391,8 @@ class PersistentShell:
             stdout_truncated=out_sink.truncated,
             stderr_truncated=err_sink.truncated,
             output_path=self._spool_base() if spooled else None,
+            stdout_bytes=out_sink.total,
+            stderr_bytes=err_sink.total,
         )
 
     async def _mark(self) -> str:
@@ -441,7 +447,7 @@ class PersistentShell:
     def _spool_base(self) -> Path | None:
         if self._spool_dir is None:
             return None
-        return self._spool_dir / f"{self.name}-{self._count:05d}"
+        return self._spool_dir / self._spool_name
 
     def _spooler(self, stream: int) -> Callable[[], IO[bytes]] | None:
         if self._spool_dir is None:
