@@ -162,5 +162,11 @@ class Sandbox(ABC):
     async def destroy(self) -> None:
         """Remove the sandbox and everything in it."""
 
+    def shell_command(self, tty: bool) -> list[str]:
+        """The command line that opens an interactive shell in the sandbox, as its agent
+        would run (``supervisor sandbox shell``); ``tty`` when the person is at a terminal.
+        A backend without one raises NotImplementedError."""
+        raise NotImplementedError(f"the {self.backend} backend has no interactive shell")
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "id": self.id, "isolated": self.isolated}

@@ -231,6 +231,10 @@ class DockerSandbox(Sandbox):
         )
         return cls(spec, client=client, container=container)
 
+    def shell_command(self, tty: bool) -> list[str]:
+        flags = ["-it"] if tty else ["-i"]
+        return ["docker", "exec", *flags, "-u", USER, "-w", "/workspace", self.id, "bash", "-l"]
+
     async def start(self, *, pool_owner: str = "", prepare: bool = True) -> None:
         """Create the container, open its shell, and (unless a pool member, which is
         prepared when handed out) fill the workspace."""

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 import stat
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from supervisor.sandbox.base import (
@@ -27,6 +30,7 @@ from supervisor.sandbox.base import (
     outputs_dir,
 )
 from supervisor.sandbox.shell import STDERR, STDOUT, PersistentShell
+from supervisor.types import SandboxRow
 
 
 class _PipeShell:
@@ -68,6 +72,61 @@ class _PipeShell:
             await self.proc.wait()
         for task in self._tasks:
             task.cancel()
+
+
+ABOUT = "sandbox.json"
+
+
+def _about(root: Path) -> dict[str, object]:
+    try:
+        about = json.loads((root / ABOUT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return about if isinstance(about, dict) else {}
+
+
+def local_root() -> Path:
+    """Where local sandboxes live unless a backend is given another folder."""
+    from supervisor import config
+
+    return config.data_dir() / "local"
+
+
+def list_local() -> list[SandboxRow]:
+    """The local backend's sandboxes (folders) of this data directory."""
+    rows = []
+    parent = local_root()
+    for root in sorted(parent.iterdir()) if parent.is_dir() else []:
+        if not (root / "workspace").is_dir():
+            continue
+        about = _about(root)
+        created = about.get("created")
+        age = time.time() - (created if isinstance(created, float) else root.stat().st_mtime)
+        rows.append(
+            SandboxRow(
+                name=root.name,
+                id=str(root),
+                run=str(about.get("run", "")),
+                agent=str(about.get("agent", "")),
+                pool=False,
+                state="present",
+                age_s=round(max(age, 0.0), 1),
+                memory_mb=None,
+                network=True,
+                backend="local",
+            )
+        )
+    return rows
+
+
+def prune_local(keep: Callable[[SandboxRow], bool]) -> list[str]:
+    """Remove the local sandboxes ``keep`` refuses; what was removed."""
+    removed = []
+    for row in list_local():
+        if not keep(row):
+            shutil.rmtree(row.id, ignore_errors=True)
+            removed.append(f"folder {row.id}")
+    return removed
 
 
 class HostReaper:
@@ -150,9 +209,17 @@ class LocalSandbox(Sandbox):
         """A sandbox object for an existing local sandbox folder."""
         if not (root / "workspace").is_dir():
             raise SandboxError(f"local sandbox {root} no longer exists")
-        sandbox = cls(SandboxSpec(run_id="", agent_id=root.name))
+        about = _about(root)
+        sandbox = cls(
+            SandboxSpec(
+                run_id=str(about.get("run", "")), agent_id=str(about.get("agent", root.name))
+            )
+        )
         sandbox.root = root
         return sandbox
+
+    def shell_command(self, tty: bool) -> list[str]:
+        return ["bash", "-c", 'cd -- "$1" && exec bash', "bash", self.workdir]
 
     @property
     def id(self) -> str:
@@ -173,6 +240,9 @@ class LocalSandbox(Sandbox):
         parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.root = Path(tempfile.mkdtemp(prefix=f"{self.spec.agent_id or 'sandbox'}-", dir=parent))
         (self.root / "home").mkdir()
+        # What `sandbox ls|prune` and re-adoption need to know of it.
+        about = {"run": self.spec.run_id, "agent": self.spec.agent_id, "created": time.time()}
+        (self.root / ABOUT).write_text(json.dumps(about))
         ws = self.root / "workspace"
         if self.spec.workspace is not None:
             tmp, staged = workspace.stage(self.spec.workspace, self.spec.agent_id)

@@ -16,7 +16,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from supervisor.sandbox.docker import (
 )
 from supervisor.sandbox.shell import quote
 from supervisor.system import owner_alive, process_owner
+from supervisor.types import SandboxBackend, SandboxRow
 
 # An interrupted run keeps its sandboxes: resuming it picks them up again.
 LIVE_RUN_STATES = ("running", "paused", "waiting", "interrupted")
@@ -191,19 +191,6 @@ class SandboxPool:
 # -- listing and pruning
 
 
-@dataclass
-class SandboxRow:
-    name: str
-    id: str
-    run: str
-    agent: str
-    pool: bool
-    state: str
-    age_s: float
-    memory_mb: float | None
-    network: bool
-
-
 def _managed(client: Any, kind: str) -> list[Any]:
     filters = {"label": [f"{LABEL}.managed=1", f"{LABEL}.home={home_label()}"]}
     if kind == "containers":
@@ -234,7 +221,10 @@ def _memory_mb(container: Any) -> float | None:
         return None
 
 
-def list_sandboxes(client: Any = None, *, memory: bool = True) -> list[SandboxRow]:
+def list_sandboxes(
+    client: Any = None, *, memory: bool = True, full_ids: bool = False
+) -> list[SandboxRow]:
+    """The docker backend's sandboxes (containers) of this data directory."""
     client = client or docker_client()
     containers = _managed(client, "containers")
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -245,7 +235,7 @@ def list_sandboxes(client: Any = None, *, memory: bool = True) -> list[SandboxRo
         rows.append(
             SandboxRow(
                 name=c.name,
-                id=c.id[:12],
+                id=c.id if full_ids else c.id[:12],
                 run=labels.get(f"{LABEL}.run", ""),
                 agent=labels.get(f"{LABEL}.agent", ""),
                 pool=bool(labels.get(f"{LABEL}.pool")),
@@ -253,6 +243,8 @@ def list_sandboxes(client: Any = None, *, memory: bool = True) -> list[SandboxRo
                 age_s=round(_age(c), 1),
                 memory_mb=mem,
                 network=labels.get(f"{LABEL}.network") == "1",
+                backend="docker",
+                pool_owner=labels.get(f"{LABEL}.pool", ""),
             )
         )
     return sorted(rows, key=lambda r: r.age_s)
@@ -282,28 +274,32 @@ def live_owners(db_path: Path) -> tuple[set[str], dict[str, str]]:
     return live, owners
 
 
-def prune(
-    client: Any = None,
-    *,
-    db_path: Path | None = None,
-    keep: Callable[[Any], bool] | None = None,
-) -> list[str]:
-    """Remove sandboxes, volumes and networks no live run owns; returns what was removed."""
+def owned_by_live_run(db_path: Path | None = None) -> Callable[[SandboxRow], bool]:
+    """Which sandboxes pruning keeps: those of live runs (by their run label, or the agent
+    row that recorded their id) and idle pool members of a running supervisor."""
     from supervisor import config
 
-    client = client or docker_client()
     live, owners = live_owners(db_path or config.db_path())
+
+    def keep(row: SandboxRow) -> bool:
+        run = row.run or owners.get(row.id, "")
+        if run:
+            return run in live
+        return bool(row.pool_owner) and owner_alive(row.pool_owner)
+
+    return keep
+
+
+def prune_docker(keep: Callable[[SandboxRow], bool], client: Any = None) -> list[str]:
+    """The docker backend's prune: containers whose row ``keep`` refuses, then volumes and
+    networks nothing uses."""
+    client = client or docker_client()
     removed: list[str] = []
+    rows = {r.id: r for r in list_sandboxes(client, memory=False, full_ids=True)}
     for container in _managed(client, "containers"):
-        labels = container.labels
-        pool_owner = labels.get(f"{LABEL}.pool", "")
-        run = labels.get(f"{LABEL}.run", "") or owners.get(container.id, "")
-        if keep is not None and keep(container):
+        row = rows.get(container.id)
+        if row is None or keep(row):
             continue
-        if run and run in live:
-            continue
-        if pool_owner and not run and owner_alive(pool_owner):
-            continue  # an idle pool member of a running supervisor
         remove_container(client, container)
         removed.append(f"container {container.name}")
     in_use = {
@@ -320,6 +316,75 @@ def prune(
             with contextlib.suppress(Exception):
                 remove_network(network)
                 removed.append(f"network {network.name}")
+    return removed
+
+
+def prune(
+    client: Any = None,
+    *,
+    db_path: Path | None = None,
+    keep: Callable[[Any], bool] | None = None,
+) -> list[str]:
+    """Remove Docker sandboxes, volumes and networks no live run owns; what was removed."""
+    client = client or docker_client()
+    owned = owned_by_live_run(db_path)
+    by_id = {c.id: c for c in _managed(client, "containers")}
+
+    def kept(row: SandboxRow) -> bool:
+        extra = keep is not None and row.id in by_id and keep(by_id[row.id])
+        return extra or owned(row)
+
+    return prune_docker(kept, client)
+
+
+# -- every backend, through the registry
+
+
+def _backend(name: str) -> SandboxBackend:
+    from supervisor.errors import InputError
+
+    found = backends()
+    if name not in found:
+        raise InputError(f"unknown sandbox backend {name!r} (have: {', '.join(sorted(found))})")
+    backend: SandboxBackend = found[name]
+    return backend
+
+
+def list_all(errors: list[str] | None = None) -> list[SandboxRow]:
+    """Every backend's sandboxes of this data directory. A backend that cannot list (no
+    Docker engine) adds its reason to ``errors``; if every backend fails, the first
+    failure is raised."""
+    rows: list[SandboxRow] = []
+    failures: list[Exception] = []
+    listers = [b for b in backends().values() if b.list_all is not None]
+    for backend in listers:
+        try:
+            rows.extend(backend.list_all())
+        except Exception as exc:
+            failures.append(exc)
+            if errors is not None:
+                errors.append(f"{backend.name}: {exc}")
+    if failures and len(failures) == len(listers):
+        raise failures[0]
+    return sorted(rows, key=lambda r: r.age_s)
+
+
+def prune_all(db_path: Path | None = None, errors: list[str] | None = None) -> list[str]:
+    """Prune every backend that can: remove what no live run owns. What was removed; a
+    backend that cannot be reached adds its reason to ``errors`` (raised if all fail)."""
+    keep = owned_by_live_run(db_path)
+    removed: list[str] = []
+    failures: list[Exception] = []
+    pruners = [b for b in backends().values() if b.prune is not None]
+    for backend in pruners:
+        try:
+            removed.extend(backend.prune(keep))
+        except Exception as exc:
+            failures.append(exc)
+            if errors is not None:
+                errors.append(f"{backend.name}: {exc}")
+    if failures and len(failures) == len(pruners):
+        raise failures[0]
     return removed
 
 
@@ -340,16 +405,17 @@ def _agent_rows(sql: str, agent: str) -> list[dict[str, Any]]:
 
 
 def attach(backend: str, sandbox_id: str) -> Sandbox:
-    """A sandbox object for an existing sandbox, by the id recorded for its agent."""
-    if backend == "local":
-        from supervisor.sandbox.local import LocalSandbox
-
-        return LocalSandbox.attach(Path(sandbox_id))
-    return DockerSandbox.attach(sandbox_id)
+    """A sandbox object for an existing sandbox, by the id recorded for its agent, from
+    the backend that made it."""
+    found = _backend(backend)
+    if found.attach is None:
+        raise SandboxError(f"the {backend} backend cannot re-adopt its sandboxes")
+    sandbox: Sandbox = found.attach(sandbox_id)
+    return sandbox
 
 
 def find_agent_sandbox(agent: str) -> Sandbox:
-    """The sandbox of an agent, by agent id or name (or container name)."""
+    """The sandbox of an agent, by agent id or name (or sandbox name)."""
     from supervisor.errors import InputError
 
     rows = _agent_rows(
@@ -359,10 +425,10 @@ def find_agent_sandbox(agent: str) -> Sandbox:
     )
     if rows and rows[0]["sandbox_id"]:
         return attach(rows[0]["sandbox"], rows[0]["sandbox_id"])
-    client = docker_client()
-    for container in _managed(client, "containers"):
-        if agent in (container.labels.get(f"{LABEL}.agent"), container.name):
-            return DockerSandbox.attach(container.id, client=client)
+    errors: list[str] = []
+    for row in list_all(errors):
+        if agent in (row.agent, row.name):
+            return attach(row.backend, row.id)
     raise InputError(f"no agent or sandbox named {agent!r}")
 
 

@@ -1,0 +1,150 @@
+"""Sandboxes managed through the backend registry: re-adopt by id, list and prune, for the
+docker and local backends and a third-party one; capability flags; the GPU slot
+allocator; the warm pool used by agent start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli
+
+from supervisor import SandboxBackend, hookimpl
+from supervisor.plugins import get_plugins
+from supervisor.sandbox.base import SandboxError, SandboxSpec
+from supervisor.sandbox.manager import attach, list_all, new_sandbox, prune_all
+from supervisor.store import Store
+from supervisor.types import SandboxRow
+
+
+def _runs(home: Path, **status: str) -> Path:
+    """A database in which each named run has the given status."""
+    home.mkdir(parents=True, exist_ok=True)
+    db = home / "supervisor.db"
+    store = Store.open(db)
+    rows = [
+        {"id": run, "title": "t", "kind": "task", "status": s, "created_at": 0.0}
+        for run, s in status.items()
+    ]
+    store.write(lambda d: d.table("runs").insert_all(rows)).result()
+    store.close()
+    return db
+
+
+async def _started(backend: str, run_id: str, agent_id: str) -> Any:
+    box = new_sandbox(SandboxSpec(run_id=run_id, agent_id=agent_id), backend)
+    await box.start()
+    await box.exec(f"echo made-by-{agent_id} > note.txt")
+    return box
+
+
+async def _check_backend(backend: str, home: Path) -> None:
+    db = _runs(home, live="running", over="done")
+    keep = await _started(backend, "live", "keeper")
+    drop = await _started(backend, "over", "dropper")
+    try:
+        rows = {r.agent: r for r in list_all() if r.backend == backend}
+        assert {"keeper", "dropper"} <= set(rows)
+        assert rows["keeper"].run == "live" and rows["dropper"].run == "over"
+        # Re-adopted by the id its row (and the agent's record) holds: the same workspace.
+        again = attach(backend, keep.id)
+        r = await again.exec("cat note.txt")
+        assert r.stdout == "made-by-keeper\n"
+        # The CLI lists through the registry too.
+        listed = json.loads(run_cli("sandbox", "ls", "--json").stdout)
+        assert {(x["backend"], x["agent"]) for x in listed} >= {(backend, "keeper")}
+        removed = prune_all(db)
+        expected = f"folder {drop.id}" if backend == "local" else f"container {drop.name}"
+        assert expected in removed, removed
+        left = {r.agent for r in list_all() if r.backend == backend}
+        assert "keeper" in left and "dropper" not in left
+        with pytest.raises(SandboxError, match="no longer exists"):
+            attach(backend, drop.id)
+    finally:
+        await keep.destroy()
+        await drop.destroy()
+
+
+async def test_local_sandboxes_through_the_registry(home: Path) -> None:
+    await _check_backend("local", home)
+
+
+@pytest.mark.docker
+async def test_docker_sandboxes_through_the_registry(sandbox_image: str, home: Path) -> None:
+    await _check_backend("docker", home)
+
+
+class FolderBackend:
+    """A third-party backend: the local shell in a folder of its own, with its own list,
+    prune and attach — registered as any plugin would."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _make(self, spec: SandboxSpec, **kw: Any) -> Any:
+        from supervisor.sandbox.local import LocalSandbox
+
+        return LocalSandbox(spec, root=self.root)
+
+    def _rows(self) -> list[SandboxRow]:
+        return [
+            SandboxRow(
+                d.name,
+                str(d),
+                "",
+                d.name.split("-")[0],
+                False,
+                "present",
+                0.0,
+                None,
+                False,
+                backend="folder",
+            )
+            for d in sorted(self.root.iterdir())
+        ]
+
+    def _prune(self, keep: Any) -> list[str]:
+        import shutil
+
+        gone = [r for r in self._rows() if not keep(r)]
+        for row in gone:
+            shutil.rmtree(row.id)
+        return [f"folder {r.name}" for r in gone]
+
+    def _attach(self, sandbox_id: str) -> Any:
+        from supervisor.sandbox.local import LocalSandbox
+
+        return LocalSandbox.attach(Path(sandbox_id))
+
+    @hookimpl
+    def register_sandboxes(self, register: Any) -> None:
+        register(
+            SandboxBackend(
+                "folder",
+                self._make,
+                isolated=False,
+                attach=self._attach,
+                list_all=self._rows,
+                prune=self._prune,
+            )
+        )
+        register(SandboxBackend("bare", self._make, isolated=False))
+
+
+async def test_a_third_party_backend_is_managed_like_the_built_in_ones(
+    tmp_path: Path, home: Path
+) -> None:
+    root = tmp_path / "folders"
+    root.mkdir()
+    get_plugins().pm.register(FolderBackend(root), name="folder-backend")
+    box = await _started("folder", "gone-run", "thirdparty")
+    rows = [r for r in list_all() if r.backend == "folder"]
+    assert [r.agent for r in rows] == ["thirdparty"]
+    assert (await attach("folder", box.id).exec("cat note.txt")).stdout == "made-by-thirdparty\n"
+    assert prune_all(_runs(home)) == [f"folder {rows[0].name}"]
+    assert not Path(box.id).exists()
+    # A backend that cannot re-adopt says so, by name.
+    with pytest.raises(SandboxError, match="the bare backend cannot re-adopt"):
+        attach("bare", "whatever")
