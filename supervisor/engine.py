@@ -29,6 +29,7 @@ from supervisor.models import Completion, ModelClient, ModelRegistry, check_usab
 from supervisor.plugins import Plugins
 from supervisor.redact import Redactor
 from supervisor.sandbox.base import Sandbox, SandboxSpec
+from supervisor.sandbox.gpus import GpuSlots
 from supervisor.store import Store
 from supervisor.system import owner_alive, process_owner, start_of_day
 from supervisor.types import ModelSpec, Tool, ToolCall
@@ -117,6 +118,7 @@ class Engine:
         self._windows: dict[str, int] = {}
         self._paused: dict[str, asyncio.Event] = {}  # agent id -> set when resumed
         self.kept: set[str] = set()  # agents whose sandbox outlives them
+        self.gpu_slots = GpuSlots()  # who holds which GPU of this machine
         self.closing = False  # set by close(interrupt=True): runs stop to resume later
         self.data_dir = store.path.parent
 
@@ -384,6 +386,9 @@ class Engine:
             image=self.settings["sandbox.image"],
             env=self._sandbox_env(),
         )
+        from supervisor.sandbox.manager import check_spec
+
+        check_spec(self.backends[backend], spec)
         sandbox: Sandbox = self.backends[backend].factory(
             spec, **self.sandbox_kwargs.get(backend, {})
         )

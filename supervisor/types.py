@@ -87,7 +87,8 @@ class SandboxBackend:
 
     Capability flags say what a sandbox of this backend can be given: ``network`` access
     (that keeps the host out unless granted), ``gpus`` by device id, ``ports`` published to
-    the host. An agent asking for one its backend lacks is refused before anything starts.
+    the host, a ``remote`` host (``SandboxSpec.host``). An agent asking for one its backend
+    lacks is refused before anything starts.
     """
 
     name: str
@@ -100,6 +101,7 @@ class SandboxBackend:
     network: bool = False
     gpus: bool = False
     ports: bool = False
+    remote: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,11 @@ allocator; the warm pool used by agent start."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +152,108 @@ async def test_a_third_party_backend_is_managed_like_the_built_in_ones(
     # A backend that cannot re-adopt says so, by name.
     with pytest.raises(SandboxError, match="the bare backend cannot re-adopt"):
         attach("bare", "whatever")
+
+
+# -- capability flags and the spec
+
+
+def test_a_spec_the_backend_cannot_give_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    from supervisor.errors import InputError
+
+    get_plugins().pm.register(FolderBackend(tmp_path), name="folder-backend")
+    for spec, what in [
+        (SandboxSpec(run_id="r", agent_id="a", network=True), "network access"),
+        (SandboxSpec(run_id="r", agent_id="a", gpus=["0"]), "GPUs"),
+        (SandboxSpec(run_id="r", agent_id="a", host="gpu-box"), "another host (gpu-box)"),
+    ]:
+        with pytest.raises(
+            InputError, match=re.escape(f"the folder sandbox backend cannot give {what};")
+        ):
+            new_sandbox(spec, "folder")
+    assert list(tmp_path.iterdir()) == []
+    # The built-in backends say what they can give.
+    backends = {b.name: b for _, b in get_plugins().collect("register_sandboxes")}
+    docker, local = backends["docker"], backends["local"]
+    assert (docker.isolated, docker.network, docker.gpus, docker.remote) == (
+        True,
+        True,
+        True,
+        False,
+    )
+    assert (local.isolated, local.gpus, local.remote) == (False, False, False)
+
+
+@pytest.mark.docker
+async def test_gpus_by_device_id_need_the_nvidia_runtime(sandbox_image: str, docker_client) -> None:  # type: ignore[no-untyped-def]
+    from supervisor.sandbox.docker import DockerSandbox
+
+    if "nvidia" in (docker_client.info().get("Runtimes") or {}):
+        pytest.skip("this engine has the NVIDIA runtime")
+    box = DockerSandbox(SandboxSpec(run_id="r", agent_id="g", gpus=["1"]))
+    with pytest.raises(SandboxError, match="no NVIDIA runtime"):
+        await box.start()
+
+
+# -- GPU slots
+
+
+def _fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """nvidia-smi as this machine has none: prints ``count`` GPU indices."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    lines = "\\n".join(str(i) for i in range(count))
+    script = bin_dir / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *--query-gpu=index*) printf "' + lines + '\\n";; *) exit 9;; esac\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+async def test_gpu_slots_are_never_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.sandbox.gpus import GpuSlots
+
+    _fake_nvidia_smi(tmp_path, monkeypatch, 3)
+    slots = GpuSlots()
+    in_use: dict[str, str] = {}
+    clashes: list[str] = []
+    served: list[tuple[str, list[str]]] = []
+
+    async def work(holder: str, count: int) -> None:
+        async with slots.hold(holder, count) as devices:
+            assert len(devices) == count
+            for d in devices:
+                if d in in_use:
+                    clashes.append(f"{d}: {in_use[d]} and {holder}")
+                in_use[d] = holder
+            served.append((holder, devices))
+            await asyncio.sleep(random.uniform(0, 0.01))
+            for d in devices:
+                del in_use[d]
+
+    random.seed(7)
+    jobs = [work(f"h{i}", 1 + (i % 3 == 0)) for i in range(60)]
+    await asyncio.wait_for(asyncio.gather(*jobs), 30)
+    assert clashes == [] and len(served) == 60
+    assert {d for _, ds in served for d in ds} == {"0", "1", "2"}
+    assert slots.holders() == {} and slots.free() == ["0", "1", "2"]
+    # Asking for more than the machine has is an error, not a wait forever.
+    with pytest.raises(SandboxError, match="asked for 4 GPUs; this machine has 3"):
+        await slots.acquire("greedy", 4)
+    # A waiter gets its slot as soon as a holder lets go.
+    first = await slots.acquire("a", 3)
+    waiting = asyncio.ensure_future(slots.acquire("b", 1))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    assert await slots.release("a") == first
+    assert await asyncio.wait_for(waiting, 5) == ["0"]
+
+
+def test_no_nvidia_smi_means_no_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from supervisor.sandbox.gpus import GpuSlots
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert GpuSlots().devices == []

@@ -91,7 +91,8 @@ class SandboxSpec:
     workspace: Path | None = None  # a host folder or git repo copied in at start
     network: bool = False  # the internet; never this machine unless network_host
     network_host: bool = False  # also services on this machine (an explicit grant)
-    gpus: bool = False
+    gpus: list[str] = field(default_factory=list)  # device ids, from the engine's GpuSlots
+    host: str = ""  # where it runs: "" is this machine; a host name for remote backends
     memory: str = "2g"
     cpus: float = 2.0
     pids: int = 512

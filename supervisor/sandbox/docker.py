@@ -324,7 +324,11 @@ class DockerSandbox(Sandbox):
                     "GPUs were asked for, but this Docker engine has no "
                     "NVIDIA runtime (install the NVIDIA Container Toolkit)"
                 )
-            device_requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+            device_requests = [
+                docker.types.DeviceRequest(
+                    device_ids=[str(d) for d in self.spec.gpus], capabilities=[["gpu"]]
+                )
+            ]
         network_mode = "none"
         if self.spec.network:
             network_mode = sandbox_network(client, host=self.spec.network_host)

@@ -44,13 +44,27 @@ def backends() -> dict[str, Any]:
 
 
 def new_sandbox(spec: SandboxSpec, backend: str = "docker", **kwargs: Any) -> Sandbox:
-    found = backends()
-    if backend not in found:
-        from supervisor.errors import InputError
-
-        raise InputError(f"unknown sandbox backend {backend!r} (have: {', '.join(sorted(found))})")
-    sandbox: Sandbox = found[backend].factory(spec, **kwargs)
+    found = _backend(backend)
+    check_spec(found, spec)
+    sandbox: Sandbox = found.factory(spec, **kwargs)
     return sandbox
+
+
+def check_spec(backend: SandboxBackend, spec: SandboxSpec) -> None:
+    """Refuse a spec asking for what the backend cannot give (its capability flags)."""
+    from supervisor.errors import InputError
+
+    wanted = {
+        "network access": spec.network and not backend.network,
+        "GPUs": bool(spec.gpus) and not backend.gpus,
+        f"another host ({spec.host})": bool(spec.host) and not backend.remote,
+    }
+    missing = [what for what, lacking in wanted.items() if lacking]
+    if missing:
+        raise InputError(
+            f"the {backend.name} sandbox backend cannot give {' or '.join(missing)}; "
+            "choose another backend (--sandbox)"
+        )
 
 
 START_ATTEMPTS = 2  # a failed start is retried once, then the agent fails with the reason
