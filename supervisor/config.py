@@ -52,7 +52,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("sandbox.memory", str, "2g", "Memory limit per sandbox (Docker syntax)."),
         Setting("sandbox.cpus", float, 2.0, "CPU limit per sandbox, in cores."),
         Setting("sandbox.pids", int, 512, "Process limit per sandbox."),
-        Setting("sandbox.pool_size", int, 2, "Ready sandboxes kept warm for new agents."),
+        Setting(
+            "sandbox.pool_size",
+            int,
+            2,
+            "Ready Docker sandboxes kept warm for new agents, from the first one on (0: none).",
+        ),
         Setting(
             "sandbox.network_host",
             bool,

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor import config
 from supervisor.agent import Agent, Limits, Policy
@@ -33,6 +33,9 @@ from supervisor.sandbox.gpus import GpuSlots
 from supervisor.store import Store
 from supervisor.system import owner_alive, process_owner, start_of_day
 from supervisor.types import ModelSpec, Tool, ToolCall
+
+if TYPE_CHECKING:
+    from supervisor.sandbox.manager import SandboxPool
 
 Listener = Callable[[Event], None]
 DELTA_FLUSH_CHARS = 256
@@ -119,6 +122,7 @@ class Engine:
         self._paused: dict[str, asyncio.Event] = {}  # agent id -> set when resumed
         self.kept: set[str] = set()  # agents whose sandbox outlives them
         self.gpu_slots = GpuSlots()  # who holds which GPU of this machine
+        self._pool: SandboxPool | None = None  # sandbox.pool_size warm, from the first on
         self.closing = False  # set by close(interrupt=True): runs stop to resume later
         self.data_dir = store.path.parent
 
@@ -456,6 +460,16 @@ class Engine:
                 f"sandbox start failed, trying once more: {why}",
             )
 
+        if self._pool is None:
+            from supervisor.sandbox.manager import warm_pool
+
+            self._pool = warm_pool(self.settings, self.sandbox_kwargs)
+        if self._pool is not None and agent.sandbox.backend == self._pool.backend:
+            warm = await self._pool.take(agent.sandbox.spec)  # refills in the background
+            if warm is not None:
+                agent.sandbox = warm
+                self.emit(EventType.LOG, agent, {"warm_sandbox": warm.name}, "warm sandbox")
+                return
         await start_sandbox(agent.sandbox, on_retry=retrying)
 
     def _sandbox_env(self) -> dict[str, str]:
@@ -1085,6 +1099,8 @@ class Engine:
             await asyncio.gather(
                 *(self._release(a) for a in self.agents.values()), return_exceptions=True
             )
+        if self._pool is not None:
+            await self._pool.close()
         self.store.flush()
 
 

@@ -257,3 +257,47 @@ def test_no_nvidia_smi_means_no_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
     monkeypatch.setenv("PATH", str(tmp_path))
     assert GpuSlots().devices == []
+
+
+# -- the warm pool and agent start
+
+
+@pytest.mark.docker
+async def test_agent_start_takes_a_warm_sandbox(
+    sandbox_image: str, home: Path, docker_client, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from agent_kit import engine, last_results, scripted
+
+    from supervisor.engine import RunOptions
+    from supervisor.sandbox.docker import home_label
+    from supervisor.testing import Reply
+
+    monkeypatch.setenv("MODE", "from-host")
+    script = [
+        Reply(tool_calls=[("shell", {"command": "echo $MODE; pwd; git branch --show-current"})]),
+        Reply(tool_calls=[("finish", {"summary": "ok"})]),
+    ]
+    with scripted(script) as server:
+        async with engine(**{"sandbox.pool_size": 1, "sandbox.env_allow": ["MODE"]}) as eng:
+            first = await eng.start_run(RunOptions(task="t", sandbox="docker"))
+            assert await asyncio.wait_for(eng.wait_run(first), 60) == "done"
+            assert eng._pool is not None
+            await eng._pool.wait_ready(60)  # filling began with the first agent
+            second = await eng.start_run(RunOptions(task="t", sandbox="docker"))
+            assert await asyncio.wait_for(eng.wait_run(second), 60) == "done"
+            eng.store.flush()
+            warm = {
+                a.run_id: any(e.text == "warm sandbox" for e in eng.store.events(agent_id=a.id))
+                for a in eng.agents.values()
+            }
+        # Closing the engine leaves no pool member behind.
+        label = f"supervisor.home={home_label()}"
+        assert docker_client.containers.list(all=True, filters={"label": label}) == []
+    assert warm == {first: False, second: True}
+    (result,) = last_results(server.requests[-1])
+    # The warm sandbox got the agent's environment, workspace and branch.
+    assert result.splitlines()[:3] == [
+        "from-host",
+        "/workspace",
+        f"supervisor/{next(a.id for a in eng.agents.values() if a.run_id == second)}",
+    ]

@@ -195,6 +195,9 @@ class DockerSandbox(Sandbox):
         self._shell: PersistentShell | None = None
         self._reaper: ShellReaper | None = None
         self.restarts = 0  # times the container was restarted under the agent
+        # Variables every agent shell starts with (a pool member's, set when handed out:
+        # its container was made before the agent's environment was known).
+        self.shell_env: dict[str, str] = {}
 
     @property
     def client(self) -> Any:
@@ -406,7 +409,7 @@ class DockerSandbox(Sandbox):
         await self._reaper.start()
         self._shell = PersistentShell(
             self.name,
-            opener(None),
+            opener([f"{k}={v}" for k, v in self.shell_env.items()] or None),
             self._reaper,
             spool_dir=self._spool_dir or outputs_dir(),
             start_timeout=self.start_timeout,

@@ -106,8 +106,12 @@ class SandboxPool:
         client: Any = None,
         defaults: SandboxSpec | None = None,
         spool_dir: Path | None = None,
+        sandbox_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.size = size
+        self.backend = "docker"
+        self._kwargs = dict(sandbox_kwargs or {})
+        self._closing = False
         self._client = client
         self.defaults = defaults or SandboxSpec(run_id="", agent_id="")
         self._spool_dir = spool_dir
@@ -127,12 +131,15 @@ class SandboxPool:
         return (
             not spec.network
             and not spec.gpus
+            and not spec.host
             and (spec.image or d.image) == d.image
             and (spec.memory, spec.cpus, spec.pids) == (d.memory, d.cpus, d.pids)
         )
 
     def fill(self) -> None:
         """Start members in the background until the pool is full."""
+        if self._closing:
+            return
         missing = self.size - self._ready.qsize() - len(self._filling)
         for _ in range(max(0, missing)):
             task = asyncio.get_running_loop().create_task(self._add_one())
@@ -149,15 +156,40 @@ class SandboxPool:
                 cpus=self.defaults.cpus,
                 pids=self.defaults.pids,
             ),
-            client=self.client,
-            spool_dir=self._spool_dir,
+            **self._member_kwargs(),
         )
         try:
             await sandbox.start(pool_owner=self._owner, prepare=False)
         except Exception as exc:  # a failed refill must not take the engine down
             self.errors.append(str(exc))
             return
+        if self._closing:
+            await sandbox.destroy()
+            return
         self._ready.put_nowait(sandbox)
+
+    def _member_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"spool_dir": self._spool_dir, **self._kwargs}
+        kwargs["client"] = self.client
+        return kwargs
+
+    async def take(self, spec: SandboxSpec) -> DockerSandbox | None:
+        """A ready member handed out for ``spec``, or None when none is ready or the spec
+        does not fit the pool; either way the pool refills in the background."""
+        sandbox = None
+        if self.poolable(spec):
+            with contextlib.suppress(asyncio.QueueEmpty):
+                sandbox = self._ready.get_nowait()
+        self.fill()
+        if sandbox is None:
+            return None
+        try:
+            await self._hand_out(sandbox, spec)
+        except Exception as exc:
+            self.errors.append(str(exc))
+            await sandbox.destroy()
+            return None
+        return sandbox
 
     async def wait_ready(self, timeout: float = 60) -> None:
         """Wait until the pool is full (benchmarks and tests)."""
@@ -182,7 +214,7 @@ class SandboxPool:
                 except BaseException:
                     await sandbox.destroy()
                     raise
-        sandbox = DockerSandbox(spec, client=self.client, spool_dir=self._spool_dir)
+        sandbox = DockerSandbox(spec, **self._member_kwargs())
         await sandbox.start()
         return sandbox
 
@@ -192,14 +224,37 @@ class SandboxPool:
         await asyncio.to_thread(sandbox.container.reload)
         await sandbox.prepare()
         if spec.env:
+            sandbox.shell_env = dict(spec.env)  # for shells opened later (a restart)
             exports = "; ".join(f"export {k}={quote(v)}" for k, v in spec.env.items())
             await sandbox.exec(exports)
 
     async def close(self) -> None:
+        """Destroy the ready members; members still starting are let finish (a cancelled
+        start would leave its container behind) and destroyed too."""
+        self._closing = True
+        if self._filling:
+            await asyncio.wait(list(self._filling), timeout=120)
         for task in list(self._filling):
             task.cancel()
         while not self._ready.empty():
             await self._ready.get_nowait().destroy()
+
+
+def warm_pool(settings: dict[str, Any], sandbox_kwargs: dict[str, Any]) -> SandboxPool | None:
+    """The warm pool agent starts take from (Docker sandboxes with the default limits), or
+    None when ``sandbox.pool_size`` is 0."""
+    size = int(settings.get("sandbox.pool_size", 0))
+    if size <= 0:
+        return None
+    defaults = SandboxSpec(
+        run_id="",
+        agent_id="",
+        image=settings["sandbox.image"],
+        memory=settings["sandbox.memory"],
+        cpus=settings["sandbox.cpus"],
+        pids=settings["sandbox.pids"],
+    )
+    return SandboxPool(size, defaults=defaults, sandbox_kwargs=sandbox_kwargs.get("docker", {}))
 
 
 # -- listing and pruning
