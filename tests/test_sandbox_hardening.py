@@ -277,3 +277,16 @@ async def test_a_long_output_is_saved_as_the_agent_is_told(sandbox_image: str, h
         assert set(fh.read(1 << 20)) == {ord("x")}
     assert "stderr was" not in result and "[exit code 0]" in result
     assert took < 40, took
+
+
+async def test_file_tools_after_kill_all_find_the_sandbox_back(sandbox_factory) -> None:  # type: ignore[no-untyped-def]
+    box = await sandbox_factory()
+    await box.exec(
+        "echo precious > /workspace/notes.txt; (sleep 0.3; kill -9 -1) >/dev/null 2>&1 &"
+    )
+    await asyncio.sleep(2)
+    assert await box.read_file("/workspace/notes.txt") == b"precious\n"  # no 409 Conflict
+    await box.write_file("/workspace/after.txt", b"written")
+    r = await box.exec("cat /workspace/after.txt")
+    assert r.stdout == "written" and r.sandbox_restarted  # the agent is told once
+    assert not (await box.exec("true")).sandbox_restarted

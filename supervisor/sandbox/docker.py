@@ -198,6 +198,7 @@ class DockerSandbox(Sandbox):
         # Variables every agent shell starts with (a pool member's, set when handed out:
         # its container was made before the agent's environment was known).
         self.shell_env: dict[str, str] = {}
+        self._untold = ""  # a restart a file operation did, for the next command's result
 
     @property
     def client(self) -> Any:
@@ -500,6 +501,11 @@ class DockerSandbox(Sandbox):
             return dataclasses.replace(
                 result, stderr=f"{result.stderr}{note}\n", sandbox_restarted=True
             )
+        if self._untold:
+            note, self._untold = self._untold, ""
+            return dataclasses.replace(
+                result, stderr=f"{note}\n{result.stderr}", sandbox_restarted=True
+            )
         return result
 
     def _running(self) -> bool:
@@ -514,6 +520,24 @@ class DockerSandbox(Sandbox):
                 return False
             time.sleep(0.1)
         return True
+
+    async def _io(
+        self,
+        cmd: list[str],
+        stdin: Callable[[socket.socket], None] | bytes | None = None,
+        stdout: Any = None,
+    ) -> tuple[int, bytes]:
+        """:meth:`_exec_io` off the event loop; a sandbox found dead (every process killed)
+        is restarted first, and the next command's result tells the agent."""
+        import docker.errors
+
+        try:
+            return await asyncio.to_thread(self._exec_io, cmd, stdin, stdout)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409 or await asyncio.to_thread(self._running):
+                raise SandboxError(f"sandbox {self.name}: {exc}") from None
+        self._untold = await self._revive("every process in it was killed")
+        return await asyncio.to_thread(self._exec_io, cmd, stdin, stdout)
 
     def _exec_io(
         self,
@@ -555,23 +579,20 @@ class DockerSandbox(Sandbox):
 
     async def read_file(self, path: str) -> bytes:
         out = io.BytesIO()
-        code, err = await asyncio.to_thread(self._exec_io, ["cat", "--", path], None, out)
+        code, err = await self._io(["cat", "--", path], None, out)
         if code != 0:
             raise SandboxError(f"cannot read {path}: {err.decode(errors='replace').strip()}")
         return out.getvalue()
 
     async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         script = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1" && chmod "$2" "$1"'
-        code, err = await asyncio.to_thread(
-            self._exec_io, ["sh", "-c", script, "sh", path, f"{mode:o}"], data
-        )
+        code, err = await self._io(["sh", "-c", script, "sh", path, f"{mode:o}"], data)
         if code != 0:
             raise SandboxError(f"cannot write {path}: {err.decode(errors='replace').strip()}")
 
     async def list_files(self, path: str) -> list[FileInfo]:
         out = io.BytesIO()
-        code, err = await asyncio.to_thread(
-            self._exec_io,
+        code, err = await self._io(
             ["find", path, "-mindepth", "1", "-maxdepth", "1", "-printf", r"%y %s %m %p\0"],
             None,
             out,
@@ -596,16 +617,14 @@ class DockerSandbox(Sandbox):
                     tar.add(source, arcname=source.name, filter=_owned_by_agent)
 
         script = 'mkdir -p -- "$1" && tar -x --no-same-owner -C "$1"'
-        code, err = await asyncio.to_thread(self._exec_io, ["sh", "-c", script, "sh", dest], send)
+        code, err = await self._io(["sh", "-c", script, "sh", dest], send)
         if code != 0:
             raise SandboxError(f"cannot copy into {dest}: {err.decode(errors='replace').strip()}")
 
     async def copy_out(self, source: str, dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile() as spool:
-            code, err = await asyncio.to_thread(
-                self._exec_io, ["tar", "-c", "-C", source, "."], None, spool
-            )
+            code, err = await self._io(["tar", "-c", "-C", source, "."], None, spool)
             if code != 0:
                 raise SandboxError(f"cannot copy out {source}: {err.decode(errors='replace')}")
             spool.seek(0)
