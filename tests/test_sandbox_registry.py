@@ -283,9 +283,14 @@ async def test_agent_start_takes_a_warm_sandbox(
             assert await asyncio.wait_for(eng.wait_run(first), 60) == "done"
             assert eng._pool is not None
             await eng._pool.wait_ready(60)  # filling began with the first agent
-            second = await eng.start_run(RunOptions(task="t", sandbox="docker"))
+            second = await eng.start_run(
+                RunOptions(task="t", sandbox="docker", keep_sandboxes=True)
+            )
             assert await asyncio.wait_for(eng.wait_run(second), 60) == "done"
             eng.store.flush()
+            # `sandbox ls` names the run and agent of a sandbox taken from the pool.
+            (kept,) = [r for r in list_all() if r.run == second]
+            assert not kept.pool and kept.agent.startswith("agent")
             warm = {
                 a.run_id: any(e.text == "warm sandbox" for e in eng.store.events(agent_id=a.id))
                 for a in eng.agents.values()

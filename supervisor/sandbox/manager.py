@@ -435,7 +435,32 @@ def list_all(errors: list[str] | None = None) -> list[SandboxRow]:
                 errors.append(f"{backend.name}: {exc}")
     if failures and len(failures) == len(listers):
         raise failures[0]
+    _name_assigned(rows)
     return sorted(rows, key=lambda r: r.age_s)
+
+
+def _name_assigned(rows: list[SandboxRow]) -> None:
+    """Fill in run and agent of sandboxes handed out from the warm pool: their labels were
+    set before they had an agent; the agent's record names them."""
+    from supervisor import config
+
+    if not config.db_path().exists() or not any(r.pool for r in rows):
+        return
+    from supervisor.store import Store
+
+    store = Store.open(config.db_path())
+    try:
+        assigned = list(
+            store.db.query(
+                "SELECT run_id, id, sandbox, sandbox_id FROM agents WHERE sandbox_id != ''"
+            )
+        )
+    finally:
+        store.close()
+    for row in rows:
+        for a in assigned:
+            if row.pool and a["sandbox"] == row.backend and a["sandbox_id"].startswith(row.id):
+                row.run, row.agent, row.pool = a["run_id"], a["id"], False
 
 
 def prune_all(db_path: Path | None = None, errors: list[str] | None = None) -> list[str]:
