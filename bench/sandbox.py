@@ -1,6 +1,6 @@
 """Docker sandbox latency and footprint, on the real engine.
 
-Four measurements in one run, all against the default sandbox image:
+Five measurements in one run, all against the default sandbox image:
 
 1. Exec round trip. The same commands (``true`` and ``echo hello``) in the same container,
    three ways: the sandbox's persistent shell (``sandbox.exec``), ``docker exec`` as a
@@ -12,7 +12,10 @@ Four measurements in one run, all against the default sandbox image:
    one ``true``).
 3. Warm-pool acquire: a SandboxPool handing out an already started member (rename plus
    workspace setup); the pool is refilled before every acquire so each finds one ready.
-4. --concurrent sandboxes started at once with asyncio.gather: wall time until all
+4. Agent start: an engine starting one-agent runs (the scripted model server answers), from
+   ``start_run`` to the agent's first model request, with ``sandbox.pool_size`` 0 and with
+   --pool-size; the pool is refilled before each run.
+5. --concurrent sandboxes started at once with asyncio.gather: wall time until all
    answer, then the memory each idle one uses (cgroup usage from the engine's stats,
    averaged over the containers; page cache of the image's files is charged to whichever
    container read them first, so this is the private footprint), then all destroyed at
@@ -25,7 +28,7 @@ and volume it makes carries that home's label; all of them are removed at the en
 on error, Ctrl-C or SIGTERM.
 
     .venv/bin/python bench/sandbox.py [--iterations 300] [--slow-iterations 100]
-        [--cold 10] [--warm 10] [--pool-size 3] [--concurrent 50] [--image TAG]
+        [--cold 10] [--warm 10] [--pool-size 3] [--agents 5] [--concurrent 50] [--image TAG]
 
 Progress goes to stderr; the last line printed to stdout is one JSON object.
 """
@@ -240,7 +243,61 @@ async def bench_warm(
     }
 
 
-# -- 4. many at once
+# -- 4. agent start, with and without the warm pool
+
+
+async def bench_agent_start(image: str, n: int, size: int) -> dict[str, Any]:
+    """From ``start_run`` until the agent's first model request: what a person waits for
+    before an agent starts working. The same engine path each time; once with
+    ``sandbox.pool_size`` 0 (every sandbox started cold) and once with a warm pool, filled
+    before each run as it refills between agents started minutes apart."""
+    from supervisor import config
+    from supervisor.engine import Engine, RunOptions
+    from supervisor.plugins import get_plugins
+    from supervisor.store import open_default
+    from supervisor.testing import Reply, ScriptedModelServer
+
+    out: dict[str, Any] = {}
+    with ScriptedModelServer([Reply(tool_calls=[("finish", {"summary": "ok"})])]) as server:
+        config.set_value("models.scripted.model", "openai/scripted")
+        config.set_value("models.scripted.api_base", server.base_url)
+        config.set_value("model", "scripted")
+        for label, pool_size in (("cold", 0), ("pool", size)):
+            settings = dict(config.load().values)
+            settings.update({"sandbox.image": image, "sandbox.pool_size": pool_size})
+            store = open_default()
+            engine = Engine(store, get_plugins(), settings=settings)
+            samples = []
+            try:
+                for i in range(n + 1):  # the first run is untimed: it starts the pool
+                    if engine._pool is not None:
+                        await engine._pool.wait_ready(timeout=120)
+                    seen = len(server.requests)
+                    t = time.perf_counter()
+                    run_id = await engine.start_run(RunOptions(task="t", sandbox="docker"))
+                    while len(server.requests) == seen:
+                        if time.perf_counter() - t > 120:
+                            raise RuntimeError("an agent did not start within 120 s")
+                        await asyncio.sleep(0.005)
+                    if i:
+                        samples.append(time.perf_counter() - t)
+                        log(f"agent start ({label}) {i}/{n}: {samples[-1]:.3f} s")
+                    if await asyncio.wait_for(engine.wait_run(run_id), 120) != "done":
+                        raise RuntimeError(f"agent run {run_id} did not finish")
+            finally:
+                await engine.close()
+                store.close()
+            out[f"agent_start_p50_s_{label}"] = round(pct(samples, 50), 3)
+            out[f"agent_start_p95_s_{label}"] = round(pct(samples, 95), 3)
+        out["agent_start_runs"] = n
+        out["agent_start_pool_size"] = size
+        out["agent_start_speedup_with_pool"] = round(
+            out["agent_start_p50_s_cold"] / out["agent_start_p50_s_pool"], 1
+        )
+    return out
+
+
+# -- 5. many at once
 
 
 def memory_usage(container: Any) -> tuple[int, int]:
@@ -346,6 +403,7 @@ async def run(args: argparse.Namespace, client: Any, image: str) -> dict[str, An
             ),
             ("cold", lambda: bench_cold(client, image, created, args.cold)),
             ("warm", lambda: bench_warm(client, image, created, pools, args.warm, args.pool_size)),
+            ("agent_start", lambda: bench_agent_start(image, args.agents, args.pool_size)),
             ("concurrent", lambda: bench_concurrent(client, image, created, args.concurrent)),
         ]:
             t = time.perf_counter()
@@ -366,6 +424,9 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=10, help="cold starts")
     parser.add_argument("--warm", type=int, default=10, help="warm-pool acquisitions")
     parser.add_argument("--pool-size", type=int, default=3)
+    parser.add_argument(
+        "--agents", type=int, default=5, help="agent starts timed, with and without the pool"
+    )
     parser.add_argument("--concurrent", type=int, default=50, help="sandboxes started at once")
     parser.add_argument("--image", default="", help="sandbox image (default: the default tag)")
     args = parser.parse_args()

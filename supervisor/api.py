@@ -13,6 +13,7 @@ engine promises, and the engine stays free to change underneath.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -177,6 +178,20 @@ class PluginStore(Protocol):
         ...
 
 
+class GpuSlots(Protocol):
+    """This machine's GPUs, each held by one holder at a time (an agent, an experiment)."""
+
+    @property
+    def devices(self) -> list[str]:
+        """Every device id (``nvidia-smi`` indices); empty without GPUs."""
+        ...
+
+    def hold(self, holder: str, count: int = 1) -> AbstractAsyncContextManager[list[str]]:
+        """``async with ctx.gpu_slots.hold("loop-1") as devices:`` — waits until ``count``
+        devices are free; they are released on exit."""
+        ...
+
+
 class StepContext(Protocol):
     """What a python recipe step ``fn(ctx)`` receives.
 
@@ -201,6 +216,11 @@ class StepContext(Protocol):
     @property
     def store(self) -> PluginStore: ...
 
+    @property
+    def gpu_slots(self) -> GpuSlots:
+        """The engine's GPU slots: pass the devices you hold to ``new_sandbox(gpus=...)``."""
+        ...
+
     def emit(self, text: str, **data: Any) -> None:
         """A ``step`` event with ``text`` (shown in the transcript and the CLI)."""
         ...
@@ -219,9 +239,11 @@ class StepContext(Protocol):
         gpus: list[str] | None = None,
         labels: Mapping[str, str] | None = None,
         backend: str = "",
+        image: str = "",
     ) -> Sandbox:
         """A sandbox (not started) built from the person's settings — backend, image,
-        limits, environment allow-list — labelled as this run's."""
+        limits, environment allow-list — labelled as this run's. ``gpus`` are device ids
+        (see ``gpu_slots``); ``image`` replaces the configured one."""
         ...
 
     async def run_agent(

@@ -229,9 +229,12 @@ def sandbox_ls(as_json: bool) -> None:
     """List supervisor's sandboxes: run, agent, age, state, memory."""
     from dataclasses import asdict
 
-    from supervisor.sandbox.manager import list_sandboxes
+    from supervisor.sandbox.manager import list_all
 
-    rows = list_sandboxes()
+    errors: list[str] = []
+    rows = list_all(errors)  # every backend's, through the registry
+    for line in errors:
+        click.echo(f"warning: cannot list {line}", err=True)
     if as_json:
         click.echo(json.dumps([asdict(r) for r in rows], indent=2))
         return
@@ -260,26 +263,25 @@ def sandbox_shell(agent: str) -> None:
     """Open an interactive shell inside AGENT's sandbox, as the agent's user."""
     import os
 
-    from supervisor.sandbox.docker import DockerSandbox
     from supervisor.sandbox.manager import find_agent_sandbox
 
     box = find_agent_sandbox(agent)
-    if isinstance(box, DockerSandbox):
-        flags = ["-it"] if sys.stdin.isatty() else ["-i"]
-        os.execvp(
-            "docker",
-            ["docker", "exec", *flags, "-u", "1000:1000", "-w", "/workspace", box.id, "bash", "-l"],
-        )
-    os.chdir(box.workdir)
-    os.execvp("bash", ["bash"])
+    try:
+        argv = box.shell_command(tty=sys.stdin.isatty())
+    except NotImplementedError as exc:
+        raise InputError(f"{exc} (agent {agent})") from None
+    os.execvp(argv[0], argv)
 
 
 @sandbox.command("prune")
 def sandbox_prune() -> None:
     """Remove sandboxes, volumes and networks that no live run owns."""
-    from supervisor.sandbox.manager import prune
+    from supervisor.sandbox.manager import prune_all
 
-    removed = prune()
+    errors: list[str] = []
+    removed = prune_all(errors=errors)  # every backend that can, through the registry
+    for line in errors:
+        click.echo(f"warning: cannot prune {line}", err=True)
     for item in removed:
         click.echo(f"removed {item}")
     click.echo(f"{len(removed)} removed")

@@ -29,12 +29,14 @@ from supervisor.models import Completion, ModelClient, ModelRegistry, RetryInfo,
 from supervisor.plugins import Plugins
 from supervisor.redact import Redactor
 from supervisor.sandbox.base import Sandbox, SandboxSpec
+from supervisor.sandbox.gpus import GpuSlots
 from supervisor.store import Store
 from supervisor.system import owner_alive, process_owner, start_of_day
 from supervisor.types import ModelSpec, Tool, ToolCall
 
 if TYPE_CHECKING:
     from supervisor.api import ToolContext
+    from supervisor.sandbox.manager import SandboxPool
 
 Listener = Callable[[Event], None]
 DELTA_FLUSH_CHARS = 256
@@ -119,6 +121,8 @@ class Engine:
         self._windows: dict[str, int] = {}
         self._paused: dict[str, asyncio.Event] = {}  # agent id -> set when resumed
         self.kept: set[str] = set()  # agents whose sandbox outlives them
+        self.gpu_slots = GpuSlots()  # who holds which GPU of this machine
+        self._pool: SandboxPool | None = None  # sandbox.pool_size warm, from the first on
         self.closing = False  # set by close(interrupt=True): runs stop to resume later
         self.data_dir = store.path.parent
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -482,21 +486,9 @@ class Engine:
         self, run_id: str, agent_id: str, options: RunOptions, backend: str
     ) -> Sandbox:
         """A sandbox object (not started) for an agent of a run, from the settings."""
-        spec = SandboxSpec(
-            run_id=run_id,
-            agent_id=agent_id,
-            workspace=options.workspace,
-            network=options.network,
-            memory=self.settings["sandbox.memory"],
-            cpus=self.settings["sandbox.cpus"],
-            pids=self.settings["sandbox.pids"],
-            image=self.settings["sandbox.image"],
-            env=self._sandbox_env(),
+        return self._make_sandbox(
+            run_id, agent_id, backend, workspace=options.workspace, network=options.network
         )
-        sandbox: Sandbox = self.backends[backend].factory(
-            spec, **self.sandbox_kwargs.get(backend, {})
-        )
-        return sandbox
 
     def step_sandbox(
         self,
@@ -508,6 +500,7 @@ class Engine:
         gpus: list[str] | None = None,
         labels: dict[str, str] | None = None,
         backend: str = "",
+        image: str = "",
     ) -> Sandbox:
         """A sandbox (not started) for a recipe step, from the person's settings."""
         backend = backend or self.settings["sandbox.backend"]
@@ -517,19 +510,49 @@ class Engine:
             raise InputError(
                 f"unknown sandbox backend {backend!r} (have: {', '.join(sorted(self.backends))})"
             )
-        spec = SandboxSpec(
-            run_id=run_id,
-            agent_id=f"{_slug(name)}-{secrets.token_hex(2)}",
+        return self._make_sandbox(
+            run_id,
+            f"{_slug(name)}-{secrets.token_hex(2)}",
+            backend,
             workspace=workspace,
             network=network,
-            gpus=bool(gpus),
+            gpus=gpus,
+            labels=labels,
+            image=image,
+        )
+
+    def _make_sandbox(
+        self,
+        run_id: str,
+        agent_id: str,
+        backend: str,
+        *,
+        workspace: Path | None,
+        network: bool,
+        gpus: list[str] | None = None,
+        labels: dict[str, str] | None = None,
+        image: str = "",
+    ) -> Sandbox:
+        """The one place a sandbox is made from the person's settings: limits, image,
+        environment allow-list, network grants; refused early if its backend cannot give
+        what the spec asks."""
+        from supervisor.sandbox.manager import check_spec
+
+        spec = SandboxSpec(
+            run_id=run_id,
+            agent_id=agent_id,
+            workspace=workspace,
+            network=network,
+            network_host=self.settings.get("sandbox.network_host", False),
+            gpus=list(gpus or []),
             memory=self.settings["sandbox.memory"],
             cpus=self.settings["sandbox.cpus"],
             pids=self.settings["sandbox.pids"],
-            image=self.settings["sandbox.image"],
+            image=image or self.settings["sandbox.image"],
             env=self._sandbox_env(),
             labels=dict(labels or {}),
         )
+        check_spec(self.backends[backend], spec)
         sandbox: Sandbox = self.backends[backend].factory(
             spec, **self.sandbox_kwargs.get(backend, {})
         )
@@ -573,7 +596,7 @@ class Engine:
     async def _run_agent(self, agent: Agent) -> str:
         try:
             agent.set_status("starting", "starting its sandbox")
-            await agent.sandbox.start()
+            await self._start_sandbox(agent)
             sandbox_id = agent.sandbox.id
             self.store.write(
                 lambda db: db.table("agents").update(agent.id, {"sandbox_id": sandbox_id})
@@ -584,6 +607,30 @@ class Engine:
             self.agent_finished(agent, "failed")
             return "failed"
         return await agent.run()
+
+    async def _start_sandbox(self, agent: Agent) -> None:
+        """Start the agent's sandbox; a failed start is tried once more, and said so."""
+        from supervisor.sandbox.manager import start_sandbox
+
+        def retrying(why: str) -> None:
+            self.emit(
+                EventType.LOG,
+                agent,
+                {"sandbox_retry": why},
+                f"sandbox start failed, trying once more: {why}",
+            )
+
+        if self._pool is None:
+            from supervisor.sandbox.manager import warm_pool
+
+            self._pool = warm_pool(self.settings, self.sandbox_kwargs)
+        if self._pool is not None and agent.sandbox.backend == self._pool.backend:
+            warm = await self._pool.take(agent.sandbox.spec)  # refills in the background
+            if warm is not None:
+                agent.sandbox = warm
+                self.emit(EventType.LOG, agent, {"warm_sandbox": warm.name}, "warm sandbox")
+                return
+        await start_sandbox(agent.sandbox, on_retry=retrying)
 
     def _sandbox_env(self) -> dict[str, str]:
 
@@ -847,7 +894,7 @@ class Engine:
         try:
             agent.set_status("starting", "re-adopting its sandbox")
             if not await self._reattach(agent):
-                await agent.sandbox.start()
+                await self._start_sandbox(agent)
                 sandbox_id = agent.sandbox.id
                 self.store.write(
                     lambda db: db.table("agents").update(agent.id, {"sandbox_id": sandbox_id})
@@ -1266,6 +1313,8 @@ class Engine:
             await asyncio.gather(
                 *(self._release(a) for a in self.agents.values()), return_exceptions=True
             )
+        if self._pool is not None:
+            await self._pool.close()
         self.store.flush()
         # on_event observers run on this loop after each commit: let the last ones run.
         for _ in range(3):

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from supervisor.errors import InputError
 
 if TYPE_CHECKING:
-    from supervisor.api import AgentInfo, Events, Memory, PluginStore
+    from supervisor.api import AgentInfo, Events, GpuSlots, Memory, PluginStore
     from supervisor.engine import Engine
     from supervisor.plugins import Plugins
     from supervisor.sandbox.base import Sandbox
@@ -426,6 +426,10 @@ class StepContext:
     def store(self) -> PluginStore:
         return self.engine.store
 
+    @property
+    def gpu_slots(self) -> GpuSlots:
+        return self.engine.gpu_slots
+
     def memory(self, scope_key: str) -> Memory:
         """Memory notes of the project ``scope_key`` (and global ones)."""
         from supervisor.context import RunMemory
@@ -449,6 +453,7 @@ class StepContext:
         gpus: list[str] | None = None,
         labels: Mapping[str, str] | None = None,
         backend: str = "",
+        image: str = "",
     ) -> Sandbox:
         return self.engine.step_sandbox(
             self.run_id,
@@ -458,6 +463,7 @@ class StepContext:
             gpus=gpus,
             labels=dict(labels or {}),
             backend=backend,
+            image=image,
         )
 
     async def run_agent(

@@ -51,14 +51,57 @@ class ModelSpec:
     context_window: int | None = None
 
 
+@dataclass
+class SandboxRow:
+    """One sandbox a backend made for this data directory, as ``supervisor sandbox ls``
+    shows it. ``id`` is what :attr:`SandboxBackend.attach` takes back; ``pool_owner`` names
+    the supervisor process holding an unassigned warm sandbox."""
+
+    name: str
+    id: str
+    run: str
+    agent: str
+    pool: bool
+    state: str
+    age_s: float
+    memory_mb: float | None
+    network: bool
+    backend: str = "docker"
+    pool_owner: str = ""
+
+
 @dataclass(frozen=True)
 class SandboxBackend:
-    """A named way to run an agent's commands; ``factory`` builds a sandbox."""
+    """A named way to run an agent's commands.
+
+    ``factory(spec, **kwargs)`` builds a sandbox, not yet started. The optional callables
+    let supervisor manage the backend's sandboxes after the agent that made them (re-adopt
+    on resume, ``sandbox ls|prune|shell``, ``agent diff``); a backend without one is told
+    so when it would be needed:
+
+    - ``attach(sandbox_id)``: a sandbox object for an existing sandbox, by the id it
+      reported (``Sandbox.id``); raises ``SandboxError`` if it no longer exists.
+    - ``list_all()``: a :class:`SandboxRow` per sandbox it made for this data directory.
+    - ``prune(keep)``: remove every sandbox whose row ``keep(row)`` refuses, and leftovers
+      of its own (volumes, networks); returns what it removed, one line each.
+
+    Capability flags say what a sandbox of this backend can be given: ``network`` access
+    (that keeps the host out unless granted), ``gpus`` by device id, ``ports`` published to
+    the host, a ``remote`` host (``SandboxSpec.host``). An agent asking for one its backend
+    lacks is refused before anything starts.
+    """
 
     name: str
     factory: Callable[..., Any]
     isolated: bool
     description: str = ""
+    attach: Callable[[str], Any] | None = None
+    list_all: Callable[[], Any] | None = None
+    prune: Callable[[Callable[[SandboxRow], bool]], Any] | None = None
+    network: bool = False
+    gpus: bool = False
+    ports: bool = False
+    remote: bool = False
 
 
 @dataclass(frozen=True)

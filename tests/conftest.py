@@ -72,6 +72,10 @@ def _remove_leftovers(force: bool = False) -> None:
             remove_container(client, container)
         for volume in client.volumes.list(filters={"label": label}):
             volume.remove(force=True)
+        from supervisor.sandbox.docker import remove_network
+
+        for network in client.networks.list(filters={"label": label}):
+            remove_network(client.networks.get(network.id))
 
 
 def run_cli(

@@ -240,15 +240,21 @@ async def test_missing_workspace_is_refused_before_anything_starts(
     )
 
 
-async def test_sandbox_killed_under_a_command(sandbox_factory, docker_client) -> None:  # type: ignore[no-untyped-def]
+async def test_sandbox_killed_under_a_command_comes_back(sandbox_factory, docker_client) -> None:  # type: ignore[no-untyped-def]
     doomed = await sandbox_factory()
     other = await sandbox_factory()
+    await doomed.exec("echo kept > /workspace/made-before")
     task = asyncio.create_task(doomed.exec("sleep 60"))
     await asyncio.sleep(0.5)
     await asyncio.to_thread(docker_client.containers.get(doomed.id).kill)
-    with pytest.raises(SandboxError, match="died"):
-        await asyncio.wait_for(task, 20)
+    r = await asyncio.wait_for(task, 30)
+    assert r.sandbox_restarted and "the sandbox was restarted" in r.stderr
+    assert (await doomed.exec("cat /workspace/made-before")).stdout == "kept\n"
     assert (await other.exec("echo fine")).stdout == "fine\n"
+    # A removed container cannot come back: that is an error naming it.
+    await asyncio.to_thread(docker_client.containers.get(doomed.id).remove, force=True)
+    with pytest.raises(SandboxError, match="no longer exists"):
+        await asyncio.wait_for(doomed.exec("true"), 30)
 
 
 async def test_no_engine_gives_a_clear_error(

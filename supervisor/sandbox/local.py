@@ -10,14 +10,27 @@ agent is given (plus PATH, LANG and a private HOME).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
+import signal
 import stat
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
+from supervisor.sandbox.base import (
+    ExecResult,
+    FileInfo,
+    Sandbox,
+    SandboxError,
+    SandboxSpec,
+    outputs_dir,
+)
 from supervisor.sandbox.shell import STDERR, STDOUT, PersistentShell
+from supervisor.types import SandboxRow
 
 
 class _PipeShell:
@@ -61,6 +74,123 @@ class _PipeShell:
             task.cancel()
 
 
+ABOUT = "sandbox.json"
+
+
+def _about(root: Path) -> dict[str, object]:
+    try:
+        about = json.loads((root / ABOUT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return about if isinstance(about, dict) else {}
+
+
+def local_root() -> Path:
+    """Where local sandboxes live unless a backend is given another folder."""
+    from supervisor import config
+
+    return config.data_dir() / "local"
+
+
+def list_local() -> list[SandboxRow]:
+    """The local backend's sandboxes (folders) of this data directory."""
+    rows = []
+    parent = local_root()
+    for root in sorted(parent.iterdir()) if parent.is_dir() else []:
+        if not (root / "workspace").is_dir():
+            continue
+        about = _about(root)
+        created = about.get("created")
+        age = time.time() - (created if isinstance(created, float) else root.stat().st_mtime)
+        rows.append(
+            SandboxRow(
+                name=root.name,
+                id=str(root),
+                run=str(about.get("run", "")),
+                agent=str(about.get("agent", "")),
+                pool=False,
+                state="present",
+                age_s=round(max(age, 0.0), 1),
+                memory_mb=None,
+                network=True,
+                backend="local",
+            )
+        )
+    return rows
+
+
+def prune_local(keep: Callable[[SandboxRow], bool]) -> list[str]:
+    """Remove the local sandboxes ``keep`` refuses; what was removed."""
+    removed = []
+    for row in list_local():
+        if not keep(row):
+            shutil.rmtree(row.id, ignore_errors=True)
+            removed.append(f"folder {row.id}")
+    return removed
+
+
+class HostReaper:
+    """The local backend's :class:`~supervisor.sandbox.shell.Reaper`: this process, in
+    the same pid namespace as the agent's shell. Only the shell's descendants are looked
+    at (orphans on the host are not the agent's to judge: the backend is not isolated)."""
+
+    async def mark(self) -> str:
+        return await asyncio.to_thread(_mark)
+
+    async def kill(self, mark: str, shell_pid: int) -> int:
+        return await asyncio.to_thread(_kill_descendants, mark, shell_pid)
+
+    async def kill_shell(self, shell_pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(shell_pid, signal.SIGKILL)
+
+
+def _mark() -> str:
+    up = Path("/proc/uptime").read_text().split()[0].replace(".", "")
+    return f"{int(up)} {int(Path('/proc/sys/kernel/ns_last_pid').read_text())}"
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every process: pid -> (parent pid, start tick)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found[int(entry.name)] = (int(fields[1]), int(fields[19]))
+    return found
+
+
+def _kill_descendants(mark: str, shell_pid: int) -> int:
+    """Stop the shell's descendants started after ``mark`` until no new one appears (a
+    fork bomb cannot outrun that), then kill them all."""
+    since, lastpid = (int(x) for x in mark.split())
+    stopped: set[int] = set()
+    for _ in range(500):
+        procs = _processes()
+        new = False
+        for pid, (_, tick) in procs.items():
+            if pid in stopped or not (tick > since or (tick == since and pid > lastpid)):
+                continue
+            parent = procs[pid][0]
+            while parent not in (shell_pid, 0, 1) and parent in procs:
+                parent = procs[parent][0]
+            if parent == shell_pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGSTOP)
+                stopped.add(pid)
+                new = True
+        if not new:
+            break
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(stopped)
+
+
 class LocalSandbox(Sandbox):
     backend = "local"
     isolated = False
@@ -79,9 +209,17 @@ class LocalSandbox(Sandbox):
         """A sandbox object for an existing local sandbox folder."""
         if not (root / "workspace").is_dir():
             raise SandboxError(f"local sandbox {root} no longer exists")
-        sandbox = cls(SandboxSpec(run_id="", agent_id=root.name))
+        about = _about(root)
+        sandbox = cls(
+            SandboxSpec(
+                run_id=str(about.get("run", "")), agent_id=str(about.get("agent", root.name))
+            )
+        )
         sandbox.root = root
         return sandbox
+
+    def shell_command(self, tty: bool) -> list[str]:
+        return ["bash", "-c", 'cd -- "$1" && exec bash', "bash", self.workdir]
 
     @property
     def id(self) -> str:
@@ -102,6 +240,9 @@ class LocalSandbox(Sandbox):
         parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.root = Path(tempfile.mkdtemp(prefix=f"{self.spec.agent_id or 'sandbox'}-", dir=parent))
         (self.root / "home").mkdir()
+        # What `sandbox ls|prune` and re-adoption need to know of it.
+        about = {"run": self.spec.run_id, "agent": self.spec.agent_id, "created": time.time()}
+        (self.root / ABOUT).write_text(json.dumps(about))
         ws = self.root / "workspace"
         if self.spec.workspace is not None:
             tmp, staged = workspace.stage(self.spec.workspace, self.spec.agent_id)
@@ -140,16 +281,11 @@ class LocalSandbox(Sandbox):
             )
             return _PipeShell(proc)
 
-        async def kill(script: str) -> None:
-            proc = await asyncio.create_subprocess_exec("sh", "-c", script)
-            await proc.wait()
-
         self._shell = PersistentShell(
             f"local-{root.name}",
             open_transport,
-            kill,
-            since_file=str(root / ".cmd-start"),
-            spool_dir=self._spool_dir,
+            HostReaper(),
+            spool_dir=self._spool_dir or outputs_dir(),
         )
         await self._shell.start()
 

@@ -16,20 +16,21 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.sandbox.base import Sandbox, SandboxSpec
+from supervisor.sandbox.base import Sandbox, SandboxError, SandboxSpec
 from supervisor.sandbox.docker import (
     LABEL,
     DockerSandbox,
     docker_client,
     home_label,
     remove_container,
+    remove_network,
 )
 from supervisor.sandbox.shell import quote
 from supervisor.system import owner_alive, process_owner
+from supervisor.types import SandboxBackend, SandboxRow
 
 # An interrupted run keeps its sandboxes: resuming it picks them up again.
 LIVE_RUN_STATES = ("running", "paused", "waiting", "interrupted")
@@ -43,13 +44,56 @@ def backends() -> dict[str, Any]:
 
 
 def new_sandbox(spec: SandboxSpec, backend: str = "docker", **kwargs: Any) -> Sandbox:
-    found = backends()
-    if backend not in found:
-        from supervisor.errors import InputError
-
-        raise InputError(f"unknown sandbox backend {backend!r} (have: {', '.join(sorted(found))})")
-    sandbox: Sandbox = found[backend].factory(spec, **kwargs)
+    found = _backend(backend)
+    check_spec(found, spec)
+    sandbox: Sandbox = found.factory(spec, **kwargs)
     return sandbox
+
+
+def check_spec(backend: SandboxBackend, spec: SandboxSpec) -> None:
+    """Refuse a spec asking for what the backend cannot give (its capability flags)."""
+    from supervisor.errors import InputError
+
+    wanted = {
+        "network access": spec.network and not backend.network,
+        "GPUs": bool(spec.gpus) and not backend.gpus,
+        f"another host ({spec.host})": bool(spec.host) and not backend.remote,
+    }
+    missing = [what for what, lacking in wanted.items() if lacking]
+    if missing:
+        raise InputError(
+            f"the {backend.name} sandbox backend cannot give {' or '.join(missing)}; "
+            "choose another backend (--sandbox)"
+        )
+
+
+START_ATTEMPTS = 2  # a failed start is retried once, then the agent fails with the reason
+
+
+async def start_sandbox(
+    sandbox: Sandbox,
+    *,
+    attempts: int = START_ATTEMPTS,
+    on_retry: Callable[[str], None] | None = None,
+) -> None:
+    """Start ``sandbox``, trying once more after a failed start (the first attempt's
+    leftovers are destroyed first). Bad input (a missing workspace, no Docker engine) is
+    raised at once: trying again cannot help."""
+    from supervisor.errors import InputError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            await sandbox.start()
+            return
+        except InputError:
+            raise
+        except SandboxError as exc:
+            with contextlib.suppress(Exception):
+                await sandbox.destroy()
+            if attempt == attempts:
+                raise SandboxError(f"{exc} (tried {attempts} times)") from None
+            if on_retry is not None:
+                on_retry(str(exc))
 
 
 class SandboxPool:
@@ -62,8 +106,12 @@ class SandboxPool:
         client: Any = None,
         defaults: SandboxSpec | None = None,
         spool_dir: Path | None = None,
+        sandbox_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.size = size
+        self.backend = "docker"
+        self._kwargs = dict(sandbox_kwargs or {})
+        self._closing = False
         self._client = client
         self.defaults = defaults or SandboxSpec(run_id="", agent_id="")
         self._spool_dir = spool_dir
@@ -83,12 +131,15 @@ class SandboxPool:
         return (
             not spec.network
             and not spec.gpus
+            and not spec.host
             and (spec.image or d.image) == d.image
             and (spec.memory, spec.cpus, spec.pids) == (d.memory, d.cpus, d.pids)
         )
 
     def fill(self) -> None:
         """Start members in the background until the pool is full."""
+        if self._closing:
+            return
         missing = self.size - self._ready.qsize() - len(self._filling)
         for _ in range(max(0, missing)):
             task = asyncio.get_running_loop().create_task(self._add_one())
@@ -105,15 +156,40 @@ class SandboxPool:
                 cpus=self.defaults.cpus,
                 pids=self.defaults.pids,
             ),
-            client=self.client,
-            spool_dir=self._spool_dir,
+            **self._member_kwargs(),
         )
         try:
             await sandbox.start(pool_owner=self._owner, prepare=False)
         except Exception as exc:  # a failed refill must not take the engine down
             self.errors.append(str(exc))
             return
+        if self._closing:
+            await sandbox.destroy()
+            return
         self._ready.put_nowait(sandbox)
+
+    def _member_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"spool_dir": self._spool_dir, **self._kwargs}
+        kwargs["client"] = self.client
+        return kwargs
+
+    async def take(self, spec: SandboxSpec) -> DockerSandbox | None:
+        """A ready member handed out for ``spec``, or None when none is ready or the spec
+        does not fit the pool; either way the pool refills in the background."""
+        sandbox = None
+        if self.poolable(spec):
+            with contextlib.suppress(asyncio.QueueEmpty):
+                sandbox = self._ready.get_nowait()
+        self.fill()
+        if sandbox is None:
+            return None
+        try:
+            await self._hand_out(sandbox, spec)
+        except Exception as exc:
+            self.errors.append(str(exc))
+            await sandbox.destroy()
+            return None
+        return sandbox
 
     async def wait_ready(self, timeout: float = 60) -> None:
         """Wait until the pool is full (benchmarks and tests)."""
@@ -138,7 +214,7 @@ class SandboxPool:
                 except BaseException:
                     await sandbox.destroy()
                     raise
-        sandbox = DockerSandbox(spec, client=self.client, spool_dir=self._spool_dir)
+        sandbox = DockerSandbox(spec, **self._member_kwargs())
         await sandbox.start()
         return sandbox
 
@@ -148,30 +224,40 @@ class SandboxPool:
         await asyncio.to_thread(sandbox.container.reload)
         await sandbox.prepare()
         if spec.env:
+            sandbox.shell_env = dict(spec.env)  # for shells opened later (a restart)
             exports = "; ".join(f"export {k}={quote(v)}" for k, v in spec.env.items())
             await sandbox.exec(exports)
 
     async def close(self) -> None:
+        """Destroy the ready members; members still starting are let finish (a cancelled
+        start would leave its container behind) and destroyed too."""
+        self._closing = True
+        if self._filling:
+            await asyncio.wait(list(self._filling), timeout=120)
         for task in list(self._filling):
             task.cancel()
         while not self._ready.empty():
             await self._ready.get_nowait().destroy()
 
 
+def warm_pool(settings: dict[str, Any], sandbox_kwargs: dict[str, Any]) -> SandboxPool | None:
+    """The warm pool agent starts take from (Docker sandboxes with the default limits), or
+    None when ``sandbox.pool_size`` is 0."""
+    size = int(settings.get("sandbox.pool_size", 0))
+    if size <= 0:
+        return None
+    defaults = SandboxSpec(
+        run_id="",
+        agent_id="",
+        image=settings["sandbox.image"],
+        memory=settings["sandbox.memory"],
+        cpus=settings["sandbox.cpus"],
+        pids=settings["sandbox.pids"],
+    )
+    return SandboxPool(size, defaults=defaults, sandbox_kwargs=sandbox_kwargs.get("docker", {}))
+
+
 # -- listing and pruning
-
-
-@dataclass
-class SandboxRow:
-    name: str
-    id: str
-    run: str
-    agent: str
-    pool: bool
-    state: str
-    age_s: float
-    memory_mb: float | None
-    network: bool
 
 
 def _managed(client: Any, kind: str) -> list[Any]:
@@ -204,7 +290,10 @@ def _memory_mb(container: Any) -> float | None:
         return None
 
 
-def list_sandboxes(client: Any = None, *, memory: bool = True) -> list[SandboxRow]:
+def list_sandboxes(
+    client: Any = None, *, memory: bool = True, full_ids: bool = False
+) -> list[SandboxRow]:
+    """The docker backend's sandboxes (containers) of this data directory."""
     client = client or docker_client()
     containers = _managed(client, "containers")
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -215,7 +304,7 @@ def list_sandboxes(client: Any = None, *, memory: bool = True) -> list[SandboxRo
         rows.append(
             SandboxRow(
                 name=c.name,
-                id=c.id[:12],
+                id=c.id if full_ids else c.id[:12],
                 run=labels.get(f"{LABEL}.run", ""),
                 agent=labels.get(f"{LABEL}.agent", ""),
                 pool=bool(labels.get(f"{LABEL}.pool")),
@@ -223,6 +312,8 @@ def list_sandboxes(client: Any = None, *, memory: bool = True) -> list[SandboxRo
                 age_s=round(_age(c), 1),
                 memory_mb=mem,
                 network=labels.get(f"{LABEL}.network") == "1",
+                backend="docker",
+                pool_owner=labels.get(f"{LABEL}.pool", ""),
             )
         )
     return sorted(rows, key=lambda r: r.age_s)
@@ -252,28 +343,32 @@ def live_owners(db_path: Path) -> tuple[set[str], dict[str, str]]:
     return live, owners
 
 
-def prune(
-    client: Any = None,
-    *,
-    db_path: Path | None = None,
-    keep: Callable[[Any], bool] | None = None,
-) -> list[str]:
-    """Remove sandboxes, volumes and networks no live run owns; returns what was removed."""
+def owned_by_live_run(db_path: Path | None = None) -> Callable[[SandboxRow], bool]:
+    """Which sandboxes pruning keeps: those of live runs (by their run label, or the agent
+    row that recorded their id) and idle pool members of a running supervisor."""
     from supervisor import config
 
-    client = client or docker_client()
     live, owners = live_owners(db_path or config.db_path())
+
+    def keep(row: SandboxRow) -> bool:
+        run = row.run or owners.get(row.id, "")
+        if run:
+            return run in live
+        return bool(row.pool_owner) and owner_alive(row.pool_owner)
+
+    return keep
+
+
+def prune_docker(keep: Callable[[SandboxRow], bool], client: Any = None) -> list[str]:
+    """The docker backend's prune: containers whose row ``keep`` refuses, then volumes and
+    networks nothing uses."""
+    client = client or docker_client()
     removed: list[str] = []
+    rows = {r.id: r for r in list_sandboxes(client, memory=False, full_ids=True)}
     for container in _managed(client, "containers"):
-        labels = container.labels
-        pool_owner = labels.get(f"{LABEL}.pool", "")
-        run = labels.get(f"{LABEL}.run", "") or owners.get(container.id, "")
-        if keep is not None and keep(container):
+        row = rows.get(container.id)
+        if row is None or keep(row):
             continue
-        if run and run in live:
-            continue
-        if pool_owner and not run and owner_alive(pool_owner):
-            continue  # an idle pool member of a running supervisor
         remove_container(client, container)
         removed.append(f"container {container.name}")
     in_use = {
@@ -288,8 +383,102 @@ def prune(
         network.reload()
         if not network.attrs.get("Containers"):
             with contextlib.suppress(Exception):
-                network.remove()
+                remove_network(network)
                 removed.append(f"network {network.name}")
+    return removed
+
+
+def prune(
+    client: Any = None,
+    *,
+    db_path: Path | None = None,
+    keep: Callable[[Any], bool] | None = None,
+) -> list[str]:
+    """Remove Docker sandboxes, volumes and networks no live run owns; what was removed."""
+    client = client or docker_client()
+    owned = owned_by_live_run(db_path)
+    by_id = {c.id: c for c in _managed(client, "containers")}
+
+    def kept(row: SandboxRow) -> bool:
+        extra = keep is not None and row.id in by_id and keep(by_id[row.id])
+        return extra or owned(row)
+
+    return prune_docker(kept, client)
+
+
+# -- every backend, through the registry
+
+
+def _backend(name: str) -> SandboxBackend:
+    from supervisor.errors import InputError
+
+    found = backends()
+    if name not in found:
+        raise InputError(f"unknown sandbox backend {name!r} (have: {', '.join(sorted(found))})")
+    backend: SandboxBackend = found[name]
+    return backend
+
+
+def list_all(errors: list[str] | None = None) -> list[SandboxRow]:
+    """Every backend's sandboxes of this data directory. A backend that cannot list (no
+    Docker engine) adds its reason to ``errors``; if every backend fails, the first
+    failure is raised."""
+    rows: list[SandboxRow] = []
+    failures: list[Exception] = []
+    listers = [b for b in backends().values() if b.list_all is not None]
+    for backend in listers:
+        try:
+            rows.extend(backend.list_all())
+        except Exception as exc:
+            failures.append(exc)
+            if errors is not None:
+                errors.append(f"{backend.name}: {exc}")
+    if failures and len(failures) == len(listers):
+        raise failures[0]
+    _name_assigned(rows)
+    return sorted(rows, key=lambda r: r.age_s)
+
+
+def _name_assigned(rows: list[SandboxRow]) -> None:
+    """Fill in run and agent of sandboxes handed out from the warm pool: their labels were
+    set before they had an agent; the agent's record names them."""
+    from supervisor import config
+
+    if not config.db_path().exists() or not any(r.pool for r in rows):
+        return
+    from supervisor.store import Store
+
+    store = Store.open(config.db_path())
+    try:
+        assigned = list(
+            store.db.query(
+                "SELECT run_id, id, sandbox, sandbox_id FROM agents WHERE sandbox_id != ''"
+            )
+        )
+    finally:
+        store.close()
+    for row in rows:
+        for a in assigned:
+            if row.pool and a["sandbox"] == row.backend and a["sandbox_id"].startswith(row.id):
+                row.run, row.agent, row.pool = a["run_id"], a["id"], False
+
+
+def prune_all(db_path: Path | None = None, errors: list[str] | None = None) -> list[str]:
+    """Prune every backend that can: remove what no live run owns. What was removed; a
+    backend that cannot be reached adds its reason to ``errors`` (raised if all fail)."""
+    keep = owned_by_live_run(db_path)
+    removed: list[str] = []
+    failures: list[Exception] = []
+    pruners = [b for b in backends().values() if b.prune is not None]
+    for backend in pruners:
+        try:
+            removed.extend(backend.prune(keep))
+        except Exception as exc:
+            failures.append(exc)
+            if errors is not None:
+                errors.append(f"{backend.name}: {exc}")
+    if failures and len(failures) == len(pruners):
+        raise failures[0]
     return removed
 
 
@@ -310,16 +499,17 @@ def _agent_rows(sql: str, agent: str) -> list[dict[str, Any]]:
 
 
 def attach(backend: str, sandbox_id: str) -> Sandbox:
-    """A sandbox object for an existing sandbox, by the id recorded for its agent."""
-    if backend == "local":
-        from supervisor.sandbox.local import LocalSandbox
-
-        return LocalSandbox.attach(Path(sandbox_id))
-    return DockerSandbox.attach(sandbox_id)
+    """A sandbox object for an existing sandbox, by the id recorded for its agent, from
+    the backend that made it."""
+    found = _backend(backend)
+    if found.attach is None:
+        raise SandboxError(f"the {backend} backend cannot re-adopt its sandboxes")
+    sandbox: Sandbox = found.attach(sandbox_id)
+    return sandbox
 
 
 def find_agent_sandbox(agent: str) -> Sandbox:
-    """The sandbox of an agent, by agent id or name (or container name)."""
+    """The sandbox of an agent, by agent id or name (or sandbox name)."""
     from supervisor.errors import InputError
 
     rows = _agent_rows(
@@ -329,10 +519,10 @@ def find_agent_sandbox(agent: str) -> Sandbox:
     )
     if rows and rows[0]["sandbox_id"]:
         return attach(rows[0]["sandbox"], rows[0]["sandbox_id"])
-    client = docker_client()
-    for container in _managed(client, "containers"):
-        if agent in (container.labels.get(f"{LABEL}.agent"), container.name):
-            return DockerSandbox.attach(container.id, client=client)
+    errors: list[str] = []
+    for row in list_all(errors):
+        if agent in (row.agent, row.name):
+            return attach(row.backend, row.id)
     raise InputError(f"no agent or sandbox named {agent!r}")
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from supervisor import Check, CheckResult, SandboxBackend, hookimpl
+from supervisor.types import SandboxRow
 
 if TYPE_CHECKING:
     from supervisor.sandbox.base import Sandbox, SandboxSpec
@@ -25,6 +26,44 @@ def local_sandbox(spec: SandboxSpec, **kwargs: Any) -> Sandbox:
     from supervisor.sandbox.local import LocalSandbox
 
     return LocalSandbox(spec, **kwargs)
+
+
+def docker_attach(sandbox_id: str) -> Sandbox:
+    from supervisor.sandbox.docker import DockerSandbox
+
+    return DockerSandbox.attach(sandbox_id)
+
+
+def docker_list() -> list[SandboxRow]:
+    from supervisor.sandbox.manager import list_sandboxes
+
+    return list_sandboxes()
+
+
+def docker_prune(keep: Callable[[SandboxRow], bool]) -> list[str]:
+    from supervisor.sandbox.manager import prune_docker
+
+    return prune_docker(keep)
+
+
+def local_attach(sandbox_id: str) -> Sandbox:
+    from pathlib import Path
+
+    from supervisor.sandbox.local import LocalSandbox
+
+    return LocalSandbox.attach(Path(sandbox_id))
+
+
+def local_list() -> list[SandboxRow]:
+    from supervisor.sandbox.local import list_local
+
+    return list_local()
+
+
+def local_prune(keep: Callable[[SandboxRow], bool]) -> list[str]:
+    from supervisor.sandbox.local import prune_local
+
+    return prune_local(keep)
 
 
 def check_engine() -> CheckResult:
@@ -50,6 +89,11 @@ class Docker:
                 docker_sandbox,
                 isolated=True,
                 description="a hardened Docker container per agent (default)",
+                attach=docker_attach,
+                list_all=docker_list,
+                prune=docker_prune,
+                network=True,
+                gpus=True,
             )
         )
 
@@ -70,6 +114,10 @@ class Local:
                 local_sandbox,
                 isolated=False,
                 description="a plain shell on this machine (NOT isolated)",
+                attach=local_attach,
+                list_all=local_list,
+                prune=local_prune,
+                network=True,  # this machine's own network, always: it is not isolated
             )
         )
 

@@ -24,8 +24,7 @@ async def shell(ctx: ToolContext, command: str, timeout: int = 120) -> str:
         parts.append("[stderr]\n" + result.stderr.rstrip("\n"))
     if result.timed_out:
         parts.append(f"[timed out after {timeout}s; the command was killed]")
-    if result.output_path is not None:
-        parts.append(f"[output was long; the full output is saved at {result.output_path}.*]")
+    parts.extend(result.saved())  # what of a long output was kept, and where
     parts.append(f"[exit code {result.exit_code}]")
     return "\n".join(parts)
 

@@ -1,0 +1,107 @@
+"""GPU slots: which agent or experiment holds which GPU of this machine.
+
+The engine owns one :class:`GpuSlots`; whoever runs work on a GPU (a sandbox given
+``SandboxSpec.gpus``, an experiment loop) acquires device ids from it first and releases
+them after, so that no device is ever held by two holders at once. Acquirers wait, in
+order of arrival, until enough devices are free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from supervisor.sandbox.base import SandboxError
+
+
+def detect_gpus() -> list[str]:
+    """This machine's GPU device ids (``nvidia-smi`` indices); none without nvidia-smi."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+class GpuSlots:
+    """Hands out GPU device ids, each to one holder at a time.
+
+    ``devices`` defaults to what :func:`detect_gpus` finds, looked up on first use.
+    """
+
+    def __init__(self, devices: list[str] | None = None) -> None:
+        self._devices = list(devices) if devices is not None else None
+        self._held: dict[str, str] = {}  # device -> holder
+        self._cond: asyncio.Condition | None = None
+        self._queue: list[object] = []  # waiting acquirers, first come first served
+
+    @property
+    def devices(self) -> list[str]:
+        if self._devices is None:
+            self._devices = detect_gpus()
+        return list(self._devices)
+
+    def free(self) -> list[str]:
+        return [d for d in self.devices if d not in self._held]
+
+    def holders(self) -> dict[str, str]:
+        """Which holder has each held device."""
+        return dict(self._held)
+
+    async def acquire(self, holder: str, count: int = 1) -> list[str]:
+        """Wait until ``count`` devices are free, and give them to ``holder``."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        if self._devices is None:
+            await asyncio.to_thread(lambda: self.devices)  # nvidia-smi, once, off the loop
+        if count > len(self.devices):
+            have = len(self.devices)
+            raise SandboxError(
+                f"{holder} asked for {count} GPU{'s' * (count > 1)}; this machine has {have}"
+            )
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        ticket = object()
+        async with self._cond:
+            self._queue.append(ticket)
+            try:
+                await self._cond.wait_for(
+                    lambda: self._queue[0] is ticket and len(self.free()) >= count
+                )
+            finally:
+                self._queue.remove(ticket)
+                self._cond.notify_all()  # the next in line may fit now
+            taken = self.free()[:count]
+            for device in taken:
+                self._held[device] = holder
+            return taken
+
+    async def release(self, holder: str) -> list[str]:
+        """Free every device ``holder`` has; which ones."""
+        freed = [d for d, h in self._held.items() if h == holder]
+        for device in freed:
+            del self._held[device]
+        if self._cond is not None:
+            async with self._cond:
+                self._cond.notify_all()
+        return freed
+
+    @asynccontextmanager
+    async def hold(self, holder: str, count: int = 1) -> AsyncIterator[list[str]]:
+        """``async with slots.hold("agent-1") as devices:`` — released on exit."""
+        devices = await self.acquire(holder, count)
+        try:
+            yield devices
+        finally:
+            await self.release(holder)
