@@ -354,6 +354,21 @@ def registered_steps() -> dict[str, Callable[..., Any]]:
     return dict(item for _, item in get_plugins().collect("register_steps"))
 
 
+def plan(recipe: Recipe, values: dict[str, Any]) -> list[str]:
+    """What the python steps say they would do, for ``recipe run --dry-run``.
+
+    A step function may carry a ``plan`` attribute, ``plan(params) -> list[str]``, that
+    reads and checks the step's inputs (raising ``InputError`` on bad ones) without doing
+    the work; its lines are shown under the step's id."""
+    lines: list[str] = []
+    steps = registered_steps()
+    for step in recipe.order():
+        check = getattr(steps.get(step.run), "plan", None) if step.kind == "python" else None
+        if callable(check):
+            lines += [f"{step.id}: {line}" for line in check(values)]
+    return lines
+
+
 def validate(recipe: Recipe) -> None:
     """Checks that need the plugins: every python step names a registered step."""
     known = registered_steps()

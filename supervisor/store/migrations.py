@@ -213,3 +213,17 @@ def m003_run_owner(db: Database) -> None:
     # only runs whose owner has died, never a `--foreground` run that is still alive.
     db.table("runs").add_column("owner", str)
     db.table("runs").add_column("resumes", int)  # automatic resumes after crashes
+
+
+@migrations()
+def m004_experiment_noise(db: Database) -> None:
+    # Experiment loops judge changes against the metric's measured noise and keep every
+    # experiment's change: the runs behind a result (the baseline's repeated runs, a
+    # marginal win's re-runs), the noise floor it was judged against, the confidence of a
+    # kept change, and the diff of every experiment (discarded ones too).
+    table = db.table("experiments")
+    table.add_column("runs", str)  # JSON list: the metric of each run
+    table.add_column("reruns", int)  # runs beyond the first, made because a win was marginal
+    table.add_column("noise_floor", float)
+    table.add_column("confidence", float)  # P(the improvement is real), for judged ones
+    table.add_column("diff", str)
