@@ -332,11 +332,15 @@ def test_cpu_example_trains_and_reports(home: Path, sandbox_image: str) -> None:
         "run",
         "autoresearch",
         "-p",
-        "time_budget=3",
+        "time_budget=5",  # killed at 10 s: room for start-up and evaluation on a busy machine
         "-p",
         "experiments=1",
         "-p",
         "proposer=builtin",
+        "-p",
+        "baseline_runs=2",
+        "-p",
+        "max_reruns=0",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = results(home, run_id_of(result.stdout))
@@ -344,6 +348,10 @@ def test_cpu_example_trains_and_reports(home: Path, sandbox_image: str) -> None:
     assert rows[0][3] == "keep" and 1.0 < baseline < 8.0  # bits per byte; 8 is a blind guess
     assert len(rows) == 2 and rows[1][3] in ("keep", "discard")
     assert "best val_bpb" in result.stdout and "plot: " in result.stdout
+    # What the README promises the main job prints: the noise floor, a confidence per keep.
+    assert "noise floor " in result.stdout and "of 2 baseline runs of val_bpb" in result.stdout
+    if rows[1][3] == "keep":
+        assert "kept #1: " in result.stdout and ", confidence " in result.stdout
 
 
 def test_search_never_proposes_the_baseline_again() -> None:

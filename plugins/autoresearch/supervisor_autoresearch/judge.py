@@ -4,8 +4,11 @@ The same unchanged program scores differently run to run (a wall-clock budget gi
 different number of training steps each time, data order, timing). The baseline therefore
 runs several times before the loop starts; the spread of those runs (max − min) times
 ``noise_spreads`` is the *noise floor*. A change is kept only when its score beats the best
-by more than the floor. A win within twice the floor is *marginal*: the experiment runs
-again (up to ``max_reruns`` more times) and the mean of its runs decides.
+by more than the floor. A result between half the floor and twice it is *marginal* (it may
+be real, or luck): the experiment runs again (up to ``max_reruns`` more times) and the mean
+of its runs decides, against a floor that shrinks as averaging shrinks the noise (by the
+standard error of the difference of two means, relative to one run against the best).
+``bench/autoresearch.py`` measures the wrong keeps and wrong discards this rule makes.
 
 Each kept change gets a confidence: the probability, under a normal model of the noise with
 the baseline runs' standard deviation, that its improvement is real and not the noise
@@ -89,9 +92,10 @@ def judge(
         return Verdict(KEEP, score, math.inf, 1.0)
     better = gain(direction, score, best)
     sure = confidence(better, noise.sigma, len(runs), best_runs)
-    floor = noise.floor
-    if better <= floor or better <= 0:
+    n, m = len(runs), max(best_runs, 1)
+    floor = noise.floor * math.sqrt((1 / n + 1 / m) / (1 + 1 / m))
+    if better <= 0:
         return Verdict(DISCARD, score, better, sure)
-    if floor > 0 and better <= 2 * floor and len(runs) <= max_reruns:
+    if floor > 0 and floor / 2 < better <= 2 * floor and n <= max_reruns:
         return Verdict(RERUN, score, better, sure)
-    return Verdict(KEEP, score, better, sure)
+    return Verdict(KEEP if better > floor else DISCARD, score, better, sure)

@@ -635,8 +635,9 @@ class Loop:
                         break
                     self.ctx.emit(
                         f"{self.label} #{n}: marginal — {spec.metric_name} {verdict.score:.6f} "
-                        f"beats the best by {verdict.gain:.6g}, within twice the noise floor "
-                        f"({board.noise.floor:.6g}): re-run {len(runs)} of {spec.max_reruns}",
+                        f"beats the best by {verdict.gain:.6g}, too close to the noise floor "
+                        f"({board.noise.floor:.6g}) to tell: re-run {len(runs)} of "
+                        f"{spec.max_reruns}",
                         experiment=n,
                         rerun=len(runs),
                     )

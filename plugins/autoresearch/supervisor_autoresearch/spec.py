@@ -34,7 +34,7 @@ class Spec:
     baseline_runs: int = 3
     # A change must beat the best by more than this many spreads of the baseline runs.
     noise_spreads: float = 1.0
-    # A marginal win (within twice the noise floor) runs up to this many more times.
+    # A marginal result (between half and twice the noise floor) runs up to this many more times.
     max_reruns: int = 2
     # Training steps per experiment (0: none), given as AUTORESEARCH_STEP_BUDGET: the
     # number of steps a wall-clock budget allows varies from run to run.
