@@ -660,3 +660,59 @@ def test_judge_decisions() -> None:
     assert judge("lower", [0.999], 1.0, Noise((1.0,))).status == "keep"  # not measured
     sure = judge("lower", [0.97], 1.0, noise, best_runs=3).confidence
     assert 0.8 < sure < 0.99
+
+
+def _wheel(path: Path, source: str) -> None:
+    """A pure-Python wheel of one module, made by hand (no build tool, no index)."""
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = "toyenv-0.1.dist-info"
+    files = {
+        "toyenv/__init__.py": source,
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: toyenv\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+
+
+def test_target_environment_is_built_once_and_reused(
+    toy: Path, home: Path, tmp_path: Path, sandbox_image: str
+) -> None:
+    """Packages the spec names are installed once into an image built from the sandbox
+    image, shown as progress, and reused by every sandbox of the run (and later runs)."""
+    from supervisor.sandbox.docker import docker_client, home_label
+
+    _wheel(toy / "wheels" / "toyenv-0.1-py3-none-any.whl", f"BASE = 0.5  # {tmp_path.name}\n")
+    (toy / "train.py").write_text(
+        TRAIN.replace("import os, sys, time", "import os, sys, time\nimport toyenv").replace(
+            'print(f"val_bpb: {1 + ', 'print(f"val_bpb: {toyenv.BASE + '
+        )
+    )
+    (toy / "autoresearch.toml").write_text(
+        SPEC.replace(
+            "time_budget_s = 1",
+            'time_budget_s = 1\npackages = ["wheels/toyenv-0.1-py3-none-any.whl"]',
+        )
+    )
+    client = docker_client()
+    try:
+        result = run_cli(
+            "recipe", "run", "autoresearch", "-p", f"target={toy}", "-p", "experiments=1",
+            "-p", "proposer=builtin", "-p", "baseline_runs=1",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        assert out.count("environment: building image supervisor-autoresearch-env:") == 1
+        assert "environment: built image" in out
+        assert "environment: reusing image supervisor-autoresearch-env:" in out  # the loop's
+        rows = results(home, run_id_of(out))
+        assert rows[0][1] == "0.700000"  # toyenv.BASE 0.5 + 0.04 + 0.16: the package ran
+        assert len(rows) == 2
+    finally:
+        for image in client.images.list(filters={"label": f"supervisor.home={home_label()}"}):
+            client.images.remove(image.id, force=True)

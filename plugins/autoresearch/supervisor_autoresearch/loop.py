@@ -241,6 +241,15 @@ def plan(params: dict[str, Any]) -> list[str]:
         f"more than {spec.noise_spreads:g} × their spread; up to {spec.max_reruns} re-run(s) "
         "of a marginal win",
         f"hyperparameters for the built-in proposer: {', '.join(spec.hyperparameters) or 'none'}",
+        "environment: "
+        + (
+            f"packages {', '.join(spec.packages)} in an image built once from "
+            f"{spec.image or 'the sandbox image'}"
+            if spec.packages
+            else f"image {spec.image}"
+            if spec.image
+            else "the sandbox image"
+        ),
     ]
 
 
@@ -294,7 +303,8 @@ async def baseline(ctx: StepContext) -> dict[str, Any]:
     board = load_board(ctx)
     if board.best_metric is not None:
         return {"metric": board.best_metric, "noise_floor": board.noise.floor}
-    async with Loop(ctx, board, index=0, label="baseline") as loop:
+    image = await _environment(ctx, board.spec)
+    async with Loop(ctx, board, index=0, label="baseline", image=image) as loop:
         record = await loop.baseline(board.spec.baseline_runs)
     if record["status"] != "keep":
         raise RuntimeError(
@@ -311,17 +321,30 @@ async def run_loops(ctx: StepContext) -> dict[str, Any]:
     pool = SlotPool.detect(agents, int(ctx.params.get("cores_per_slot") or 0))
     ctx.emit(f"{agents} loop(s), {len(pool.slots)} {pool.kind} slot(s): {pool.slots}")
     ctx.emit(board.noise.describe(board.spec.metric_name))
-    results = await asyncio.gather(*(_one_loop(ctx, board, i + 1, pool) for i in range(agents)))
+    image = await _environment(ctx, board.spec)
+    results = await asyncio.gather(
+        *(_one_loop(ctx, board, i + 1, pool, image) for i in range(agents))
+    )
     return {"loops": results, "best": board.best_metric}
 
 
-async def _one_loop(ctx: StepContext, board: Board, index: int, pool: SlotPool) -> dict[str, Any]:
+async def _environment(ctx: StepContext, spec: Spec) -> str:
+    from supervisor_autoresearch import environment
+
+    return await environment.ensure(ctx, spec, Path(ctx.outputs["prepare"]["source"]))
+
+
+async def _one_loop(
+    ctx: StepContext, board: Board, index: int, pool: SlotPool, image: str
+) -> dict[str, Any]:
     limit = int(ctx.params.get("experiments") or 0)
     hours = float(ctx.params.get("hours") or 0)
     deadline = time.monotonic() + hours * 3600 if hours else None
     proposer = _proposer(ctx, board, index)
     kept = done = 0
-    async with Loop(ctx, board, index=index, label=f"agent-{index}", pool=pool) as loop:
+    async with Loop(
+        ctx, board, index=index, label=f"agent-{index}", pool=pool, image=image
+    ) as loop:
         while True:
             async with board.lock:
                 if limit and board.count >= limit:
@@ -385,8 +408,10 @@ class Loop:
         index: int,
         label: str,
         pool: SlotPool | None = None,
+        image: str = "",
     ) -> None:
         self.ctx, self.board, self.index, self.label = ctx, board, index, label
+        self.image = image  # the target's environment ('' : the configured sandbox image)
         self.pool = pool or SlotPool.detect(1)
         self.spec = board.spec
         self.sandbox: Sandbox | None = None
@@ -408,7 +433,7 @@ class Loop:
             memory=settings["sandbox.memory"],
             cpus=settings["sandbox.cpus"],
             pids=settings["sandbox.pids"],
-            image=settings["sandbox.image"],
+            image=self.image or settings["sandbox.image"],
             network=bool(self.ctx.params.get("network")),
             labels={"scope": self.board.target},
         )

@@ -39,6 +39,11 @@ class Spec:
     # Training steps per experiment (0: none), given as AUTORESEARCH_STEP_BUDGET: the
     # number of steps a wall-clock budget allows varies from run to run.
     step_budget: int = 0
+    # What the experiments need: pip requirements or wheel files (paths in the target),
+    # installed once into an image built from the sandbox image (see environment.py)...
+    packages: list[str] = field(default_factory=list)
+    # ... or an existing image to run them in (the base for ``packages`` when both given).
+    image: str = ""
 
     @property
     def metric_name(self) -> str:
@@ -96,6 +101,11 @@ def load(target: Path, overrides: dict[str, Any] | None = None) -> Spec:
     if unknown:
         raise InputError(f"{where}: unknown field {sorted(unknown)[0]!r}")
     _check_numbers(table, where)
+    packages = table.get("packages", [])
+    if not isinstance(packages, list) or not all(isinstance(p, str) and p for p in packages):
+        raise InputError(f"{where}: packages must be a list of requirements or wheel paths")
+    if not isinstance(table.get("image", ""), str):
+        raise InputError(f"{where}: image must be an image name")
     _check_hyperparameters(table, target, where)
     return Spec(**{"name": target.name, **table})
 
