@@ -332,7 +332,9 @@ def test_cpu_example_trains_and_reports(home: Path, sandbox_image: str) -> None:
         "run",
         "autoresearch",
         "-p",
-        "time_budget=5",  # killed at 10 s: room for start-up and evaluation on a busy machine
+        "time_budget=8",  # killed at 16 s: room for start-up and evaluation on a busy machine
+        "-p",
+        "cores_per_slot=1",  # one BLAS thread: more wait for a busy core (see the example)
         "-p",
         "experiments=1",
         "-p",
@@ -454,6 +456,7 @@ def test_noise_floor_rejects_tiny_keeps_real_reruns_marginal_and_refuses_tamperi
     assert rows["baseline"][1] == "1.000000" and rows["baseline"][3] == "keep"
     assert rows["baseline"][2] == "NA"  # no memory regex: unknown, not 0.0
     assert rows["TINY"][3] == "discard"  # 0.01 better: inside the noise
+    assert "better by 0.01, not by more than the noise floor (0.04)" in rows["TINY"][4]
     assert rows["REAL"][3] == "keep" and "re-run" not in rows["REAL"][4]
     assert rows["MARGINAL"][3] == "keep"
     assert "mean of 3 runs: 2 re-run(s) of a marginal win" in rows["MARGINAL"][4]

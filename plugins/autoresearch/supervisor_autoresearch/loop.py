@@ -666,6 +666,11 @@ class Loop:
                         experiment=n,
                         rerun=len(runs),
                     )
+        if status == "discard" and verdict and verdict.gain > 0:
+            why = (
+                f"better by {verdict.gain:.6g}, not by more than the noise floor "
+                f"({board.noise.floor:.6g})"
+            )
         if tampered:
             status = "invalid"
             why = (

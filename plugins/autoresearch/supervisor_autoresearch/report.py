@@ -32,9 +32,12 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return text + (f", {c['invalid']} invalid)" if c["invalid"] else ")")
 
 
-def plot(rows: list[dict[str, Any]], metric: str, direction: str, path: Path) -> dict[str, Any]:
+def plot(
+    rows: list[dict[str, Any]], metric: str, direction: str, path: Path, floor: float = 0.0
+) -> dict[str, Any]:
     """Every experiment a dot at its number; kept ones joined as the running best, and
-    labelled. Returns the title and the x ticks drawn (whole experiment numbers)."""
+    labelled; under the best, the noise floor a change had to clear. Returns the title and
+    the x ticks drawn (whole experiment numbers)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: write a file
@@ -92,6 +95,12 @@ def plot(rows: list[dict[str, Any]], metric: str, direction: str, path: Path) ->
         best_x.append(max(r["n"] for r in rows))
         best_y.append(best_y[-1])
         ax.step(best_x, best_y, where="post", c=colours["keep"], lw=1.5, label="best so far")
+        if floor > 0:
+            beyond = [y - floor if direction == "lower" else y + floor for y in best_y]
+            ax.fill_between(
+                best_x, best_y, beyond, step="post", color=colours["keep"], alpha=0.12,
+                label="noise floor (not kept)",
+            )  # fmt: skip
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("experiment (0: the baseline)")
     ax.set_ylabel(f"{metric} ({direction} is better)")
@@ -119,14 +128,18 @@ def report(ctx: StepContext) -> dict[str, Any]:
     spec = prepared["spec"]
     metric, direction = _metric_name(spec), spec.get("direction", "lower")
     png = ctx.run_dir / "progress.png"
-    plot(rows, metric, direction, png)
-    measured = [r for r in rows if r["metric"] is not None]
     baseline = next((r for r in rows if r["n"] == 0), None)
+    noise = _noise(baseline, spec)
+    plot(rows, metric, direction, png, noise.floor)
+    measured = [r for r in rows if r["metric"] is not None]
     kept = [r for r in rows if r["status"] == "keep" and r["n"] > 0]
+    # The best is the best *kept* result: a discarded one may score better by luck, inside
+    # the noise, and is not what the branch holds.
+    standing = [r for r in measured if r["status"] == "keep"] or measured
     best = (
-        min(measured, key=lambda r: r["metric"])
+        min(standing, key=lambda r: r["metric"])
         if direction == "lower"
-        else max(measured, key=lambda r: r["metric"])
+        else max(standing, key=lambda r: r["metric"])
     )
     experiments = sum(r["n"] > 0 for r in rows)
     hours = (rows[-1]["started_at"] + (rows[-1]["duration_s"] or 0) - rows[0]["started_at"]) / 3600
@@ -136,7 +149,6 @@ def report(ctx: StepContext) -> dict[str, Any]:
     change = ""
     if base_value:
         change = f" ({(best['metric'] - base_value) / base_value * 100:+.2f}% vs baseline)"
-    noise = _noise(baseline, spec)
     reruns = sum(r.get("reruns") or 0 for r in rows)
     budget = f"time budget {spec['time_budget_s']:g} s"
     if spec.get("step_budget"):
