@@ -525,6 +525,18 @@ def test_plot_title_counts_match_the_report_and_ticks_are_whole(tmp_path: Path) 
     assert drawn["xticks"] and all(t == int(t) for t in drawn["xticks"])
 
 
+def test_the_best_is_the_best_kept_result() -> None:
+    from supervisor_autoresearch.report import best_kept
+
+    rows = [
+        {"n": 0, "metric": 4.42, "status": "keep"},
+        {"n": 1, "metric": 3.075, "status": "keep"},
+        {"n": 2, "metric": 3.074, "status": "discard"},  # better by luck, inside the noise
+    ]
+    assert best_kept(rows, "lower")["n"] == 1
+    assert best_kept(rows, "higher")["n"] == 0
+
+
 def test_resume_after_stop_reruns_the_experiment_in_progress(
     toy: Path, home: Path, sandbox_image: str
 ) -> None:

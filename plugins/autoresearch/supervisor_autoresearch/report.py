@@ -115,6 +115,15 @@ def plot(
     return {"title": title, "xticks": ticks}
 
 
+def best_kept(rows: list[dict[str, Any]], direction: str) -> dict[str, Any]:
+    """The best *kept* result: a discarded one may score better by luck, inside the noise,
+    and is not what the branch holds."""
+    measured = [r for r in rows if r["metric"] is not None]
+    standing = [r for r in measured if r["status"] == "keep"] or measured
+    pick = min if direction == "lower" else max
+    return pick(standing, key=lambda r: float(r["metric"]))
+
+
 def report(ctx: StepContext) -> dict[str, Any]:
     """Write report.md and progress.png in the run's folder; print where they are."""
     ctx.engine.store.flush()
@@ -131,16 +140,8 @@ def report(ctx: StepContext) -> dict[str, Any]:
     baseline = next((r for r in rows if r["n"] == 0), None)
     noise = _noise(baseline, spec)
     plot(rows, metric, direction, png, noise.floor)
-    measured = [r for r in rows if r["metric"] is not None]
     kept = [r for r in rows if r["status"] == "keep" and r["n"] > 0]
-    # The best is the best *kept* result: a discarded one may score better by luck, inside
-    # the noise, and is not what the branch holds.
-    standing = [r for r in measured if r["status"] == "keep"] or measured
-    best = (
-        min(standing, key=lambda r: r["metric"])
-        if direction == "lower"
-        else max(standing, key=lambda r: r["metric"])
-    )
+    best = best_kept(rows, direction)
     experiments = sum(r["n"] > 0 for r in rows)
     hours = (rows[-1]["started_at"] + (rows[-1]["duration_s"] or 0) - rows[0]["started_at"]) / 3600
     per_hour = experiments / hours if hours > 0 else 0.0
