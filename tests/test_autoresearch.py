@@ -500,6 +500,8 @@ def test_noise_floor_rejects_tiny_keeps_real_reruns_marginal_and_refuses_tamperi
     assert marginal["reruns"] == 2 and len(marginal["runs"]) == 3
     assert marginal["noise_floor"] == pytest.approx(0.04)
     assert 0.5 < marginal["confidence"] <= 1
+    found = run_cli("autoresearch", "log", "--search", "+real = 1").stdout  # in the diff
+    assert "REAL 0 -> 1" in found and "TINY" not in found
     missing = run_cli("autoresearch", "show", "99999")
     assert missing.returncode == 2 and "no experiment 99999" in missing.stderr
 

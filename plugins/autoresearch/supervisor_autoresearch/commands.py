@@ -44,15 +44,19 @@ def autoresearch() -> None:
 @click.option("--run", "run_id", default="", help="Only this run's experiments.")
 @click.option("--target", default="", help="Only experiments on this target (the spec's name).")
 @click.option("--status", default="", help="Only keep, discard, crash or invalid ones.")
+@click.option("-s", "--search", default="", help="Only those whose change or diff has TEXT.")
 @click.option("-n", "--limit", default=200, show_default=True, help="At most this many, newest.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def log(run_id: str, target: str, status: str, limit: int, as_json: bool) -> None:
+def log(run_id: str, target: str, status: str, search: str, limit: int, as_json: bool) -> None:
     """Every experiment (newest last): id, run, loop, number, metric, status, change."""
     where, args = [], []
     for column, value in (("run_id", run_id), ("target", target), ("status", status)):
         if value:
             where.append(f"{column} = ?")
             args.append(value)
+    if search:
+        where.append("(instr(lower(description), lower(?)) OR instr(lower(diff), lower(?)))")
+        args += [search, search]
     sql = f"SELECT {COLUMNS} FROM experiments"
     if where:
         sql += " WHERE " + " AND ".join(where)
