@@ -101,5 +101,5 @@ def show(experiment: int, as_json: bool) -> None:
     if row.get("noise_floor") is not None:
         lines.append(f"noise floor: {row['noise_floor']:.6g}")
     if row.get("confidence") is not None:
-        lines.append(f"confidence: {row['confidence']:.0%}")
+        lines.append(f"confidence that it beats the best before it: {row['confidence']:.0%}")
     sys.stdout.write("\n".join(lines) + "\n\n" + (row.get("diff") or "(no diff)\n"))
