@@ -325,25 +325,25 @@ def test_bad_target_is_one_line(tmp_path: Path, home: Path) -> None:
     assert resumed.returncode == 2 and "the spec needs 'editable'" in resumed.stderr
 
 
-def test_cpu_example_trains_and_reports(home: Path, sandbox_image: str) -> None:
+def test_cpu_example_trains_and_reports(home: Path, tmp_path: Path, sandbox_image: str) -> None:
     """The README's main job, shortened: the built-in CPU example in a real sandbox."""
-    result = run_cli(
-        "recipe",
-        "run",
-        "autoresearch",
-        "-p",
-        "time_budget=8",  # killed at 16 s: room for start-up and evaluation on a busy machine
-        "-p",
-        "cores_per_slot=1",  # one BLAS thread: more wait for a busy core (see the example)
-        "-p",
-        "experiments=1",
-        "-p",
-        "proposer=builtin",
-        "-p",
-        "baseline_runs=2",
-        "-p",
-        "max_reruns=0",
+    import shutil
+
+    from supervisor_autoresearch.loop import example_target
+
+    # A copy whose spec gives start-up and evaluation room next to a short budget on a busy
+    # machine (twice 8 s was not always enough).
+    example = tmp_path / "cpu-example"
+    shutil.copytree(example_target(), example, ignore=shutil.ignore_patterns("data"))
+    spec = example / "autoresearch.toml"
+    spec.write_text(
+        spec.read_text().replace("time_budget_s = 60", "time_budget_s = 5\ntimeout_s = 90")
     )
+    result = run_cli(
+        "recipe", "run", "autoresearch", "-p", f"target={example}", "-p", "experiments=1",
+        "-p", "proposer=builtin", "-p", "baseline_runs=2", "-p", "max_reruns=0",
+        "-p", "cores_per_slot=1",  # one BLAS thread: less waiting for a busy core
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     rows = results(home, run_id_of(result.stdout))
     baseline = float(rows[0][1])

@@ -505,11 +505,11 @@ class Loop:
         # no training outlives its run on a backend without containers.
         run = (
             "g=; command -v setpriv >/dev/null 2>&1 && g='setpriv --pdeathsig TERM --'; "
-            f"{env} $g timeout -k 5 {2 * budget:g} {self.pool.wrap(slot, spec.run)} "
+            f"{env} $g timeout -k 5 {spec.kill_after_s:g} {self.pool.wrap(slot, spec.run)} "
             "> run.log 2>&1; echo $?"
         )
         started = time.time()
-        result = await self._sh(run, timeout=2 * budget + 60)
+        result = await self._sh(run, timeout=spec.kill_after_s + 60)
         seconds = time.time() - started
         # The metric is read from the log's last TAIL_BYTES (documented in the recipe).
         await self._sh(f"tail -c {TAIL_BYTES} run.log > {TAIL_FILE} 2>/dev/null; true")
@@ -526,7 +526,9 @@ class Loop:
 
     def _crash_reason(self, run: Run) -> str:
         if run.timed_out:
-            return f"killed at twice the time budget ({2 * self.spec.time_budget_s:g}s)"
+            if self.spec.timeout_s:
+                return f"killed at the spec's timeout_s ({self.spec.timeout_s:g}s)"
+            return f"killed at twice the time budget ({self.spec.kill_after_s:g}s)"
         return (
             f"exit code {run.code}, no {self.spec.metric_name} in the last "
             f"{TAIL_BYTES // 1024} KB of the log"

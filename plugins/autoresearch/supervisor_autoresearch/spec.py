@@ -39,11 +39,18 @@ class Spec:
     # Training steps per experiment (0: none), given as AUTORESEARCH_STEP_BUDGET: the
     # number of steps a wall-clock budget allows varies from run to run.
     step_budget: int = 0
+    # A run past this many seconds is killed and counts as a crash (0: twice the time
+    # budget). Raise it when start-up and evaluation take long next to a short budget.
+    timeout_s: float = 0.0
     # What the experiments need: pip requirements or wheel files (paths in the target),
     # installed once into an image built from the sandbox image (see environment.py)...
     packages: list[str] = field(default_factory=list)
     # ... or an existing image to run them in (the base for ``packages`` when both given).
     image: str = ""
+
+    @property
+    def kill_after_s(self) -> float:
+        return self.timeout_s or 2 * self.time_budget_s
 
     @property
     def metric_name(self) -> str:
@@ -117,6 +124,7 @@ def _check_numbers(table: dict[str, Any], where: str) -> None:
         ("step_budget", int, 0),
         ("noise_spreads", float, 0),
         ("time_budget_s", float, 0),
+        ("timeout_s", float, 0),
     ):
         if name not in table:
             continue
