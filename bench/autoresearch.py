@@ -166,8 +166,16 @@ def main() -> None:
         file=sys.stderr,
     )
     home = Path(tempfile.mkdtemp(prefix="bench-autoresearch-"))
-    one = run(1, args.experiments, args.budget, home)
-    three = run(3, args.experiments, args.budget, home)
+    try:
+        one = run(1, args.experiments, args.budget, home)
+        three = run(3, args.experiments, args.budget, home)
+    finally:  # the runs started a supervisor process in the bench's home: end it
+        subprocess.run(
+            [sys.executable, "-m", "supervisor.cli", "server", "stop", "--force"],
+            env={**os.environ, "SUPERVISOR_HOME": str(home)},
+            capture_output=True,
+            timeout=120,
+        )
     overhead = one["per_experiment_s"] - args.budget
     cpu_example_budget = 60.0
     print(
