@@ -1,12 +1,23 @@
-"""autoresearch loop overhead: the time an experiment costs beyond its own training.
+"""autoresearch: how often keep/discard is wrong, and the loop's overhead per experiment.
 
-Runs the real recipe (`supervisor recipe run autoresearch`, built-in proposer, Docker
-sandboxes) on a toy target whose training is a sleep of exactly the time budget, so the
-baseline measured in the same run is known: what the loop adds per experiment is the
-loop step's wall time per experiment minus the training time. Repeated with 1 and 3 loops
-to give experiments per hour with each.
+Decisions. A toy target with a known truth: each run's metric is its configuration's true
+value plus seeded Gaussian jitter (σ = 1); the baseline runs as the recipe runs it; each
+proposed change has a known true effect, drawn from {−2σ (harmful), 0, 0 (no effect),
++0.25σ (negligible), +3σ (real)}. Every decision goes through the loop's own judge
+(``supervisor_autoresearch.judge``, re-runs included), once with the noise floor (the
+defaults: 3 baseline runs, 1 spread, up to 2 re-runs) and once without it (one baseline run,
+keep any single-run improvement: the rule before), on the same seeded draws, in the same
+run. ``wrong_keep_rate``: the share of changes kept whose true value was not better than the
+true value of the best they replaced; ``wrong_discard_rate``: the share of real changes
+(truly better by 2σ or more) not kept.
 
-    .venv/bin/python bench/autoresearch.py [--experiments 6] [--budget 2]
+Overhead. Runs the real recipe (`supervisor recipe run autoresearch`, built-in proposer,
+Docker sandboxes) on a toy target whose training is a sleep of exactly the time budget, so
+the baseline measured in the same run is known: what the loop adds per experiment is the
+loop step's wall time per experiment minus the training time (with no noise there are no
+re-runs to subtract). Repeated with 1 and 3 loops to give experiments per hour with each.
+
+    .venv/bin/python bench/autoresearch.py [--experiments 6] [--budget 2] [--trials 2000]
 
 The last line printed is one JSON object.
 """
@@ -16,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +49,7 @@ SPEC = """\
 [autoresearch]
 name = "bench-toy"
 editable = ["train.py"]
+fixed = ["prepare.py"]
 run = "python3 train.py"
 metric = '^val_bpb:\\s*([0-9.]+)'
 time_budget_s = {budget}
@@ -49,6 +63,7 @@ WIDTH = [2, 4, 6, 8, 10]
 def run(agents: int, experiments: int, budget: float, home: Path) -> dict[str, float]:
     target = Path(tempfile.mkdtemp(prefix="bench-toy-"))
     (target / "train.py").write_text(TRAIN)
+    (target / "prepare.py").write_text("# fixed: hash-checked after every experiment\n")
     (target / "autoresearch.toml").write_text(SPEC.format(budget=budget))
     env = {**os.environ, "SUPERVISOR_HOME": str(home)}
     start = time.perf_counter()
@@ -94,19 +109,85 @@ def run(agents: int, experiments: int, budget: float, home: Path) -> dict[str, f
     }
 
 
+EFFECTS = (-2.0, 0.0, 0.0, 0.25, 3.0)  # true gains, in units of the jitter's σ
+
+
+def decisions(trials: int, experiments: int, seed: int, *, floor: bool) -> dict[str, float]:
+    """Simulated loops on the toy truth, judged by the loop's own judge."""
+    from supervisor_autoresearch.judge import KEEP, RERUN, Noise, judge
+
+    rng = random.Random(seed)
+    wrong_keeps = not_better = wrong_discards = real = runs_made = 0
+    for _ in range(trials):
+        true_best = 0.0  # lower is better
+        base = [true_best + rng.gauss(0, 1) for _ in range(3 if floor else 1)]
+        noise = Noise(tuple(base), 1.0)
+        best, best_runs = statistics.fmean(base), len(base)
+        for _ in range(experiments):
+            true = true_best - rng.choice(EFFECTS)
+            runs = [true + rng.gauss(0, 1)]
+            while True:
+                verdict = judge(
+                    "lower", runs, best, noise, best_runs=best_runs, max_reruns=2 if floor else 0
+                )
+                if verdict.status != RERUN:
+                    break
+                runs.append(true + rng.gauss(0, 1))
+            runs_made += len(runs)
+            kept = verdict.status == KEEP
+            if true >= true_best:
+                not_better += 1
+                wrong_keeps += kept
+            if true_best - true >= 2.0:
+                real += 1
+                wrong_discards += not kept
+            if kept:
+                best, best_runs, true_best = verdict.score, len(runs), true
+    return {
+        "wrong_keep_rate": wrong_keeps / not_better,
+        "wrong_discard_rate": wrong_discards / real,
+        "runs_per_experiment": runs_made / (trials * experiments),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--experiments", type=int, default=6)
     parser.add_argument("--budget", type=float, default=2.0)
+    parser.add_argument("--trials", type=int, default=2000, help="simulated loops of 10 changes")
     args = parser.parse_args()
+    start = time.perf_counter()
+    judged = decisions(args.trials, 10, seed=1, floor=True)
+    naive = decisions(args.trials, 10, seed=1, floor=False)
+    print(
+        f"decisions: {args.trials * 10} per rule in {time.perf_counter() - start:.1f}s; "
+        f"wrong keeps {judged['wrong_keep_rate']:.1%} with the noise floor, "
+        f"{naive['wrong_keep_rate']:.1%} without",
+        file=sys.stderr,
+    )
     home = Path(tempfile.mkdtemp(prefix="bench-autoresearch-"))
-    one = run(1, args.experiments, args.budget, home)
-    three = run(3, args.experiments, args.budget, home)
+    try:
+        one = run(1, args.experiments, args.budget, home)
+        three = run(3, args.experiments, args.budget, home)
+    finally:  # the runs started a supervisor process in the bench's home: end it
+        subprocess.run(
+            [sys.executable, "-m", "supervisor.cli", "server", "stop", "--force"],
+            env={**os.environ, "SUPERVISOR_HOME": str(home)},
+            capture_output=True,
+            timeout=120,
+        )
     overhead = one["per_experiment_s"] - args.budget
     cpu_example_budget = 60.0
     print(
         json.dumps(
             {
+                "wrong_keep_rate": round(judged["wrong_keep_rate"], 4),
+                "wrong_discard_rate": round(judged["wrong_discard_rate"], 4),
+                "wrong_keep_rate_without_noise_floor": round(naive["wrong_keep_rate"], 4),
+                "wrong_discard_rate_without_noise_floor": round(naive["wrong_discard_rate"], 4),
+                "wrong_keep_target": 0.05,
+                "runs_per_experiment": round(judged["runs_per_experiment"], 3),
+                "decisions_per_rule": args.trials * 10,
                 "overhead_per_experiment_s": round(overhead, 2),
                 "overhead_target_s": 2.0,
                 "baseline_training_s": args.budget,

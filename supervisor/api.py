@@ -12,7 +12,7 @@ engine promises, and the engine stays free to change underneath.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +79,11 @@ class Events(Protocol):
         bar in the Info tab; ``supervisor logs`` prints a line."""
         ...
 
-    def metric(self, name: str, value: float, **labels: Any) -> None:
-        """One value of a named series (a loss, a latency, a count). The TUI's Info tab
-        shows each series' last value, best, count and a sparkline."""
+    def metric(self, name: str, value: float | None, **labels: Any) -> None:
+        """One value of a named series (a loss, a latency, a count; None for a try that
+        gave none, such as a crash). The TUI's Info tab shows each series' last value, best
+        (when a ``better="lower"|"higher"`` label says which way), count, a sparkline, and
+        tallies of string labels (``status="keep"``)."""
         ...
 
 
@@ -257,6 +259,26 @@ class StepContext(Protocol):
         max_steps: int = 0,
     ) -> AgentInfo:
         """Run one agent in ``sandbox`` (which the step owns) until it ends."""
+        ...
+
+    async def sandbox_image(
+        self,
+        *,
+        requirements: Sequence[str] = (),
+        wheels: dict[str, bytes] | None = None,
+        base: str = "",
+        name: str = "",
+    ) -> str:
+        """A sandbox image with Python packages (pip requirements, wheel files' bytes) on
+        top of ``base`` (the configured image), built once per content hash with its
+        output shown as progress, and reused; its tag, for ``new_sandbox(image=...)``.
+        Needs the docker backend."""
+        ...
+
+    async def bring_back(self, sandbox: Sandbox, target: Path) -> str:
+        """Bring a sandbox's committed work into the host folder or git repo ``target`` (a
+        repo gets the sandbox's branch; its working tree is not touched); says what was
+        done, in one line."""
         ...
 
     def check_model(self, model: str | None = None) -> str:

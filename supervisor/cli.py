@@ -1093,6 +1093,8 @@ def recipe_run(
             click.echo(f"  {key} = {value!r}")
         for i, s in enumerate(r.order(), 1):
             click.echo(f"  {i}. {s.id} [{s.kind}] {s.run or s.prompt[:60]}")
+        for line in recipes.plan(r, values):
+            click.echo(f"  {line}")
         return
     if not foreground:
         args = {"path": str(Path(r.path).resolve()), "params": r.texts(values)}

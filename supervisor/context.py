@@ -36,11 +36,13 @@ class AgentEvents:
             f"{label}: {shown} {unit}".rstrip(),
         )
 
-    def metric(self, name: str, value: float, **labels: Any) -> None:
+    def metric(self, name: str, value: float | None, **labels: Any) -> None:
+        shown = f"{value:g}" if value is not None else "—"
+        tags = " ".join(f"{k}={v}" for k, v in labels.items() if k != "better")
         self.emit(
             EventType.METRIC,
             {"name": name, "value": value, "labels": labels},
-            f"{name} = {value:g}",
+            f"{name} = {shown}" + (f" ({tags})" if tags else ""),
         )
 
 

@@ -37,7 +37,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -370,6 +370,21 @@ def registered_steps(plugins: Plugins | None = None) -> dict[str, Callable[..., 
     return dict(item for _, item in (plugins or get_plugins()).collect("register_steps"))
 
 
+def plan(recipe: Recipe, values: dict[str, Any]) -> list[str]:
+    """What the python steps say they would do, for ``recipe run --dry-run``.
+
+    A step function may carry a ``plan`` attribute, ``plan(params) -> list[str]``, that
+    reads and checks the step's inputs (raising ``InputError`` on bad ones) without doing
+    the work; its lines are shown under the step's id."""
+    lines: list[str] = []
+    steps = registered_steps()
+    for step in recipe.order():
+        check = getattr(steps.get(step.run), "plan", None) if step.kind == "python" else None
+        if callable(check):
+            lines += [f"{step.id}: {line}" for line in check(values)]
+    return lines
+
+
 def validate(recipe: Recipe) -> None:
     """Checks that need the plugins: every python step names a registered step."""
     known = registered_steps()
@@ -486,6 +501,46 @@ class StepContext:
             max_steps=max_steps,
         )
         return agent.info()
+
+    async def sandbox_image(
+        self,
+        *,
+        requirements: Sequence[str] = (),
+        wheels: dict[str, bytes] | None = None,
+        base: str = "",
+        name: str = "",
+    ) -> str:
+        from supervisor.errors import InputError
+        from supervisor.sandbox.image import derive
+
+        backend = str(self.params.get("sandbox") or self.engine.settings["sandbox.backend"])
+        if backend != "docker":
+            raise InputError(
+                f"{name or self.recipe.name}: an image with packages needs the docker sandbox "
+                f"backend, not {backend!r}"
+            )
+        loop = asyncio.get_running_loop()
+
+        def progress(line: str) -> None:
+            loop.call_soon_threadsafe(self.emit, f"image: {line}")
+
+        return await asyncio.to_thread(
+            derive,
+            base or self.engine.settings["sandbox.image"],
+            requirements=list(requirements),
+            wheels=dict(wheels or {}),
+            mode=self.engine.settings["sandbox.build"],
+            progress=progress,
+            name=name,
+        )
+
+    async def bring_back(self, sandbox: Sandbox, target: Path) -> str:
+        from supervisor.sandbox.workspace import WorkspaceError, apply
+
+        try:
+            return await apply(sandbox, target)
+        except WorkspaceError as exc:
+            return str(exc)
 
     def check_model(self, model: str | None = None) -> str:
         from supervisor.models import check_usable

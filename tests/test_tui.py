@@ -786,29 +786,6 @@ def _snapshot_data(home: Path) -> None:
                 },
             ]
         )
-        db["experiments"].insert_all(
-            [
-                {
-                    "run_id": "run-bbb222",
-                    "agent_id": "loop-1",
-                    "n": n,
-                    "metric": m,
-                    "status": s,
-                    "description": f"exp {n}",
-                    "started_at": T0 + 60 + n,
-                }
-                for n, (m, s) in enumerate(
-                    [
-                        (1.0, "keep"),
-                        (0.98, "keep"),
-                        (0.99, "discard"),
-                        (0.95, "keep"),
-                        (None, "crash"),
-                        (0.94, "keep"),
-                    ]
-                )
-            ]
-        )
 
     store.write(rows)
     events = [

@@ -26,6 +26,10 @@ import numpy as np
 # Seconds of training per experiment (wall clock). The loop sets the environment variable;
 # tests use a tiny budget.
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "60"))
+# Training steps per experiment instead (0: none). The steps a wall-clock budget allows vary
+# from run to run on a busy machine; a step budget takes that noise out (the time budget is
+# then only the limit past which the loop kills a run, at twice it).
+STEP_BUDGET = int(os.environ.get("AUTORESEARCH_STEP_BUDGET", "0"))
 
 TRAIN_BYTES = 3_000_000  # ~3 MB of training text: a 60 s run sees each byte a few times
 VAL_BYTES = 300_000  # ~300 KB of held-out text

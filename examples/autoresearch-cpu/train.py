@@ -148,14 +148,21 @@ def main() -> None:
     offsets = np.arange(-CONTEXT, 0)
 
     # Train for exactly TIME_BUDGET seconds of wall time; the schedule follows the clock,
-    # not a step count, because steps per second depend on the model and the machine.
+    # not a step count, because steps per second depend on the model and the machine. With
+    # a STEP_BUDGET, train exactly that many steps instead, the schedule following them.
     step, smooth_loss, next_log = 0, None, LOG_EVERY_S
     t0 = time.perf_counter()
-    while (elapsed := time.perf_counter() - t0) < prepare.TIME_BUDGET:
+
+    def done_fraction(elapsed: float) -> float:
+        if prepare.STEP_BUDGET:
+            return step / prepare.STEP_BUDGET
+        return elapsed / prepare.TIME_BUDGET
+
+    while (fraction := done_fraction(elapsed := time.perf_counter() - t0)) < 1:
         idx = rng.integers(CONTEXT, len(train), size=BATCH_SIZE)
         x, y = train[idx[:, None] + offsets], train[idx]
         loss, grads = loss_and_grads(params, x, y)
-        opt.step(params, grads, lr_at(elapsed / prepare.TIME_BUDGET))
+        opt.step(params, grads, lr_at(fraction))
         step += 1
         smooth_loss = loss if smooth_loss is None else 0.99 * smooth_loss + 0.01 * loss
         if elapsed >= next_log:

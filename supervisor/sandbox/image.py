@@ -7,10 +7,13 @@ is found and reused, and any change to them names a new image.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import threading
 from collections.abc import Callable
@@ -254,3 +257,97 @@ def _build_offline(client: Any, directory: Path, tag: str, progress: Progress) -
             src=str(archive), repository=repository, tag=version, changes=changes
         )
     progress(f"built {tag}")
+
+
+DERIVED_REPOSITORY = "supervisor-derived"
+_derive_lock = threading.Lock()  # loops starting at once must not build one image twice
+
+
+def derive(
+    base: str,
+    *,
+    requirements: list[str],
+    wheels: dict[str, bytes],
+    mode: str,
+    progress: Callable[[str], None],
+    name: str = "",
+) -> str:
+    """A sandbox image with Python packages on top of ``base`` (the default image when
+    empty), built once per content hash — the base image's id, the requirements, the
+    wheels' bytes — and reused; its tag. Wheels install without network; requirements are
+    fetched from the package index while building.
+    """
+    import docker.errors
+
+    from supervisor.errors import InputError
+    from supervisor.sandbox.docker import docker_client, home_label
+
+    client = docker_client()
+    if not base:
+        base = build(client, mode=mode, progress=progress)
+    try:
+        base_image = client.images.get(base)
+    except docker.errors.ImageNotFound:
+        raise InputError(f"{name or 'sandbox image'}: the image {base} does not exist") from None
+    if not requirements and not wheels:
+        return base
+    digest = hashlib.sha256(
+        json.dumps([base_image.id, requirements, sorted(wheels)]).encode()
+        + b"".join(wheels[w] for w in sorted(wheels))
+    ).hexdigest()[:16]
+    tag = f"{DERIVED_REPOSITORY}:{digest}"
+    shown = ", ".join([*requirements, *sorted(wheels)])
+    with _derive_lock:
+        try:
+            client.images.get(tag)
+            progress(f"reusing image {tag} ({shown})")
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        progress(f"building image {tag} from {base} with {shown}")
+        user = (base_image.attrs.get("Config") or {}).get("User") or "root"
+        stream = client.api.build(
+            fileobj=_derived_context(base, user, wheels, requirements),
+            custom_context=True,
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            decode=True,
+            # Wheels alone need no network; requirements are fetched from the index.
+            network_mode="bridge" if requirements else "none",
+            labels={"supervisor.home": home_label(), "supervisor.derived": name or "-"},
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                raise InputError(
+                    f"{name or 'sandbox image'}: building the image failed: "
+                    f"{chunk['error'].strip()}"
+                )
+            for line in str(chunk.get("stream", "")).splitlines():
+                if line.strip():
+                    progress(line.strip()[:200])
+        progress(f"built image {tag}")
+    return tag
+
+
+def _derived_context(
+    base: str, user: str, wheels: dict[str, bytes], requirements: list[str]
+) -> io.BytesIO:
+    pip = "python3 -m pip install --no-cache-dir --break-system-packages --no-warn-script-location"
+    lines = [f"FROM {base}", "USER root"]
+    if wheels:
+        lines += ["COPY wheels /tmp/wheels"]
+        lines += [f"RUN {pip} --no-index /tmp/wheels/*.whl && rm -rf /tmp/wheels"]
+    if requirements:
+        lines += [f"RUN {pip} " + " ".join(json.dumps(r) for r in requirements)]
+    lines += [f"USER {user}"]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        files = {"Dockerfile": ("\n".join(lines) + "\n").encode()}
+        files.update({f"wheels/{n}": data for n, data in wheels.items()})
+        for n, data in files.items():
+            info = tarfile.TarInfo(n)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer

@@ -180,7 +180,7 @@ def m001_initial(db: Database) -> None:
 
 @migrations()
 def m002_experiments(db: Database) -> None:
-    # One row per experiment of an experiment loop (the autoresearch recipe and others).
+    # One row per experiment of an experiment loop (a recipe's, written by its plugin).
     db.table("experiments").create(
         {
             "id": int,
@@ -225,3 +225,12 @@ def m004_plugin_errors(db: Database) -> None:
         not_null={"ts", "plugin", "hook", "error"},
     )
     db.table("plugin_errors").create_index(["ts"])
+
+
+@migrations()
+def m005_experiments_to_their_plugin(db: Database) -> None:
+    # The experiments table belongs to the plugin that fills it (its own migration set,
+    # through register_migrations). An empty one made by m002 goes; one holding rows stays
+    # for the plugin to adopt, so nothing recorded is lost.
+    if "experiments" in db.table_names() and not db.table("experiments").count:
+        db.table("experiments").drop()

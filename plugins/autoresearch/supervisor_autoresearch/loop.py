@@ -2,8 +2,11 @@
 
 Per loop (one per agent): a sandbox with the target on branch ``autoresearch/<tag>-<i>``;
 then until a limit: propose → commit → run under the time budget in an exclusive slot
-(killed at twice the budget: a crash) → read the metric → keep the commit if it beat the
-best so far, else reset → record the result (the store, ``results.tsv``, a memory note).
+(killed at twice the budget: a crash) → check the fixed files are untouched (else
+``invalid``) → read the metric → keep the commit only if it beat the best by more than the
+noise floor the baseline's repeated runs measured (a marginal win runs again first, see
+``judge.py``), else reset → record the result and its diff (the store, ``results.tsv``, a
+memory note).
 
 Loops share one :class:`Board`: each starts every experiment from the best result any of
 them has found. Everything needed to continue is in the store, so ``recipe resume``
@@ -13,10 +16,12 @@ picks up after a crash where the loops left off.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import time
 from contextlib import asynccontextmanager
@@ -24,15 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supervisor.errors import InputError
+from supervisor import InputError
+
 from supervisor_autoresearch import proposers
+from supervisor_autoresearch.judge import KEEP, RERUN, Noise, judge
 from supervisor_autoresearch.spec import Spec, load
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
-    from supervisor.recipes import StepContext
-    from supervisor.sandbox.base import Sandbox
+    from supervisor import Sandbox, StepContext
 
 # The repository's examples/ in a checkout; the copy inside the package when installed.
 _HERE = Path(__file__).resolve().parent
@@ -41,6 +47,9 @@ EXAMPLES = next(
     _HERE / "_examples",
 )
 RESULTS_HEADER = "commit\t{metric}\tmemory_gb\tstatus\tdescription\n"
+TAIL_BYTES = 1024 * 1024  # the metric is read from this much of the end of the log
+TAIL_FILE = ".git/autoresearch-log-tail"
+DIFF_FILE = ".git/autoresearch.diff"
 
 
 def example_target() -> Path:
@@ -113,52 +122,68 @@ class Board:
     spec: Spec
     target: str
     best_metric: float | None = None
+    best_runs: int = 1  # how many runs the best's metric is the mean of
     best_files: dict[str, str] = field(default_factory=dict)
     best_by: str = ""
+    noise: Noise = field(default_factory=lambda: Noise(()))
     count: int = 0  # experiments started in this run (the baseline not included)
-    tried: set[str] = field(default_factory=set)
+    tried: set[str] = field(default_factory=set)  # hyperparameter configurations tried
+    tried_files: set[str] = field(default_factory=set)  # editable files' contents tried
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def _board(ctx: StepContext) -> Board:
-    boards: dict[str, Board] = ctx.engine.__dict__.setdefault("_autoresearch_boards", {})
-    if ctx.run_id not in boards:
-        spec = Spec(**ctx.outputs["prepare"]["spec"])
-        board = Board(spec=spec, target=ctx.outputs["prepare"]["target_name"])
-        ctx.engine.store.flush()
-        rows = list(
-            ctx.engine.store.db.query(
-                "SELECT * FROM experiments WHERE target = ? ORDER BY id", [board.target]
-            )
-        )
-        for row in rows:
-            if row["params"]:
-                board.tried.add(proposers.key(json.loads(row["params"])))
-            if row["run_id"] == ctx.run_id:
-                if row["n"] > 0:
-                    board.count += 1
-                if (
-                    row["status"] == "keep"
-                    and row["files"]
-                    and spec.better(row["metric"], board.best_metric)
-                ):
-                    board.best_metric = row["metric"]
-                    board.best_files = json.loads(row["files"])
-                    board.best_by = row["agent_id"]
-        boards[ctx.run_id] = board
-        # After a crash the file may lack the last lines, or hold ones the store never
-        # committed: the store is the truth.
-        ours = [r for r in rows if r["run_id"] == ctx.run_id]
-        (ctx.run_dir / "results.tsv").write_text(
-            RESULTS_HEADER.format(metric=spec.metric_name) + "".join(_tsv_line(r) for r in ours)
-        )
-    return boards[ctx.run_id]
+def load_board(ctx: StepContext) -> Board:
+    """The run's state, read from the store at the start of each step.
+
+    Never cached between steps: after a stop and a resume in the same supervisor process
+    a cached board still counted the experiment that was interrupted, so the resumed loop
+    thought its limit was reached and ended without running it.
+    """
+    spec = Spec(**ctx.outputs["prepare"]["spec"])
+    board = Board(spec=spec, target=ctx.outputs["prepare"]["target_name"])
+    ctx.store.flush()
+    rows = list(
+        ctx.store.db.query("SELECT * FROM experiments WHERE target = ? ORDER BY id", [board.target])
+    )
+    for row in rows:
+        if row["params"]:
+            board.tried.add(proposers.key(json.loads(row["params"])))
+        if row["files"] and row["status"] != "invalid":  # never judged: may be tried again
+            board.tried_files.add(files_key(json.loads(row["files"])))
+        if row["run_id"] != ctx.run_id:
+            continue
+        runs = json.loads(row.get("runs") or "[]")
+        if row["n"] > 0:
+            board.count += 1
+        elif row["status"] == "keep" and runs:
+            board.noise = Noise(tuple(runs), spec.noise_spreads)
+        if (
+            row["status"] == "keep"
+            and row["files"]
+            and spec.better(row["metric"], board.best_metric)
+        ):
+            board.best_metric = row["metric"]
+            board.best_runs = max(len(runs), 1)
+            board.best_files = json.loads(row["files"])
+            board.best_by = row["agent_id"]
+    # After a crash the file may lack the last lines, or hold ones the store never
+    # committed: the store is the truth.
+    ours = [r for r in rows if r["run_id"] == ctx.run_id]
+    (ctx.run_dir / "results.tsv").write_text(
+        RESULTS_HEADER.format(metric=spec.metric_name) + "".join(_tsv_line(r) for r in ours)
+    )
+    return board
+
+
+def files_key(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def _tsv_line(row: dict[str, Any]) -> str:
     """One results.tsv row: commit, metric, memory_gb, status, description."""
     metric = f"{row['metric']:.6f}" if row["metric"] is not None else "0.000000"
-    memory = f"{row['memory_mb'] / 1024:.2f}" if row["memory_mb"] else "0.0"
+    # NA, not 0.0: without a memory readout the memory is unknown, not zero.
+    memory = f"{row['memory_mb'] / 1024:.2f}" if row["memory_mb"] is not None else "NA"
     description = str(row["description"]).replace("\t", " ").replace("\n", " ")
     return f"{row['commit'] or '-'}\t{metric}\t{memory}\t{row['status']}\t{description}\n"
 
@@ -166,37 +191,102 @@ def _tsv_line(row: dict[str, Any]) -> str:
 # -- steps
 
 
-def prepare(ctx: StepContext) -> dict[str, Any]:
-    """Resolve the target, read its spec, and make the run's copy a git repo on a branch."""
-    given = str(ctx.params.get("target") or "")
+def _source_and_spec(params: dict[str, Any]) -> tuple[Path, Spec]:
+    given = str(params.get("target") or "")
     source = Path(given).expanduser() if given else example_target()
     if not source.is_dir():
         raise InputError(f"autoresearch: target {source} is not a folder")
     overrides = {
-        "time_budget_s": float(ctx.params.get("time_budget") or 0) or None,
-        "run": ctx.params.get("run") or None,
-        "metric": ctx.params.get("metric") or None,
-        "direction": ctx.params.get("direction") or None,
-        "editable": ctx.params.get("editable") or None,
+        "time_budget_s": float(params.get("time_budget") or 0) or None,
+        "run": params.get("run") or None,
+        "metric": params.get("metric") or None,
+        "direction": params.get("direction") or None,
+        "editable": params.get("editable") or None,
+        "baseline_runs": int(params.get("baseline_runs") or 0) or None,
+        "noise_spreads": float(params.get("noise_spreads") or 0) or None,
+        # -1 (the parameter's default): the spec's; 0 is a real choice (never re-run).
+        "max_reruns": None if int(params.get("max_reruns", -1)) < 0 else int(params["max_reruns"]),
     }
     spec = load(source.resolve(), overrides)
+    if (source / ".git").exists():
+        _refuse_uncommitted(source, spec)
+    return source, spec
+
+
+def _refuse_uncommitted(source: Path, spec: Spec) -> None:
+    """A git target is copied at its last commit: uncommitted spec or files would not be
+    what runs (a sandbox error, or a stale copy on resume), so say so before starting."""
+    from supervisor_autoresearch.spec import SPEC_FILE
+
+    paths = [SPEC_FILE, *spec.editable, *spec.fixed]
+    out = subprocess.run(
+        ["git", "-C", str(source), "status", "--porcelain", "--", *paths],
+        capture_output=True,
+        text=True,
+    ).stdout
+    changed = sorted({line[3:].strip() for line in out.splitlines() if line.strip()})
+    if changed:
+        raise InputError(
+            f"{source}: commit these files first (a git target is copied at its last "
+            f"commit): {', '.join(changed)}"
+        )
+
+
+def plan(params: dict[str, Any]) -> list[str]:
+    """For ``recipe run --dry-run``: read and check the target's spec, say what would run."""
+    source, spec = _source_and_spec(params)
+    return [
+        f"target {source} ({spec.name}): edit {', '.join(spec.editable)}; fixed "
+        f"{', '.join(spec.fixed) or 'none'}",
+        f"run `{spec.run}`, {spec.metric_name} {spec.direction} is better, budget "
+        f"{spec.time_budget_s:g}s" + (f" / {spec.step_budget} steps" if spec.step_budget else ""),
+        f"baseline {spec.baseline_runs} run(s); keep a change only if it beats the best by "
+        f"more than {spec.noise_spreads:g} × their spread; up to {spec.max_reruns} re-run(s) "
+        "of a marginal win",
+        f"hyperparameters for the built-in proposer: {', '.join(spec.hyperparameters) or 'none'}",
+        "environment: "
+        + (
+            f"packages {', '.join(spec.packages)} in an image built once from "
+            f"{spec.image or 'the sandbox image'}"
+            if spec.packages
+            else f"image {spec.image}"
+            if spec.image
+            else "the sandbox image"
+        ),
+    ]
+
+
+def _copy_ignore(source: Path, spec: Spec) -> Callable[[str, list[str]], set[str]]:
+    """What a plain-folder copy leaves out: logs, results and caches of earlier runs by
+    hand, and a top-level ``data/`` — unless the spec names files in it (then it is needed)."""
+    named = {Path(p).parts[0] for p in [*spec.fixed, *spec.editable] if Path(p).parts}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skip = {"run.log", "results.tsv", "__pycache__"}
+        if "data" not in named and Path(folder) == source:
+            skip.add("data")
+        return skip & set(names)
+
+    return ignore
+
+
+def prepare(ctx: StepContext) -> dict[str, Any]:
+    """Resolve the target, read its spec, and make the run's copy a git repo on a branch."""
+    source, spec = _source_and_spec(ctx.params)
     repo = ctx.run_dir / "target"
     if not repo.exists():
         if (source / ".git").exists():
             _git(["clone", "--quiet", str(source), str(repo)])
         else:
-            shutil.copytree(
-                source,
-                repo,
-                ignore=shutil.ignore_patterns("data", "run.log", "results.tsv", "__pycache__"),
-            )
+            shutil.copytree(source, repo, ignore=_copy_ignore(source, spec))
             _git(["init", "-q", "-b", "main"], repo)
             _git(["add", "-A"], repo)
             _git(["commit", "-q", "-m", "the target as given"], repo)
     tag = ctx.params.get("tag") or ctx.run_id
     (ctx.run_dir / "results.tsv").write_text(RESULTS_HEADER.format(metric=spec.metric_name))
+    how = "cloned at its last commit" if (source / ".git").exists() else "copied"
     ctx.emit(
-        f"target {source} ({spec.name}): edit {', '.join(spec.editable)}, "
+        f"target {source} ({spec.name}, {how}): edit {', '.join(spec.editable)}, "
         f"{spec.metric_name} {spec.direction} is better, budget {spec.time_budget_s:g}s"
     )
     return {
@@ -208,38 +298,56 @@ def prepare(ctx: StepContext) -> dict[str, Any]:
     }
 
 
+prepare.plan = plan  # type: ignore[attr-defined]
+
+
 async def baseline(ctx: StepContext) -> dict[str, Any]:
-    """Run the unmodified target once: the result every experiment must beat."""
-    board = _board(ctx)
+    """Run the unmodified target N times: the result to beat, and the metric's noise."""
+    board = load_board(ctx)
     if board.best_metric is not None:
-        return {"metric": board.best_metric}
-    async with Loop(ctx, board, index=0, label="baseline") as loop:
-        record = await loop.experiment(None, n=0)
+        return {"metric": board.best_metric, "noise_floor": board.noise.floor}
+    image = await _environment(ctx, board.spec)
+    async with Loop(ctx, board, index=0, label="baseline", image=image) as loop:
+        record = await loop.baseline(board.spec.baseline_runs)
     if record["status"] != "keep":
         raise RuntimeError(
             f"the baseline did not give a result ({record['description']}); the end of its "
             f"log:\n{record['log']}"
         )
-    return {"metric": record["metric"]}
+    return {"metric": record["metric"], "noise_floor": board.noise.floor}
 
 
 async def run_loops(ctx: StepContext) -> dict[str, Any]:
     """N loops in parallel until a limit; each builds on the best any of them found."""
-    board = _board(ctx)
+    board = load_board(ctx)
     agents = max(1, int(ctx.params.get("agents") or 1))
     pool = SlotPool.detect(agents, int(ctx.params.get("cores_per_slot") or 0))
     ctx.emit(f"{agents} loop(s), {len(pool.slots)} {pool.kind} slot(s): {pool.slots}")
-    results = await asyncio.gather(*(_one_loop(ctx, board, i + 1, pool) for i in range(agents)))
+    ctx.emit(board.noise.describe(board.spec.metric_name))
+    image = await _environment(ctx, board.spec)
+    results = await asyncio.gather(
+        *(_one_loop(ctx, board, i + 1, pool, image) for i in range(agents))
+    )
     return {"loops": results, "best": board.best_metric}
 
 
-async def _one_loop(ctx: StepContext, board: Board, index: int, pool: SlotPool) -> dict[str, Any]:
+async def _environment(ctx: StepContext, spec: Spec) -> str:
+    from supervisor_autoresearch import environment
+
+    return await environment.ensure(ctx, spec, Path(ctx.outputs["prepare"]["source"]))
+
+
+async def _one_loop(
+    ctx: StepContext, board: Board, index: int, pool: SlotPool, image: str
+) -> dict[str, Any]:
     limit = int(ctx.params.get("experiments") or 0)
     hours = float(ctx.params.get("hours") or 0)
     deadline = time.monotonic() + hours * 3600 if hours else None
     proposer = _proposer(ctx, board, index)
     kept = done = 0
-    async with Loop(ctx, board, index=index, label=f"agent-{index}", pool=pool) as loop:
+    async with Loop(
+        ctx, board, index=index, label=f"agent-{index}", pool=pool, image=image
+    ) as loop:
         while True:
             async with board.lock:
                 if limit and board.count >= limit:
@@ -259,7 +367,7 @@ async def _one_loop(ctx: StepContext, board: Board, index: int, pool: SlotPool) 
 
 def _proposer(ctx: StepContext, board: Board, index: int) -> Any:
     choice = ctx.params.get("proposer") or "auto"
-    model = ctx.engine.settings.get("model", "")
+    model = ctx.settings.get("model", "")
     if choice == "model" or (choice == "auto" and model and _model_usable(ctx, model)):
         return proposers.AgentProposer(model)
     if not board.spec.hyperparameters:
@@ -271,13 +379,23 @@ def _proposer(ctx: StepContext, board: Board, index: int) -> Any:
 
 
 def _model_usable(ctx: StepContext, model: str) -> bool:
-    from supervisor.models import ModelError, check_usable
-
     try:
-        check_usable(ctx.engine.models.registry.resolve(model))
-    except ModelError:
+        ctx.check_model(model)
+    except InputError:
         return False
     return True
+
+
+@dataclass
+class Run:
+    """One run of the training command."""
+
+    metric: float | None
+    memory: float | None
+    code: str
+    timed_out: bool
+    log: str
+    seconds: float
 
 
 class Loop:
@@ -291,33 +409,29 @@ class Loop:
         index: int,
         label: str,
         pool: SlotPool | None = None,
+        image: str = "",
     ) -> None:
         self.ctx, self.board, self.index, self.label = ctx, board, index, label
+        self.image = image  # the target's environment ('' : the configured sandbox image)
         self.pool = pool or SlotPool.detect(1)
         self.spec = board.spec
         self.sandbox: Sandbox | None = None
         self.branch = f"autoresearch/{ctx.outputs['prepare']['tag']}-{index}"
         # Only the editable files are ever committed: logs and data stay untracked.
         self._editable = " ".join(shlex.quote(f) for f in self.spec.editable)
+        self._fixed: dict[str, str] = {}  # path -> sha256, as they were after setup
 
     async def __aenter__(self) -> Loop:
-        from supervisor.sandbox.base import SandboxSpec
-        from supervisor.sandbox.manager import new_sandbox
-
-        settings = self.ctx.engine.settings
-        backend = self.ctx.params.get("sandbox") or settings["sandbox.backend"]
-        spec = SandboxSpec(
-            run_id=self.ctx.run_id,
-            agent_id=f"{self.label}-{os.urandom(2).hex()}",
+        # The person's settings (limits, image, environment allow-list) apply; the spec's
+        # environment image, when it has one, replaces the image.
+        self.sandbox = self.ctx.new_sandbox(
+            self.label,
             workspace=Path(self.ctx.outputs["prepare"]["target"]),
-            memory=settings["sandbox.memory"],
-            cpus=settings["sandbox.cpus"],
-            pids=settings["sandbox.pids"],
-            image=settings["sandbox.image"],
             network=bool(self.ctx.params.get("network")),
             labels={"scope": self.board.target},
+            backend=str(self.ctx.params.get("sandbox") or ""),
+            image=self.image,
         )
-        self.sandbox = new_sandbox(spec, backend)
         await self.sandbox.start()
         await self._sh(f"git checkout -q -B {self.branch}")
         if self.spec.setup:
@@ -325,113 +439,277 @@ class Loop:
             result = await self._sh(self.spec.setup, timeout=1800)
             if not result.ok:
                 raise RuntimeError(f"setup `{self.spec.setup}` failed:\n{result.stderr[-2000:]}")
+        self._fixed = await self._fixed_hashes()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self.sandbox is not None:
-            await self.sandbox.destroy()
+            # Shielded: a stop cancels this task, and the sandbox (with the training that
+            # may still run in it) must go all the same.
+            await asyncio.shield(self.sandbox.destroy())
 
     async def _sh(self, command: str, timeout: float = 120) -> Any:
         assert self.sandbox is not None
         return await self.sandbox.exec(f"cd {self.sandbox.workdir} && {command}", timeout=timeout)
 
-    async def _files(self) -> dict[str, str]:
+    async def _read(self, name: str) -> str:
         assert self.sandbox is not None
-        return {
-            name: (await self.sandbox.read_file(f"{self.sandbox.workdir}/{name}")).decode()
-            for name in self.spec.editable
-        }
+        return (await self.sandbox.read_file(f"{self.sandbox.workdir}/{name}")).decode(
+            errors="replace"
+        )
+
+    async def _files(self) -> dict[str, str]:
+        return {name: await self._read(name) for name in self.spec.editable}
 
     async def _write(self, files: dict[str, str]) -> None:
         assert self.sandbox is not None
         for name, text in files.items():
             await self.sandbox.write_file(f"{self.sandbox.workdir}/{name}", text.encode())
 
-    async def experiment(self, proposer: Any, *, n: int) -> dict[str, Any]:
-        """Propose, commit, run, judge, record. ``proposer`` None: the baseline."""
-        board, spec = self.board, self.spec
-        started = time.time()
-        params: dict[str, Any] = {}
-        if proposer is None:
-            description = "baseline"
-            params = proposers.read_params(await self._files(), list(spec.hyperparameters))
-            board.tried.add(proposers.key(params))  # never "propose" the baseline again
-        else:
-            # Start from the best so far, whoever found it.
-            if board.best_files and board.best_files != await self._files():
-                await self._write(board.best_files)
-                await self._sh(
-                    f"git add -- {self._editable} && {GIT} commit -q -m "
-                    f"'sync to the best so far ({board.best_by})'"
-                )
-            proposal = await self._propose(proposer)
-            if proposal is None:
-                self.ctx.emit(f"{self.label}: nothing left to try")
-                return {"status": "exhausted"}
-            description, params = proposal.description, proposal.params
-            commit = await self._sh(
-                f"git add -- {self._editable} && {GIT} commit -q -m {shlex.quote(description)}"
-            )
-            if not commit.ok:
-                return await self._record(
-                    n,
-                    "",
-                    None,
-                    None,
-                    "discard",
-                    "no change: " + description,
-                    params,
-                    started,
-                    "",
-                    "",
-                )
-        sha = (await self._sh("git rev-parse --short HEAD")).stdout.strip()
-        self.ctx.emit(f"{self.label} #{n}: {description}")
-        async with self.pool.slot() as slot:
-            # The recorded times are the slot's: when this experiment had it to itself.
-            started = time.time()
-            budget = spec.time_budget_s
-            command = self.pool.wrap(slot, spec.run)
-            run = (
-                f"AUTORESEARCH_TIME_BUDGET={budget:g} timeout -k 5 {2 * budget:g} "
-                f"{command} > run.log 2>&1; echo $?"
-            )
-            result = await self._sh(run, timeout=2 * budget + 60)
-            run_s = time.time() - started
-        log = (await self._sh("tail -c 4000 run.log")).stdout
-        code = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "?"
-        metric = spec.read_metric(log)
-        memory = spec.read_memory(log)
-        if code == "124" or result.timed_out:
-            status, why = "crash", f"killed at twice the time budget ({2 * budget:g}s)"
-        elif metric is None:
-            status, why = "crash", f"exit code {code}, no {spec.metric_name} in the log"
-        else:
-            async with board.lock:
-                improved = spec.better(metric, board.best_metric)
-                if improved:
-                    board.best_metric, board.best_by = metric, self.label
-                    board.best_files = await self._files()
-            status, why = ("keep" if improved else "discard"), ""
-        if status != "keep" and proposer is not None:
-            await self._sh("git reset -q --hard HEAD~1")
-        files = json.dumps(board.best_files) if status == "keep" else ""
-        record = await self._record(
-            n,
-            sha,
-            metric,
-            memory,
-            status,
-            description,
-            params,
-            started,
-            files,
-            slot,
-            why=why,
-            run_s=run_s,
+    async def _fixed_hashes(self) -> dict[str, str]:
+        """sha256 of every file under the spec's fixed paths (files or folders)."""
+        if not self.spec.fixed:
+            return {}
+        paths = " ".join(shlex.quote(p) for p in self.spec.fixed)
+        out = await self._sh(
+            f"find {paths} -type f -print0 2>/dev/null | sort -z | xargs -0 -r sha256sum"
         )
-        record["log"] = log[-1500:]
-        return record
+        hashes = {}
+        for line in out.stdout.splitlines():
+            digest, _, path = line.partition("  ")
+            if path:
+                hashes[path] = digest
+        return hashes
+
+    async def _tampered(self) -> list[str]:
+        """The fixed files that differ from what they were after setup."""
+        if not self.spec.fixed:
+            return []
+        now = await self._fixed_hashes()
+        return sorted(p for p in set(now) | set(self._fixed) if now.get(p) != self._fixed.get(p))
+
+    async def _run_once(self, slot: str) -> Run:
+        spec = self.spec
+        budget = spec.time_budget_s
+        env = f"AUTORESEARCH_TIME_BUDGET={budget:g}"
+        if spec.step_budget:
+            env += f" AUTORESEARCH_STEP_BUDGET={spec.step_budget}"
+        # setpriv --pdeathsig: when the sandbox's shell dies (a stop, `server stop
+        # --force`), `timeout` is told and kills the training's whole process group, so
+        # no training outlives its run on a backend without containers.
+        run = (
+            "g=; command -v setpriv >/dev/null 2>&1 && g='setpriv --pdeathsig TERM --'; "
+            f"{env} $g timeout -k 5 {spec.kill_after_s:g} {self.pool.wrap(slot, spec.run)} "
+            "> run.log 2>&1; echo $?"
+        )
+        started = time.time()
+        result = await self._sh(run, timeout=spec.kill_after_s + 60)
+        seconds = time.time() - started
+        # The metric is read from the log's last TAIL_BYTES (documented in the recipe).
+        await self._sh(f"tail -c {TAIL_BYTES} run.log > {TAIL_FILE} 2>/dev/null; true")
+        log = await self._read(TAIL_FILE)
+        code = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "?"
+        return Run(
+            metric=spec.read_metric(log),
+            memory=spec.read_memory(log),
+            code=code,
+            timed_out=code == "124" or result.timed_out,
+            log=log,
+            seconds=seconds,
+        )
+
+    def _crash_reason(self, run: Run) -> str:
+        if run.timed_out:
+            if self.spec.timeout_s:
+                return f"killed at the spec's timeout_s ({self.spec.timeout_s:g}s)"
+            return f"killed at twice the time budget ({self.spec.kill_after_s:g}s)"
+        return (
+            f"exit code {run.code}, no {self.spec.metric_name} in the last "
+            f"{TAIL_BYTES // 1024} KB of the log"
+        )
+
+    async def baseline(self, count: int) -> dict[str, Any]:
+        """Run the unchanged target ``count`` times: the best to beat and the noise floor."""
+        board, spec = self.board, self.spec
+        files = await self._files()
+        params = proposers.read_params(files, list(spec.hyperparameters))
+        board.tried.add(proposers.key(params))  # never "propose" the baseline again
+        board.tried_files.add(files_key(files))
+        sha = (await self._sh("git rev-parse --short HEAD")).stdout.strip()
+        row: dict[str, Any] = {"n": 0, "commit": sha, "params": params, "files": files}
+        runs: list[float] = []
+        memory: float | None = None
+        async with self.pool.slot() as slot:
+            row.update(slot=slot, started_at=time.time())
+            for i in range(count):
+                self.ctx.emit(f"baseline: run {i + 1} of {count}")
+                run = await self._run_once(slot)
+                row["duration_s"] = round(time.time() - row["started_at"], 2)
+                tampered = await self._tampered()
+                if tampered:
+                    raise InputError(
+                        f"{spec.name}: the unchanged target changes its fixed files "
+                        f"({', '.join(tampered)}); take them out of `fixed` in the spec"
+                    )
+                if run.metric is None:
+                    return await self._record(
+                        row,
+                        status="crash",
+                        description="baseline",
+                        why=self._crash_reason(run),
+                        log=run.log,
+                    )
+                runs.append(run.metric)
+                memory = run.memory if run.memory is not None else memory
+                if count > 1:
+                    self.ctx.emit(f"baseline run {i + 1}: {spec.metric_name}={run.metric:.6f}")
+        noise = Noise(tuple(runs), spec.noise_spreads)
+        async with board.lock:
+            board.noise = noise
+            board.best_metric = statistics.fmean(runs)
+            board.best_runs = len(runs)
+            board.best_files = files
+            board.best_by = self.label
+        self.ctx.emit(noise.describe(spec.metric_name), noise_floor=noise.floor)
+        return await self._record(
+            row,
+            status="keep",
+            description="baseline",
+            metric=board.best_metric,
+            memory=memory,
+            runs=runs,
+            log=run.log,
+        )
+
+    async def experiment(self, proposer: Any, *, n: int) -> dict[str, Any]:
+        """Propose, commit, run (again when the win is marginal), judge, record."""
+        board, spec = self.board, self.spec
+        row: dict[str, Any] = {"n": n, "started_at": time.time()}
+        # Start from the best so far, whoever found it.
+        if board.best_files and board.best_files != await self._files():
+            await self._write(board.best_files)
+            await self._sh(
+                f"git add -- {self._editable} && {GIT} commit -q -m "
+                f"'sync to the best so far ({board.best_by})'"
+            )
+        proposal = await self._propose(proposer)
+        if proposal is None:
+            self.ctx.emit(f"{self.label}: nothing left to try")
+            return {"status": "exhausted"}
+        description = proposal.description
+        row.update(params=proposal.params, files=await self._files())
+        key = files_key(row["files"])
+        async with board.lock:
+            repeat = isinstance(proposer, proposers.AgentProposer) and key in board.tried_files
+            board.tried_files.add(key)
+        if repeat:
+            await self._sh(f"git checkout -q -- {self._editable}")
+            return await self._record(
+                row,
+                status="discard",
+                description=description,
+                why="the same code as an experiment already tried; not run again",
+            )
+        commit = await self._sh(
+            f"git add -- {self._editable} && {GIT} commit -q -m {shlex.quote(description)}"
+        )
+        if not commit.ok:
+            return await self._record(
+                row, status="discard", description="no change: " + description
+            )
+        row["commit"] = (await self._sh("git rev-parse --short HEAD")).stdout.strip()
+        row["diff"] = await self._diff()
+        self.ctx.emit(f"{self.label} #{n}: {description}")
+        status, why, verdict, runs, memory, log = "crash", "", None, [], None, ""
+        tampered = await self._tampered()  # the proposer itself may have changed them
+        if not tampered:
+            async with self.pool.slot() as slot:
+                # The recorded times are the slot's: when this experiment had it to itself.
+                row.update(slot=slot, started_at=time.time())
+                while True:
+                    run = await self._run_once(slot)
+                    row["duration_s"] = round(time.time() - row["started_at"], 2)
+                    log = run.log
+                    tampered = await self._tampered()
+                    if tampered:
+                        break
+                    if run.metric is None:
+                        status, why = "crash", self._crash_reason(run)
+                        break
+                    runs.append(run.metric)
+                    memory = run.memory if run.memory is not None else memory
+                    async with board.lock:
+                        verdict = judge(
+                            spec.direction,
+                            runs,
+                            board.best_metric,
+                            board.noise,
+                            best_runs=board.best_runs,
+                            max_reruns=spec.max_reruns,
+                        )
+                        if verdict.status == KEEP:
+                            board.best_metric, board.best_by = verdict.score, self.label
+                            board.best_runs = len(runs)
+                            board.best_files = row["files"]
+                    status = verdict.status
+                    if status != RERUN:
+                        break
+                    self.ctx.emit(
+                        f"{self.label} #{n}: marginal — {spec.metric_name} {verdict.score:.6f} "
+                        f"beats the best by {verdict.gain:.6g}, too close to the noise floor "
+                        f"({board.noise.floor:.6g}) to tell: re-run {len(runs)} of "
+                        f"{spec.max_reruns}",
+                        experiment=n,
+                        rerun=len(runs),
+                    )
+        if status == "discard" and verdict and verdict.gain > 0:
+            why = (
+                f"better by {verdict.gain:.6g}, not by more than the noise floor "
+                f"({board.noise.floor:.6g})"
+            )
+        if tampered:
+            status = "invalid"
+            why = (
+                f"it changed the fixed file(s) {', '.join(tampered)}; an experiment may not "
+                "change the evaluation, so it was not judged"
+            )
+        if status != KEEP:
+            await self._sh("git reset -q --hard HEAD~1")
+        if tampered:
+            board.tried_files.discard(key)  # never judged: the same code may run untampered
+            await self._restore_fixed(tampered)
+        return await self._record(
+            row,
+            status=status,
+            description=description,
+            why=why,
+            metric=verdict.score if verdict and status != "invalid" else None,
+            memory=memory,
+            runs=runs,
+            confidence=verdict.confidence if verdict else None,
+            gain=verdict.gain if verdict else None,
+            log=log,
+        )
+
+    async def _diff(self) -> str:
+        """The experiment's change, as a unified diff of the editable files."""
+        await self._sh(f"git -c core.pager=cat diff HEAD~1 HEAD -- {self._editable} > {DIFF_FILE}")
+        return await self._read(DIFF_FILE)
+
+    async def _restore_fixed(self, tampered: list[str]) -> None:
+        """Put the fixed files back (the reset restores tracked ones; setup makes the rest
+        again), or stop the loop: no later experiment could be judged fairly."""
+        await self._sh(
+            f"git checkout -q HEAD -- {' '.join(map(shlex.quote, tampered))} 2>/dev/null; true"
+        )
+        if await self._tampered() and self.spec.setup:
+            await self._sh(self.spec.setup, timeout=1800)
+        still = await self._tampered()
+        if still:
+            raise RuntimeError(
+                f"an experiment changed the fixed file(s) {', '.join(still)} and they could "
+                "not be restored"
+            )
 
     async def _propose(self, proposer: Any) -> proposers.Proposal | None:
         board = self.board
@@ -445,14 +723,13 @@ class Loop:
             return proposal
         history = self._history()
         notes = [
-            n["body"]
-            for n in self.ctx.engine.recall(
-                f"{board.target} experiment {self.spec.metric_name}", board.target, limit=20
+            n.body
+            for n in self.ctx.memory(board.target).recall(
+                f"{board.target} experiment {self.spec.metric_name}", limit=20
             )
         ]
         assert self.sandbox is not None
-        agent = await self.ctx.engine.run_in_sandbox(
-            self.ctx.run_id,
+        agent = await self.ctx.run_agent(
             proposer.task(self.spec, history, notes),
             self.sandbox,
             name=f"{self.label}-editor",
@@ -466,7 +743,7 @@ class Loop:
         )
 
     def _history(self) -> list[dict[str, Any]]:
-        store = self.ctx.engine.store
+        store = self.ctx.store
         store.flush()
         return [
             dict(r)
@@ -478,87 +755,113 @@ class Loop:
 
     async def _record(
         self,
-        n: int,
-        sha: str,
-        metric: float | None,
-        memory: float | None,
+        row: dict[str, Any],
+        *,
         status: str,
         description: str,
-        params: dict[str, Any],
-        started: float,
-        files: str,
-        slot: str,
-        *,
         why: str = "",
-        run_s: float = 0.0,
+        metric: float | None = None,
+        memory: float | None = None,
+        runs: list[float] | None = None,
+        confidence: float | None = None,
+        gain: float | None = None,
+        log: str = "",
     ) -> dict[str, Any]:
-        ctx, spec = self.ctx, self.spec
-        row = {
+        ctx, spec, board = self.ctx, self.spec, self.board
+        n = row["n"]
+        runs = runs or []
+        if len(runs) > 1 and n > 0:
+            description += (
+                f" (mean of {len(runs)} runs: {len(runs) - 1} re-run(s) of a marginal win)"
+            )
+        stored = {
             "run_id": ctx.run_id,
             "agent_id": self.label,
-            "target": self.board.target,
+            "target": board.target,
             "n": n,
-            "commit": sha,
+            "commit": row.get("commit", ""),
             "metric": metric,
             "memory_mb": memory,
             "status": status,
             "description": description + (f" ({why})" if why else ""),
-            "params": json.dumps(params, sort_keys=True, default=str),
-            "files": files,
-            "slot": slot,
-            "started_at": started,
-            "duration_s": round(run_s, 2),
+            "params": json.dumps(row.get("params", {}), sort_keys=True, default=str),
+            "files": json.dumps(row["files"]) if row.get("files") else "",
+            "slot": row.get("slot", ""),
+            "started_at": row["started_at"],
+            "duration_s": row.get("duration_s", 0.0),
+            "runs": json.dumps(runs),
+            "reruns": max(len(runs) - 1, 0) if n > 0 else 0,
+            "noise_floor": board.noise.floor if board.noise.measured else None,
+            "confidence": confidence,
+            "diff": row.get("diff", ""),
         }
-        stored = dict(row)  # the writer runs later; the caller may add to ``row``
         # Committed before anything else sees it: the store is what resume trusts, and
         # results.tsv is rewritten from it when a run is taken up again.
         await asyncio.wrap_future(
-            ctx.engine.store.write(lambda db: db.table("experiments").insert(stored))
+            ctx.store.write(lambda db: db.table("experiments").insert(dict(stored)))
         )
-        shown = f"{metric:.6f}" if metric is not None else "0.000000"
         with (ctx.run_dir / "results.tsv").open("a") as fh:
-            fh.write(_tsv_line(row))
-        best = self.board.best_metric
+            fh.write(_tsv_line(stored))
+        shown = f"{metric:.6f}" if metric is not None else "0.000000"
+        best = board.best_metric
+        text = f"{self.label} #{n}: {status}"
+        if best is not None:
+            text += f" {spec.metric_name}={shown} (best {best:.6f})"
+        if status == KEEP and n > 0 and gain is not None and confidence is not None:
+            text += f" — {_how_sure(gain, confidence, board.noise)}"
+        elif why:
+            text += f" — {why}"
+        # Any plugin's progress and metrics reach the TUI's Info tab and `supervisor logs`:
+        # the same counts the report gives.
+        labels: dict[str, Any] = {"status": status, "better": spec.direction}
+        ctx.events.metric(spec.metric_name, metric, **labels)
+        limit = int(ctx.params.get("experiments") or 0)
+        if n > 0:
+            ctx.events.progress(f"{self.label} experiments", n, limit or None)
         ctx.emit(
-            f"{self.label} #{n}: {status} {spec.metric_name}={shown} (best {best:.6f})"
-            if best is not None
-            else f"{self.label} #{n}: {status}",
+            text,
             experiment=n,
             status=status,
             metric=metric,
             best=best,
             loop=self.label,
-            slot=slot,
-            started_at=started,
-            duration_s=run_s,
+            slot=stored["slot"],
+            started_at=stored["started_at"],
+            duration_s=stored["duration_s"],
+            confidence=confidence,
+            reruns=stored["reruns"],
         )
         if n > 0:
             # Memory for later agents and runs: what worked, what failed and why.
-            verb = {"keep": "improved", "discard": "did not improve", "crash": "crashed"}[status]
+            verb = {
+                "keep": "improved",
+                "discard": "did not improve",
+                "crash": "crashed",
+                "invalid": "was invalid",
+            }[status]
             body = (
                 f"{spec.name}: {description} {verb} {spec.metric_name} "
                 f"({shown if metric is not None else why})"
             )
-            note = {
-                "scope": "project",
-                "scope_key": self.board.target,
-                "body": body,
-                "run_id": ctx.run_id,
-                "created_at": time.time(),
-            }
-            ctx.engine.store.write(lambda db: db.table("notes").insert(note))
-        return row
+            await ctx.memory(board.target).remember(body)
+        return {**stored, "log": log[-1500:]}
 
     async def bring_back(self) -> None:
-        """Fetch this loop's branch into the run's copy of the target."""
-        from supervisor.sandbox.workspace import WorkspaceError, apply
-
+        """Fetch this loop's branch into the run's copy of the target: only its commits
+        (the editable files' changes), never run.log or other output left in the tree."""
         assert self.sandbox is not None
-        try:
-            message = await apply(self.sandbox, Path(self.ctx.outputs["prepare"]["target"]))
-        except WorkspaceError as exc:
-            message = str(exc)
+        await self._sh("git reset -q --hard && git clean -q -f -d -x")
+        message = await self.ctx.bring_back(
+            self.sandbox, Path(self.ctx.outputs["prepare"]["target"])
+        )
         self.ctx.emit(f"{self.label}: {message}")
+
+
+def _how_sure(gain: float, confidence: float, noise: Noise) -> str:
+    if not noise.measured:
+        return f"better by {gain:.6g} (noise not measured)"
+    times = f", {gain / noise.floor:.1f}× the noise floor" if noise.floor > 0 else ""
+    return f"better by {gain:.6g}{times}, confidence {confidence:.0%}"
 
 
 GIT = "git -c user.name='autoresearch' -c user.email=autoresearch@supervisor.invalid"

@@ -116,9 +116,12 @@ class AgentProposer:
             f"{spec.metric_name} ({spec.direction} is better) under a fixed training time "
             f"budget of {spec.time_budget_s:g} s. Do not run the training yourself: the "
             "loop runs it after you finish. Files that must not change: "
-            f"{', '.join(spec.fixed) or 'none'}. Prefer simple changes; when two ideas are "
-            "equally good, the simpler wins. Call finish(summary) with a one-line "
-            "description of the change.",
+            f"{', '.join(spec.fixed) or 'none'} — they are checked after every experiment, "
+            "and one that changed them is recorded invalid and never kept. A change is kept "
+            "only if it beats the best by more than the metric's run-to-run noise. Do not "
+            "repeat an experiment listed below: an edit that gives code already tried is not "
+            "run. Prefer simple changes; when two ideas are equally good, the simpler wins. "
+            "Call finish(summary) with a one-line description of the change.",
         ]
         if crash_log:
             lines.append(
