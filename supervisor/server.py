@@ -612,15 +612,12 @@ class Server:
 
         key = str(args.get("agent") or "")
         agent = self.engine.find_agent(key)
-        if agent is not None and await sandbox_alive(agent.sandbox):
+        if agent is not None and self.engine.running(agent) and await sandbox_alive(agent.sandbox):
             return await workspace.diff(agent.sandbox)
-        from supervisor.sandbox.manager import find_agent_sandbox
-
-        try:
-            sandbox = await asyncio.to_thread(find_agent_sandbox, key)
-        except SupervisorError:
-            raise InputError(f"agent {key}: its sandbox is gone (nothing to diff)") from None
-        return await workspace.diff(sandbox)
+        # Ended: the copy kept when it ended (its sandbox may be gone), else its sandbox.
+        with tempfile.TemporaryDirectory(prefix="supervisor-review-") as tmp:
+            _, changes = await workspace.agent_changes(key, Path(tmp))
+            return changes.text()
 
     async def _shutdown(self, conn: _Conn, args: dict[str, Any]) -> dict[str, Any]:
         active = self.active_agents()

@@ -318,6 +318,16 @@ def attach(backend: str, sandbox_id: str) -> Sandbox:
     return DockerSandbox.attach(sandbox_id)
 
 
+def wake(sandbox: Sandbox) -> None:
+    """Start a stopped Docker sandbox again: a stopped agent's sandbox is kept stopped,
+    with its workspace, until the agent is restarted."""
+    if isinstance(sandbox, DockerSandbox) and sandbox.container is not None:
+        sandbox.container.reload()
+        if sandbox.container.status in ("created", "exited"):
+            sandbox.container.start()
+            sandbox.container.reload()
+
+
 def find_agent_sandbox(agent: str) -> Sandbox:
     """The sandbox of an agent, by agent id or name (or container name)."""
     from supervisor.errors import InputError
