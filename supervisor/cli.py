@@ -272,11 +272,28 @@ def sandbox_shell(agent: str) -> None:
 
 
 @sandbox.command("prune")
-def sandbox_prune() -> None:
-    """Remove sandboxes, volumes and networks that no live run owns."""
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also remove sandboxes whose agent's changes could not be copied out.",
+)
+def sandbox_prune(force: bool) -> None:
+    """Remove sandboxes, volumes and networks that no live run owns.
+
+    An agent's changes are copied into the data directory before its sandbox goes (see
+    `agent diff`); a sandbox whose changes cannot be read is kept unless --force.
+    """
+    from supervisor.sandbox.docker import docker_client
+    from supervisor.sandbox.leftovers import keep_unsaved
     from supervisor.sandbox.manager import prune
 
-    removed = prune()
+    client = docker_client()
+    store = _open_store()
+    try:
+        keep = keep_unsaved(store, client, force=force, report=click.echo)
+        removed = prune(client, db_path=store.path, keep=keep)
+    finally:
+        store.close()
     for item in removed:
         click.echo(f"removed {item}")
     click.echo(f"{len(removed)} removed")

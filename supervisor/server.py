@@ -255,6 +255,7 @@ class Server:
         from supervisor import config
 
         orphans = self.engine.interrupt_orphans()
+        await self._reconcile_sandboxes()
         auto = config.load()["server.auto_resume"]
         for row in orphans:
             resumes = row.get("resumes") or 0
@@ -267,6 +268,16 @@ class Server:
                 log(f"run {row['id']} resumed after a crash")
             except Exception as exc:
                 log(f"run {row['id']} could not be resumed: {exc}")
+
+    async def _reconcile_sandboxes(self) -> None:
+        """Containers a dead server left are matched with their runs before any resumes:
+        those of finished agents (or never handed to one) go, their changes kept."""
+        from supervisor.sandbox.leftovers import reconcile
+
+        try:
+            await asyncio.to_thread(reconcile, self.store, report=log)
+        except Exception as exc:  # a clean-up must never keep the server from starting
+            log(f"could not reconcile sandboxes with their runs: {exc}")
 
     def driving(self, run_id: str) -> bool:
         """Is this process working on the run now?"""

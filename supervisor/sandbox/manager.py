@@ -268,12 +268,12 @@ def prune(
         labels = container.labels
         pool_owner = labels.get(f"{LABEL}.pool", "")
         run = labels.get(f"{LABEL}.run", "") or owners.get(container.id, "")
-        if keep is not None and keep(container):
-            continue
         if run and run in live:
             continue
         if pool_owner and not run and owner_alive(pool_owner):
             continue  # an idle pool member of a running supervisor
+        if keep is not None and keep(container):
+            continue  # asked last: it may copy the work out of a container about to go
         remove_container(client, container)
         removed.append(f"container {container.name}")
     in_use = {
