@@ -550,7 +550,8 @@ class Loop:
 
         assert self.sandbox is not None
         try:
-            message = await apply(self.sandbox, Path(self.ctx.outputs["prepare"]["target"]))
+            target = Path(self.ctx.outputs["prepare"]["target"])
+            message = await apply(self.sandbox, target, branch=self.branch)
         except WorkspaceError as exc:
             message = str(exc)
         self.ctx.emit(f"{self.label}: {message}")
