@@ -358,3 +358,30 @@ async def test_prune_copies_unreviewed_work_out_first(
     forced = await asyncio.to_thread(run_cli, "sandbox", "prune", "--force")
     assert forced.returncode == 0 and f"container {broken.name}" in forced.stdout
     assert containers("run1") == []
+
+
+async def test_the_changes_tab_shows_a_finished_agents_work(home: Path, tmp_path: Path) -> None:
+    """The TUI's Changes tab, after the agent finished and its sandbox was removed."""
+    from test_tui import loaded, screen_text, select_agent_of, start_run, until
+
+    from supervisor.tui.app import SupervisorApp
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "app.py").write_text("print('old')\n")
+    script = [
+        Reply(tool_calls=[("write_file", {"path": "app.py", "content": "print('new')\n"})]),
+        Reply(tool_calls=[("finish", {"summary": "changed"})]),
+    ]
+    with scripted(script, sandbox__backend="local"):
+        app = SupervisorApp()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await loaded(pilot)
+            run_id = await start_run(app, "change it", workspace=str(workspace))
+            agent = await select_agent_of(pilot, app, run_id)
+            await until(pilot, lambda: agent.status == "done", "the agent to finish", 60)
+            (row,) = db_rows(home, "SELECT sandbox_id FROM agents WHERE id = ?", (agent.id,))
+            await until(pilot, lambda: not Path(row["sandbox_id"]).exists(), "the release", 30)
+            await pilot.press("2")
+            await until(pilot, lambda: "+print('new')" in screen_text(app), "the diff", 30)
+            assert "-print('old')" in screen_text(app)
