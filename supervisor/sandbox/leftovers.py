@@ -77,7 +77,10 @@ async def _save(
     await asyncio.to_thread(wake, sandbox)  # a stopped container is started to be read
     folder = changes_folder(store.path.parent, row.get("run_id") or run_id)
     agent_id = container.labels.get(f"{LABEL}.agent", "")
-    changes = await save_changes(sandbox, folder, agent_id)
+    try:
+        changes = await save_changes(sandbox, folder, agent_id)
+    finally:
+        await sandbox.stop()  # its shell closed with this event loop; removed or kept stopped
     if changes.empty:
         return ""
     if row:
