@@ -503,7 +503,7 @@ class Engine:
             )
         )
         self.emit(EventType.RUN_STATUS, None, {"status": status}, run_id=run_id)
-        self._done[run_id].set()
+        self._done.setdefault(run_id, asyncio.Event()).set()  # also a run taken up again
 
     async def wait_run(self, run_id: str) -> str:
         await self._done[run_id].wait()

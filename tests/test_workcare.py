@@ -63,8 +63,12 @@ def saved_diff(home: Path, agent_id: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.docker
-async def test_stop_then_restart_keeps_the_workspace(home: Path, sandbox_image: str) -> None:
-    """`x` then `r` in the TUI: the agent goes on in its own sandbox, with its files."""
+@pytest.mark.parametrize("server_restarts", [False, True], ids=["same-server", "server-restart"])
+async def test_stop_then_restart_keeps_the_workspace(
+    home: Path, sandbox_image: str, server_restarts: bool
+) -> None:
+    """`x` then `r` in the TUI: the agent goes on in its own sandbox, with its files —
+    also when the supervisor process was restarted in between."""
     restarted = {"yes": False}
 
     def script(messages: list[dict[str, Any]]) -> Reply:
@@ -93,6 +97,12 @@ async def test_stop_then_restart_keeps_the_workspace(home: Path, sandbox_image: 
             (box,) = containers(run_id)
             assert box.id == first["sandbox_id"] and box.status == "exited"
             count = len(model.requests)
+            if server_restarts:
+                await client.call("shutdown")
+                await client.close()
+                await wait_for(lambda: running_pid(home) is None, 30, "the server to stop")
+                client = await Client.connect(home)  # a new one, which reconciles sandboxes
+                assert [c.id for c in containers(run_id)] == [first["sandbox_id"]]
 
             restarted["yes"] = True
             await client.call("agent.restart", agent=first["id"])
