@@ -275,10 +275,11 @@ class StepContext(Protocol):
         Needs the docker backend."""
         ...
 
-    async def bring_back(self, sandbox: Sandbox, target: Path) -> str:
-        """Bring a sandbox's committed work into the host folder or git repo ``target`` (a
-        repo gets the sandbox's branch; its working tree is not touched); says what was
-        done, in one line."""
+    async def bring_back(self, sandbox: Sandbox, target: Path, *, branch: str = "") -> str:
+        """Bring a sandbox's committed work into the host folder or git repo ``target``: a
+        repo gets a new branch (``branch``, else ``supervisor/<agent>``; an existing branch
+        is never moved) and its working tree is not touched; a folder gets a patch that
+        applies cleanly. Says what was done, in one line."""
         ...
 
     def check_model(self, model: str | None = None) -> str:

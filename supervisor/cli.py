@@ -274,12 +274,28 @@ def sandbox_shell(agent: str) -> None:
 
 
 @sandbox.command("prune")
-def sandbox_prune() -> None:
-    """Remove sandboxes, volumes and networks that no live run owns."""
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also remove sandboxes whose agent's changes could not be copied out.",
+)
+def sandbox_prune(force: bool) -> None:
+    """Remove sandboxes, volumes and networks that no live run owns.
+
+    An agent's changes are copied into the data directory before its sandbox goes (see
+    `agent diff`); a sandbox whose changes cannot be read is kept unless --force.
+    """
+    from supervisor.sandbox.leftovers import keep_unsaved_rows
     from supervisor.sandbox.manager import prune_all
 
     errors: list[str] = []
-    removed = prune_all(errors=errors)  # every backend that can, through the registry
+    store = _open_store()
+    try:
+        keep = keep_unsaved_rows(store, force=force, report=click.echo)
+        # Every backend that can, through the registry.
+        removed = prune_all(db_path=store.path, errors=errors, also_keep=keep)
+    finally:
+        store.close()
     for line in errors:
         click.echo(f"warning: cannot prune {line}", err=True)
     for item in removed:
@@ -295,13 +311,21 @@ def agent() -> None:
 @agent.command("diff")
 @click.argument("name")
 def agent_diff(name: str) -> None:
-    """Show what agent NAME changed in its workspace."""
+    """Show what agent NAME changed in its workspace (also after it finished)."""
+    click.echo(_agent_changes(name, lambda agent_id, changes: changes.text()), nl=False)
+
+
+def _agent_changes(name: str, use: Any) -> str:
+    """``use(agent_id, changes)`` on agent NAME's changes: the copy kept when it ended,
+    else read from its sandbox now."""
     import asyncio
+    import tempfile
 
-    from supervisor.sandbox.manager import find_agent_sandbox
-    from supervisor.sandbox.workspace import diff
+    from supervisor.sandbox.workspace import agent_changes
 
-    click.echo(asyncio.run(diff(find_agent_sandbox(name))), nl=False)
+    with tempfile.TemporaryDirectory(prefix="supervisor-review-") as tmp:
+        agent_id, changes = asyncio.run(agent_changes(name, Path(tmp)))
+        return str(use(agent_id, changes))
 
 
 @agent.command("apply")
@@ -317,20 +341,29 @@ def agent_diff(name: str) -> None:
     is_flag=True,
     help="Apply as a patch to the working tree instead of fetching a branch.",
 )
-def agent_apply(name: str, repo: Path | None, as_patch: bool) -> None:
-    """Bring agent NAME's work back: as branch supervisor/NAME, or as a patch.
+@click.option(
+    "--branch",
+    help="The new branch to create in the repo (default: supervisor/AGENT-ID).",
+)
+def agent_apply(name: str, repo: Path | None, as_patch: bool, branch: str | None) -> None:
+    """Bring agent NAME's work back: as a new branch supervisor/AGENT-ID, or as a patch.
 
-    Never overwrites uncommitted work: a patch that does not apply cleanly is saved
-    instead, and its path printed.
+    Works after the agent finished, from the copy kept then. Never moves an existing
+    branch, whichever branch the agent worked on, and never overwrites uncommitted work:
+    a patch that does not apply cleanly is saved instead, and its path printed.
     """
-    import asyncio
+    from supervisor.sandbox.manager import run_workspace
+    from supervisor.sandbox.workspace import apply_changes, check
 
-    from supervisor.sandbox.manager import find_agent_sandbox, run_workspace
-    from supervisor.sandbox.workspace import apply
-
-    target = repo or run_workspace(name)
-    message = asyncio.run(apply(find_agent_sandbox(name), target, as_patch=as_patch))
-    click.echo(message)
+    target = check(repo or run_workspace(name))
+    click.echo(
+        _agent_changes(
+            name,
+            lambda agent_id, changes: apply_changes(
+                changes, target, agent=agent_id, branch=branch, as_patch=as_patch
+            ),
+        )
+    )
 
 
 # -- agents at work

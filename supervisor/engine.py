@@ -117,6 +117,7 @@ class Engine:
         self._spent_today = self._spent_since(start_of_day())
         self._limits_usd: dict[str, float] = {}  # agent or run id -> budget, once read
         self._releasing: set[asyncio.Task[None]] = set()
+        self._wrapups: dict[str, asyncio.Task[None]] = {}  # agent id -> saving its work
         self._managed: set[str] = set()
         self._windows: dict[str, int] = {}
         self._paused: dict[str, asyncio.Event] = {}  # agent id -> set when resumed
@@ -668,15 +669,8 @@ class Engine:
             agent.summary,
         )
         options = self.runs.get(agent.run_id)
-        keep = (
-            self.closing
-            or agent.id in self.kept
-            or (options is not None and options.keep_sandboxes)
-        )
-        if agent.owns_sandbox and options is not None and not keep:
-            task = asyncio.get_running_loop().create_task(self._release(agent))
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
+        if agent.owns_sandbox and options is not None and not self.closing:
+            self._wrap_up_later(agent, keep=agent.id in self.kept or options.keep_sandboxes)
         self._check_run_done(agent.run_id)
 
     async def _release(self, agent: Agent) -> None:
@@ -703,7 +697,7 @@ class Engine:
             )
         )
         self.emit(EventType.RUN_STATUS, None, {"status": status}, run_id=run_id)
-        self._done[run_id].set()
+        self._done.setdefault(run_id, asyncio.Event()).set()  # also a run taken up again
 
     async def wait_run(self, run_id: str) -> str:
         await self._done[run_id].wait()
@@ -859,6 +853,7 @@ class Engine:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        await self._settled(agent)  # its changes are kept before the person hears "stopped"
 
     def keep_sandbox(self, key: str) -> None:
         """Keep the agent's sandbox when it ends (for a look inside, or a restart)."""
@@ -885,6 +880,7 @@ class Engine:
         """Run ``agent`` on from its recorded events (see ``messages_from_events``)."""
         from supervisor.agent import messages_from_events
 
+        await self._settled(agent)  # a sandbox being saved and stopped is not re-adopted midway
         self.store.flush()
         events = list(self.store.events(agent_id=agent.id))
         agent.messages = messages_from_events(events)
@@ -899,13 +895,7 @@ class Engine:
                 self.store.write(
                     lambda db: db.table("agents").update(agent.id, {"sandbox_id": sandbox_id})
                 )
-                agent.messages.append(
-                    {
-                        "role": "user",
-                        "content": "Note: your sandbox was lost and has been recreated from "
-                        "the workspace; files you made before are gone.",
-                    }
-                )
+                await self._recreated(agent)
         except Exception as exc:
             agent.summary = f"sandbox failed to start: {exc}"
             agent.status = "failed"
@@ -921,11 +911,12 @@ class Engine:
             return False
         if agent.sandbox.id == sandbox_id and await sandbox_alive(agent.sandbox):
             return True
-        from supervisor.sandbox.manager import attach
+        from supervisor.sandbox.manager import attach, wake
 
         try:
             found = await asyncio.to_thread(attach, agent.sandbox.backend, sandbox_id)
             found.spec = agent.sandbox.spec
+            await asyncio.to_thread(wake, found)  # a stopped agent's sandbox was stopped too
             if not await sandbox_alive(found):
                 return False
         except Exception:
@@ -1310,6 +1301,7 @@ class Engine:
                 self.store.write(mark)
                 self.emit(EventType.RUN_STATUS, None, {"status": "interrupted"}, run_id=run_id)
         else:
+            await asyncio.gather(*list(self._releasing), return_exceptions=True)
             await asyncio.gather(
                 *(self._release(a) for a in self.agents.values()), return_exceptions=True
             )
@@ -1319,6 +1311,104 @@ class Engine:
         # on_event observers run on this loop after each commit: let the last ones run.
         for _ in range(3):
             await asyncio.sleep(0)
+
+    # -- an ended agent's work: kept in the data directory, its sandbox released or kept
+
+    def _wrap_up_later(self, agent: Agent, *, keep: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._wrap_up(agent, keep=keep))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        self._wrapups[agent.id] = task
+
+    async def _settled(self, agent: Agent) -> None:
+        """Wait until the agent's last ending is wrapped up (changes saved, sandbox handled)."""
+        task = self._wrapups.get(agent.id)
+        if task is not None and task is not asyncio.current_task():
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _wrap_up(self, agent: Agent, *, keep: bool) -> None:
+        """Keep a copy of the agent's changes, then remove its sandbox — or, for a stopped
+        agent, stop it with its files, so a restart picks it up again. A sandbox whose
+        changes could not be copied is kept for review."""
+        if not await self.save_changes(agent) or keep:
+            return
+        if agent.status == "stopped":
+            with contextlib.suppress(Exception):
+                await agent.sandbox.stop()
+            return
+        await self._release(agent)
+
+    async def save_changes(self, agent: Agent) -> bool:
+        """Copy what the agent changed into the data directory (an ``artifacts`` row of
+        kind ``diff``), so it can be reviewed and applied after its sandbox is gone.
+        False, with an event saying why, when the sandbox could not be read."""
+        from supervisor.sandbox import workspace
+
+        if not await sandbox_alive(agent.sandbox):
+            if agent.steps:
+                self.emit(
+                    EventType.LOG,
+                    agent,
+                    {"changes_saved": False, "error": "the sandbox does not answer"},
+                    "no copy of the agent's changes could be kept: its sandbox does not "
+                    "answer; the sandbox is kept (`supervisor sandbox prune` saves or removes it)",
+                )
+            return False
+        folder = workspace.changes_folder(self.data_dir, agent.run_id)
+        try:
+            changes = await workspace.save_changes(agent.sandbox, folder, agent.id)
+        except Exception as exc:
+            self.emit(
+                EventType.LOG,
+                agent,
+                {"changes_saved": False, "error": str(exc)},
+                f"no copy of the agent's changes could be kept ({exc}); its sandbox is kept",
+            )
+            return False
+        row = workspace.changes_row(agent.run_id, agent.id, changes)
+
+        def write(db: Any) -> None:
+            db.execute(
+                "DELETE FROM artifacts WHERE agent_id = ? AND kind = 'diff' AND name = 'changes'",
+                [agent.id],
+            )
+            db.table("artifacts").insert(row)
+
+        self.store.write(write)
+        self.emit(
+            EventType.ARTIFACT,
+            agent,
+            {"kind": "diff", "name": "changes", "path": str(changes.diff), "empty": changes.empty},
+            "no changes" if changes.empty else f"changes kept for review: {changes.diff}",
+        )
+        return True
+
+    async def _recreated(self, agent: Agent) -> None:
+        """A fresh sandbox replaced one that was lost: put back the changes kept when the
+        agent last ended, and tell the agent and the person what happened."""
+        from supervisor.sandbox import workspace
+
+        saved = workspace.saved_changes(self.store.db, agent.id)
+        restored, why = False, ""
+        if saved is not None and not saved.empty:
+            try:
+                await workspace.restore(agent.sandbox, saved)
+                restored = True
+            except Exception as exc:
+                why = f" (putting back the kept copy failed: {exc})"
+        if restored:
+            note = (
+                "Note: your sandbox was lost and has been recreated from the workspace. The "
+                "changes you had made were put back from the copy kept when you last stopped "
+                "(as uncommitted changes); processes and files outside the workspace are gone."
+            )
+        else:
+            note = (
+                "Note: your sandbox was lost and has been recreated from the workspace; "
+                f"files you made before are gone{why}."
+            )
+        self.emit(EventType.LOG, agent, {"sandbox": "recreated", "restored": restored}, note)
+        agent.messages.append({"role": "user", "content": note})
 
 
 async def sandbox_alive(sandbox: Sandbox) -> bool:

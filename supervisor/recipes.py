@@ -534,11 +534,11 @@ class StepContext:
             name=name,
         )
 
-    async def bring_back(self, sandbox: Sandbox, target: Path) -> str:
+    async def bring_back(self, sandbox: Sandbox, target: Path, *, branch: str = "") -> str:
         from supervisor.sandbox.workspace import WorkspaceError, apply
 
         try:
-            return await apply(sandbox, target)
+            return await apply(sandbox, target, branch=branch or None)
         except WorkspaceError as exc:
             return str(exc)
 

@@ -258,6 +258,7 @@ class Server:
         from supervisor import config
 
         orphans = self.engine.interrupt_orphans()
+        await self._reconcile_sandboxes()
         auto = config.load()["server.auto_resume"]
         for row in orphans:
             resumes = row.get("resumes") or 0
@@ -270,6 +271,16 @@ class Server:
                 log(f"run {row['id']} resumed after a crash")
             except Exception as exc:
                 log(f"run {row['id']} could not be resumed: {exc}")
+
+    async def _reconcile_sandboxes(self) -> None:
+        """Containers a dead server left are matched with their runs before any resumes:
+        those of finished agents (or never handed to one) go, their changes kept."""
+        from supervisor.sandbox.leftovers import reconcile
+
+        try:
+            await asyncio.to_thread(reconcile, self.store, report=log)
+        except Exception as exc:  # a clean-up must never keep the server from starting
+            log(f"could not reconcile sandboxes with their runs: {exc}")
 
     def driving(self, run_id: str) -> bool:
         """Is this process working on the run now?"""
@@ -649,15 +660,12 @@ class Server:
 
         key = str(args.get("agent") or "")
         agent = self.engine.find_agent(key)
-        if agent is not None and await sandbox_alive(agent.sandbox):
+        if agent is not None and self.engine.running(agent) and await sandbox_alive(agent.sandbox):
             return await workspace.diff(agent.sandbox)
-        from supervisor.sandbox.manager import find_agent_sandbox
-
-        try:
-            sandbox = await asyncio.to_thread(find_agent_sandbox, key)
-        except SupervisorError:
-            raise InputError(f"agent {key}: its sandbox is gone (nothing to diff)") from None
-        return await workspace.diff(sandbox)
+        # Ended: the copy kept when it ended (its sandbox may be gone), else its sandbox.
+        with tempfile.TemporaryDirectory(prefix="supervisor-review-") as tmp:
+            _, changes = await workspace.agent_changes(key, Path(tmp))
+            return changes.text()
 
     async def _shutdown(self, conn: _Conn, args: dict[str, Any]) -> dict[str, Any]:
         active = self.active_agents()

@@ -463,10 +463,20 @@ def _name_assigned(rows: list[SandboxRow]) -> None:
                 row.run, row.agent, row.pool = a["run_id"], a["id"], False
 
 
-def prune_all(db_path: Path | None = None, errors: list[str] | None = None) -> list[str]:
+def prune_all(
+    db_path: Path | None = None,
+    errors: list[str] | None = None,
+    also_keep: Callable[[SandboxRow], bool] | None = None,
+) -> list[str]:
     """Prune every backend that can: remove what no live run owns. What was removed; a
-    backend that cannot be reached adds its reason to ``errors`` (raised if all fail)."""
-    keep = owned_by_live_run(db_path)
+    backend that cannot be reached adds its reason to ``errors`` (raised if all fail).
+    ``also_keep`` is asked last, only about sandboxes about to go: it may copy the work
+    out of one, or keep it."""
+    live = owned_by_live_run(db_path)
+
+    def keep(row: SandboxRow) -> bool:
+        return live(row) or (also_keep is not None and also_keep(row))
+
     removed: list[str] = []
     failures: list[Exception] = []
     pruners = [b for b in backends().values() if b.prune is not None]
@@ -506,6 +516,16 @@ def attach(backend: str, sandbox_id: str) -> Sandbox:
         raise SandboxError(f"the {backend} backend cannot re-adopt its sandboxes")
     sandbox: Sandbox = found.attach(sandbox_id)
     return sandbox
+
+
+def wake(sandbox: Sandbox) -> None:
+    """Start a stopped Docker sandbox again: a stopped agent's sandbox is kept stopped,
+    with its workspace, until the agent is restarted."""
+    if isinstance(sandbox, DockerSandbox) and sandbox.container is not None:
+        sandbox.container.reload()
+        if sandbox.container.status in ("created", "exited"):
+            sandbox.container.start()
+            sandbox.container.reload()
 
 
 def find_agent_sandbox(agent: str) -> Sandbox:

@@ -852,7 +852,7 @@ class Loop:
         assert self.sandbox is not None
         await self._sh("git reset -q --hard && git clean -q -f -d -x")
         message = await self.ctx.bring_back(
-            self.sandbox, Path(self.ctx.outputs["prepare"]["target"])
+            self.sandbox, Path(self.ctx.outputs["prepare"]["target"]), branch=self.branch
         )
         self.ctx.emit(f"{self.label}: {message}")
 

@@ -73,7 +73,7 @@ class DetailPane(Vertical):
                 yield TranscriptView(id="transcript-view")
             with TabPane("Changes", id="changes"):
                 with Horizontal(classes="tab-tools"):
-                    yield Static("The workspace diff of the agent's sandbox.", classes="hint")
+                    yield Static("The agent's changes (kept after it ends).", classes="hint")
                     yield Button("Refresh", id="diff-refresh")
                 with VerticalScroll(id="diff-scroll"):
                     yield Static(id="diff")
