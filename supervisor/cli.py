@@ -1377,6 +1377,15 @@ def web(host: str, port: int) -> None:
     Server(command, host=host, port=port, title="supervisor").serve()
 
 
+def _add_hosts() -> None:
+    from supervisor.cli_hosts import hosts
+
+    cli.add_command(hosts)
+
+
+_add_hosts()
+
+
 def main() -> None:
     """Console-script entry point: add plugin commands, then run."""
     from supervisor.plugins import get_plugins
