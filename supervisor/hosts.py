@@ -654,7 +654,7 @@ def run(
     command: str,
     *,
     timeout: float = 60.0,
-    stdin: bytes | None = None,
+    stdin: bytes | IO[bytes] | None = None,
     out: IO[bytes] | None = None,
     err: IO[bytes] | None = None,
 ) -> Result:
@@ -669,8 +669,11 @@ def run(
     # The first line is the session's pid: sshd makes every session its own process
     # group, so killing that group stops everything the command started.
     chan.exec_command(f"echo $$; exec /bin/sh -c {shlex.quote(command)}")
-    if stdin is not None:
+    if isinstance(stdin, bytes):
         chan.sendall(stdin)
+    elif stdin is not None:
+        while chunk := stdin.read(256 * 1024):
+            chan.sendall(chunk)
     chan.shutdown_write()
     buf_out, buf_err = bytearray(), bytearray()
     pid = ""
