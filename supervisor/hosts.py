@@ -573,10 +573,11 @@ def connect(
     except paramiko.BadHostKeyException as exc:
         conn.close()
         pinned, offered = fingerprint(exc.expected_key), fingerprint(exc.key)
+        at = _which(ep, exc.hostname)
         raise HostKeyError(
-            f"host key of {_describe(ep)} CHANGED: pinned {pinned}, offered {offered}; refusing "
-            f"to connect (someone may be intercepting). If the host was reinstalled, re-trust "
-            f"it deliberately: supervisor hosts add {_retrust(ep, offered)}",
+            f"host key of {_describe(at)}{_via(ep, at)} CHANGED: pinned {pinned}, offered "
+            f"{offered}; refusing to connect (someone may be intercepting). If the host was "
+            f"reinstalled, re-trust it deliberately: supervisor hosts add {_retrust(at, offered)}",
             offered,
         ) from None
     except paramiko.SSHException as exc:
@@ -585,10 +586,11 @@ def connect(
         if "not found in known_hosts" in str(exc) and unknown:
             hostname, key = unknown[-1]
             offered = fingerprint(key)
+            at = _which(ep, hostname)
             raise HostKeyError(
-                f"unknown host key for {hostname} ({_describe(ep)}): {key.get_name()} "
+                f"unknown host key for {_describe(at)}{_via(ep, at)}: {key.get_name()} "
                 f"{offered}; not trusted. If that is the host's key, trust it: supervisor hosts "
-                f"add {_retrust(ep, offered)}",
+                f"add {_retrust(at, offered)}",
                 offered,
             ) from None
         raise _connect_error(ep, exc) from None
@@ -598,9 +600,25 @@ def connect(
     return conn
 
 
+def _which(ep: Endpoint, hostname: str) -> Endpoint:
+    """The hop of a connection (the host itself or one of its jump hosts) named so."""
+    for hop in (*ep.jumps, ep):
+        if hostname in (hop.hostname, hop.entry):
+            return hop
+    return ep
+
+
+def _via(ep: Endpoint, hop: Endpoint) -> str:
+    return "" if hop is ep else f", the jump host to {ep.name},"
+
+
 def _retrust(ep: Endpoint, offered: str) -> str:
     target = Target(ep.user, ep.hostname, ep.port if ep.port != DEFAULT_PORT else 0)
-    return f"{ep.name} {target} --trust {offered}"
+    name = ep.name
+    if not _NAME.match(name):  # a jump host given as user@host: its registered name
+        known = [h for h in list_hosts() if (h.address, h.port) == (ep.hostname, ep.port)]
+        name = known[0].name if known else "NAME"
+    return f"{name} {target} --trust {offered}"
 
 
 def pin_connection(conn: fabric.Connection, ep: Endpoint, note: str) -> str:

@@ -411,3 +411,41 @@ def test_bad_input_is_one_line_and_changes_nothing(
     assert json.loads(run_cli("hosts", "ls", "--json").stdout) == before
     assert run_cli("hosts", "rm", "box").returncode == 0
     assert json.loads(run_cli("hosts", "ls", "--json").stdout) == []
+
+
+def test_jump_host_is_checked_the_same_way(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path
+) -> None:
+    with sshd_kit.sshd(tmp_path / "bastion", "") as (bastion, (b,)):
+        jump = f"{b.name}@{bastion.host}:{bastion.port}"
+        u = user(server)
+        # The bastion's key is unknown: asked, refused, nothing recorded.
+        line = refused_after_prompt(
+            run_cli(
+                "hosts",
+                "add",
+                "gpu",
+                target(server, u),
+                "--jump",
+                jump,
+                "--trust",
+                server.fingerprint(),
+                input="n\n",
+            )
+        )
+        assert bastion.fingerprint() in line and "not trusted" in line
+        assert json.loads(run_cli("hosts", "ls", "--json").stdout) == []
+        # Registered first (its key pinned, supervisor's key installed), it carries the way.
+        assert add(bastion, "bastion", b).returncode == 0
+        before = bastion.log.count("Accepted publickey")
+        added = add(server, "gpu", u, "--jump", jump)
+        assert added.returncode == 0, added.stderr
+        done = run_cli("hosts", "exec", "gpu", "--", "whoami")
+        assert done.stdout == f"{u.name}\n"
+        assert bastion.log.count("Accepted publickey") >= before + 2  # add + exec went through it
+        assert json.loads(run_cli("hosts", "ls", "--json").stdout)[1]["jump"] == jump
+        # A bastion whose key changed stops the way in.
+        bastion.new_host_key()
+        bastion.restart()
+        line = one_line_error(run_cli("hosts", "exec", "gpu", "--", "true"))
+        assert "CHANGED" in line and bastion.fingerprint() in line and "bastion" in line
