@@ -219,3 +219,52 @@ async def test_agent_is_told_when_its_host_stops_answering(tmp_path: Path, home:
         assert "stopped answering" in told and "outcome is unknown" in told
         assert noticed < 30
         assert last_results(model.requests[2])[0].startswith("back")  # reconnected
+
+
+@pytest.mark.parametrize("mode", ["folder", pytest.param("container", marks=pytest.mark.docker)])
+def test_kill_9_of_the_supervisor_then_resume_readopts_the_host_sandbox(
+    server: sshd_kit.SSHServer, home: Path, mode: str, request: pytest.FixtureRequest
+) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from conftest import SUPERVISOR
+    from test_server import db_rows, slow_worker, wait_for
+
+    from supervisor.client import Client
+
+    if mode == "container":
+        request.getfixturevalue("sandbox_image")
+    register(server, "box", server.users[0 if mode == "folder" else 1])
+    with scripted(slow_worker(steps=5, delay_s=0.2)) as model:
+
+        async def start_and_kill() -> str:
+            client = await Client.connect(home)
+            run_id = (await client.call("run.start", task="w", host="box"))["run_id"]
+            await wait_for(lambda: len(model.requests) >= 3, timeout=60, what="a few steps")
+            os.kill(client.pid, signal.SIGKILL)
+            await wait_for(lambda: not client.connected, what="the disconnect")
+            await client.close()
+            return str(run_id)
+
+        run_id = asyncio.run(start_and_kill())
+        (before,) = db_rows(
+            home, "SELECT sandbox, sandbox_id FROM agents WHERE run_id = ?", (run_id,)
+        )
+        assert before["sandbox"] == "ssh" and before["sandbox_id"].startswith(f"ssh:box:{mode}:")
+        result = subprocess.run(
+            [*SUPERVISOR, "resume", run_id], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode in (0, 2), result.stderr  # 2: the new process resumed it first
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            (run,) = db_rows(home, "SELECT status FROM runs WHERE id = ?", (run_id,))
+            if run["status"] in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert run["status"] == "done"
+        # Re-adopted, not recreated: the same sandbox, with the file written before the crash.
+        (after,) = db_rows(home, "SELECT sandbox_id FROM agents WHERE run_id = ?", (run_id,))
+        assert after["sandbox_id"] == before["sandbox_id"]
+        assert "kept-across-crash" in last_results(model.requests[-1])[-1]
