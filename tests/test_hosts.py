@@ -449,3 +449,32 @@ def test_jump_host_is_checked_the_same_way(
         bastion.restart()
         line = one_line_error(run_cli("hosts", "exec", "gpu", "--", "true"))
         assert "CHANGED" in line and bastion.fingerprint() in line and "bastion" in line
+
+
+def test_add_with_the_persons_own_key(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path
+) -> None:
+    u = user(server, 1)
+    key = tmp_path / "id_mine"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30
+    )
+    u.write(".ssh/authorized_keys", (tmp_path / "id_mine.pub").read_text(), mode=0o600)
+    os.chmod(u.home / ".ssh", 0o700)
+    added = run_cli(
+        "hosts",
+        "add",
+        "mine",
+        target(server, u),
+        "--key",
+        str(key),
+        "--trust",
+        server.fingerprint(),
+    )
+    assert added.returncode == 0, added.stderr
+    assert not (home / "ssh" / "id_ed25519").exists()  # no key of supervisor's was needed
+    assert run_cli("hosts", "exec", "mine", "--", "echo", "a b").stdout == "a b\n"
+    assert (
+        json.loads(run_cli("hosts", "ls", "--json").stdout)[0]["facts"]["gpus"][0]["name"]
+        == "NVIDIA GeForce RTX 4090"
+    )
