@@ -697,11 +697,17 @@ class SupervisorApp(App[int]):
         """Start agents on a task."""
         from supervisor.tui.screens.dialogs import NewAgentScreen
 
+        hosts = (
+            tuple(r["name"] for r in self.client.query("SELECT name FROM hosts ORDER BY name"))
+            if self.client is not None
+            else ()
+        )
         self.push_screen(
             NewAgentScreen(
                 self._submit,
                 model=str(self.settings.get("model") or ""),
                 sandbox=str(self.settings.get("sandbox.backend") or "docker"),
+                hosts=hosts,
             ),
             self._started,
         )
