@@ -35,6 +35,7 @@ import shlex
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -696,7 +697,8 @@ def run(
     buf_out, buf_err = bytearray(), bytearray()
     pid = ""
     head = bytearray()
-    deadline = time.monotonic() + timeout
+    deadline = heard = time.monotonic()
+    deadline += timeout
     timed_out = False
     try:
         while True:
@@ -726,12 +728,23 @@ def run(
                 break
             if not transport.is_active():
                 raise HostLost(f"{conn.host}: the connection closed during a command")
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 timed_out = True
                 kill_group(conn, pid)
                 break
-            select.select([chan], [], [], min(left, 0.5))
+            if now - heard > HEARTBEAT_EVERY_S:
+                # A quiet command on a host that may have died: ask the host itself.
+                if not heartbeat(transport):
+                    conn.close()
+                    raise HostLost(
+                        f"{conn.host} stopped answering during a command (no heartbeat reply "
+                        f"within {HEARTBEAT_TIMEOUT_S:.0f} s); its outcome is unknown"
+                    )
+                heard = time.monotonic()
+            if select.select([chan], [], [], min(left, 0.5))[0]:
+                heard = time.monotonic()
     finally:
         chan.close()
     if not timed_out and chan.exit_status == -1:
@@ -772,6 +785,11 @@ def heartbeat(transport: paramiko.Transport, timeout: float = HEARTBEAT_TIMEOUT_
     paramiko's own keepalive sends without waiting and never notices a dead peer; a
     request that waits for its reply does, and a watchdog bounds the wait.
     """
+    lock = _heartbeat_locks.setdefault(transport, threading.Lock())
+    # One request at a time per connection (paramiko keeps one pending-reply slot); a
+    # heartbeat still waiting on the host counts against the next one's time.
+    if not lock.acquire(timeout=timeout):
+        return False
     done = threading.Event()
 
     def ask() -> None:
@@ -781,11 +799,16 @@ def heartbeat(transport: paramiko.Transport, timeout: float = HEARTBEAT_TIMEOUT_
             pass
         finally:
             done.set()
+            lock.release()
 
     if not transport.is_active():
+        lock.release()
         return False
     threading.Thread(target=ask, name="ssh-heartbeat", daemon=True).start()
     return done.wait(timeout) and transport.is_active()
+
+
+_heartbeat_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 # -- bootstrap: install our key the way ssh-copy-id does

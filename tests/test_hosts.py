@@ -222,6 +222,23 @@ def test_a_host_that_stops_answering_is_noticed_within_30s(tmp_path: Path, home:
         assert noticed < 30
         assert not worker.is_alive()
         assert "error" in outcome  # the command's caller is told, not left hanging
+        # `hosts exec` notices by itself, without anyone watching.
+        proc = subprocess.Popen(
+            [*SUPERVISOR, "hosts", "exec", "box", "--", "echo started; sleep 120"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+        frozen = srv.freeze()
+        start = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=45)
+        finally:
+            srv.kill_sessions(frozen)
+        assert time.monotonic() - start < 30
+        assert proc.returncode == 1 and "stopped answering during a command" in err
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_facts_for_each_gpu_layout(server: sshd_kit.SSHServer, home: Path) -> None:
