@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from supervisor.errors import InputError, SupervisorError
 
@@ -660,6 +660,14 @@ def probe_key(ep: Endpoint) -> tuple[str, str]:
 # -- remote commands, bounded
 
 
+class Sink(Protocol):
+    """Where a remote command's output goes as it arrives (a binary file, a line parser)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
 @dataclass
 class Result:
     exit_code: int
@@ -674,8 +682,8 @@ def run(
     *,
     timeout: float = 60.0,
     stdin: bytes | IO[bytes] | None = None,
-    out: IO[bytes] | None = None,
-    err: IO[bytes] | None = None,
+    out: Sink | None = None,
+    err: Sink | None = None,
 ) -> Result:
     """Run ``command`` on the host with a deadline; on timeout its process group dies.
 

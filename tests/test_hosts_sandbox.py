@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,7 +226,6 @@ async def test_agent_is_told_when_its_host_stops_answering(tmp_path: Path, home:
 def test_kill_9_of_the_supervisor_then_resume_readopts_the_host_sandbox(
     server: sshd_kit.SSHServer, home: Path, mode: str, request: pytest.FixtureRequest
 ) -> None:
-    import os
     import signal
     import subprocess
 
@@ -268,3 +268,49 @@ def test_kill_9_of_the_supervisor_then_resume_readopts_the_host_sandbox(
         (after,) = db_rows(home, "SELECT sandbox_id FROM agents WHERE run_id = ?", (run_id,))
         assert after["sandbox_id"] == before["sandbox_id"]
         assert "kept-across-crash" in last_results(model.requests[-1])[-1]
+
+
+@pytest.mark.docker
+async def test_images_on_a_host(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path, sandbox_image: str
+) -> None:
+    """An image the person named but the host lacks: a folder, and the status says why.
+    The default image, when missing, is built on the host from a context streamed there."""
+    import docker
+
+    from supervisor.sandbox.ssh import HostLink, build_image
+
+    register(server, "dock", server.users[1])
+    missing = f"supervisor-sandbox:missing-{os.urandom(3).hex()}"
+    box = SSHSandbox(SandboxSpec(run_id="r", agent_id="img", image=missing), host="dock")
+    await box.start()
+    try:
+        assert box.mode == "folder" and f"image {missing} is not on the host" in box.note
+    finally:
+        await box.destroy()
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {sandbox_image}\nRUN echo built-on-the-host > /tmp/mark\n"
+    )
+    tag = f"svtest-build:{os.urandom(3).hex()}"
+    marker = ""
+    lines: list[str] = []
+    link = HostLink.get(h.get_host("dock"))
+    link.users += 1
+    try:
+        assert await build_image(link, context, tag, lines.append) == ""
+        assert any("Step 2/2" in line or "RUN echo" in line for line in lines)  # progress shown
+        out = docker.from_env().containers.run(tag, ["cat", "/tmp/mark"], remove=True)
+        assert out == b"built-on-the-host\n"
+        marker = f"exit 3 # {tag}"
+        (context / "Dockerfile").write_text(f"FROM {sandbox_image}\nRUN {marker}\n")
+        failed = await build_image(link, context, tag + "x", lines.append)
+        assert failed and "\n" not in failed  # the reason, in one line
+    finally:
+        await link.release()
+        client = docker.from_env()
+        for c in client.containers.list(all=True, filters={"status": "exited"}):
+            if marker in " ".join(c.attrs["Config"].get("Cmd") or []):  # the failed step's
+                c.remove(force=True)
+        client.images.remove(tag, force=True)

@@ -44,6 +44,8 @@ HOST_LABEL = "supervisor.host"  # SandboxSpec.labels key naming the host
 USER = "1000:1000"
 CONTAINER_SINCE_FILE = "/tmp/.supervisor-cmd-start"
 IO_TIMEOUT_S = 600.0
+BUILD_TIMEOUT_S = 1800.0
+MISSING_IMAGE = "missing image"
 
 
 # -- one connection per host
@@ -64,6 +66,8 @@ class HostLink:
         self._channels = asyncio.Semaphore(MAX_CHANNELS)
         self._shells = asyncio.Semaphore(MAX_SHELLS)
         self._beat: asyncio.Task[None] | None = None
+        self._build_lock = asyncio.Lock()
+        self._built: set[str] = set()
         self.users = 0
 
     @classmethod
@@ -134,6 +138,21 @@ class HostLink:
             self._channels.release()
             raise
 
+    async def build_default_image(self, tag: str, progress: Any) -> str:
+        """Build the default sandbox image on the host (once per link, whoever asks);
+        empty on success, else why it could not be built."""
+        async with self._build_lock:
+            if tag in self._built:
+                return ""
+            from supervisor.sandbox.image import sandboxes_dir
+
+            progress(f"host {self.host.name}: building sandbox image {tag} there (minutes)")
+            result = await build_image(self, sandboxes_dir() / "default", tag, progress)
+            if result:
+                return f"image {tag} is not on the host and building it there failed: {result}"
+            self._built.add(tag)
+            return ""
+
     def release_channel(self) -> None:
         self._channels.release()
 
@@ -142,7 +161,7 @@ class HostLink:
         command: str,
         *,
         stdin: bytes | IO[bytes] | None = None,
-        out: IO[bytes] | None = None,
+        out: hosts.Sink | None = None,
         timeout: float = IO_TIMEOUT_S,
     ) -> hosts.Result:
         """A one-off command on its own channel (files, kills, docker)."""
@@ -166,6 +185,55 @@ class HostLink:
         conn, self.conn = self.conn, None
         if conn is not None:
             await asyncio.to_thread(conn.close)
+
+
+class _Lines(io.RawIOBase):
+    """A write-only stream handing each complete line to a callback (build progress)."""
+
+    def __init__(self, line: Any) -> None:
+        self._line = line
+        self._buf = b""
+        self.tail: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._buf += bytes(data)
+        *lines, self._buf = self._buf.split(b"\n")
+        for raw in lines:
+            text = raw.decode(errors="replace").strip()
+            if text:
+                self.tail = [*self.tail[-4:], text]
+                self._line(text)
+        return len(data)
+
+
+async def build_image(link: HostLink, context: Path, tag: str, progress: Any) -> str:
+    """``docker build`` on the host from a local build context streamed through our
+    channel (the host's own architecture; its engine pulls the base image). Empty on
+    success, else the build's last line."""
+    with tempfile.TemporaryFile() as spool:
+        # GNU format: the docker CLI takes a stream starting with a pax header for a
+        # Dockerfile, not a build context.
+        with tarfile.open(fileobj=spool, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            for child in sorted(context.iterdir()):
+                tar.add(child, arcname=child.name)
+        spool.seek(0)
+        lines = _Lines(lambda text: progress(f"host {link.host.name}: {text}"))
+        command = f"docker build -t {shlex.quote(tag)} - 2>&1"
+        result = await link.run(command, stdin=spool, out=lines, timeout=BUILD_TIMEOUT_S)
+    if result.timed_out:
+        return f"no result within {BUILD_TIMEOUT_S:.0f} s"
+    if result.exit_code != 0:
+        return (lines.tail[-1] if lines.tail else f"exit code {result.exit_code}")[:300]
+    return ""
+
+
+def _log(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 class _ChannelShell:
@@ -244,6 +312,7 @@ class SSHSandbox(Sandbox):
         super().__init__(spec)
         self.host_name = host or spec.labels.get(HOST_LABEL, "")
         self._spool_dir = spool_dir
+        self._progress = progress or _log
         self.mode = ""  # container | folder
         self.note = ""  # said to the person: where and how isolated
         self.container = ""  # container id (container mode)
@@ -341,7 +410,7 @@ class SSHSandbox(Sandbox):
             "timeout 20 docker version --format '{{.Server.Version}}' >/dev/null 2>&1 || "
             "{ echo 'its Docker engine does not answer this user'; exit 0; }; "
             f"timeout 20 docker image inspect {shlex.quote(image)} >/dev/null 2>&1 || "
-            f"{{ echo 'image {image} is not on the host'; exit 0; }}; "
+            f"{{ echo '{MISSING_IMAGE}'; exit 0; }}; "
         )
         if self.spec.gpus:
             script += (
@@ -349,7 +418,12 @@ class SSHSandbox(Sandbox):
                 "| grep -qw nvidia || echo 'its Docker engine has no NVIDIA runtime'"
             )
         result = await link.run(script, timeout=90)
-        return result.stdout.strip()
+        why_not = result.stdout.strip()
+        if why_not.startswith(MISSING_IMAGE):
+            if self.spec.image:  # the person named it: theirs to provide
+                return f"image {image} is not on the host"
+            why_not = await link.build_default_image(image, self._progress)
+        return why_not
 
     def _labels(self) -> dict[str, str]:
         from supervisor.sandbox.docker import LABEL, home_label
