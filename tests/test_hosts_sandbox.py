@@ -89,6 +89,16 @@ async def test_folder_sandbox_on_a_host_without_docker(
         assert (await box.exec("echo still here")).stdout == "still here\n"
         ps = await box.exec(f"pgrep -u {u.name} -f 'sleep 30[01]' || true")
         assert ps.stdout == ""
+        # The connection drops while the shell is idle: the next command reconnects, says so.
+        assert (await box.exec("cd /tmp")).ok
+        server.kill_sessions()
+        deadline = time.monotonic() + 10
+        while not (box._channel is not None and box._channel.ended):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        back = await box.exec("pwd")
+        assert back.ok and back.stdout == f"{box.workdir}\n"
+        assert "was lost and made again; cwd and variables were reset" in back.stderr
         # Re-adoption by id (what `agent diff` and a restarted supervisor do).
         again = SSHSandbox.attach(box.id)
         assert (await again.exec("cat notes.txt")).stdout == "first\n"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -264,6 +265,10 @@ class _ChannelShell:
         if ended and not (chan.recv_ready() or chan.recv_stderr_ready()):
             self._finish()
 
+    @property
+    def ended(self) -> bool:
+        return self._done or self.chan.closed
+
     def _finish(self) -> None:
         if self._done:
             return
@@ -319,6 +324,7 @@ class SSHSandbox(Sandbox):
         self.root = ""  # the sandbox folder on the host (folder mode)
         self._link: HostLink | None = None
         self._shell: PersistentShell | None = None
+        self._channel: _ChannelShell | None = None  # the shell's current channel
 
     @property
     def isolated(self) -> bool:  # type: ignore[override]
@@ -539,7 +545,7 @@ class SSHSandbox(Sandbox):
                 link.release_channel()
                 link._shells.release()
 
-            shell = _ChannelShell(chan, release)
+            shell = self._channel = _ChannelShell(chan, release)
             if exports:
                 await shell.send(exports.encode())
             return shell
@@ -569,6 +575,11 @@ class SSHSandbox(Sandbox):
         if not self.mode:
             raise SandboxError("sandbox is not started")
         link = await self._ensure_link()
+        reopened = False
+        if self._shell is not None and self._channel is not None and self._channel.ended:
+            # The connection was lost while the shell was idle: a new one, said so below.
+            await self._shell.close()
+            self._shell, reopened = None, True
         if self._shell is None:
             try:
                 await self._open_shell()
@@ -580,6 +591,12 @@ class SSHSandbox(Sandbox):
         if result.exit_code == -1 and not result.timed_out and link.lost_reason:
             # The connection died under the command: say so; the next command reconnects.
             raise SandboxError(f"{link.lost_reason}; the command's outcome is unknown")
+        if reopened:
+            note = (
+                f"[the connection to host {self.host_name} was lost and made again; "
+                "cwd and variables were reset]\n"
+            )
+            result = dataclasses.replace(result, stderr=note + result.stderr)
         return result
 
     async def _check_exists(self, link: HostLink) -> None:
