@@ -422,8 +422,12 @@ def test_bad_input_is_one_line_and_changes_nothing(
         (["hosts", "check", "nosuch"], "no host named 'nosuch'"),
         (["hosts", "forward", "nosuch", "80"], "no host named 'nosuch'"),
     ]
-    for args, expected in cases:
-        line = one_line_error(run_cli(*args))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:  # each its own process; none changes anything
+        results = list(pool.map(lambda case: run_cli(*case[0]), cases))
+    for (args, expected), result in zip(cases, results, strict=True):
+        line = one_line_error(result)
         assert expected in line, (args, line)
     assert json.loads(run_cli("hosts", "ls", "--json").stdout) == before
     assert run_cli("hosts", "rm", "box").returncode == 0
@@ -495,3 +499,44 @@ def test_add_with_the_persons_own_key(
         json.loads(run_cli("hosts", "ls", "--json").stdout)[0]["facts"]["gpus"][0]["name"]
         == "NVIDIA GeForce RTX 4090"
     )
+
+
+def test_add_at_a_terminal_asks_and_hides_the_password(
+    server: sshd_kit.SSHServer, home: Path
+) -> None:
+    """A person at a terminal: asked to trust the key, then for the password, not echoed."""
+    import pty
+    import select
+
+    u = user(server, 2)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on the terminal
+        os.execv(
+            SUPERVISOR[0], [*SUPERVISOR, "hosts", "add", "tty", target(server, u), "--password"]
+        )
+    seen = b""
+
+    def read_until(text: bytes, timeout: float = 60) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while text not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+
+    try:
+        read_until(b"[y/N]: ")
+        assert server.fingerprint().encode() in seen
+        os.write(fd, b"y\n")
+        read_until(b"password for")
+        read_until(b": ", timeout=10)
+        os.write(fd, u.password.encode() + b"\n")
+        read_until(b"added tty")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+    assert u.password.encode() not in seen  # never echoed

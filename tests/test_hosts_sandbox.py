@@ -194,9 +194,14 @@ async def test_agent_runs_on_a_host_in_a_container(
 async def test_run_on_an_unknown_host_is_bad_input(home: Path) -> None:
     with scripted([]):
         result = run_cli("run", "--foreground", "--host", "nosuch", "do it")
+        clash = run_cli("run", "--foreground", "--host", "nosuch", "--sandbox", "local", "do it")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: no host named 'nosuch' (known: none yet; add one: supervisor hosts add)"
+    ]
+    assert clash.returncode == 2
+    assert clash.stderr.strip().splitlines() == [
+        "error: --host runs agents in ssh sandboxes, not 'local'"
     ]
 
 
