@@ -56,6 +56,7 @@ HEARTBEAT_EVERY_S = 10.0
 HEARTBEAT_TIMEOUT_S = 10.0  # a dead host is noticed within EVERY + TIMEOUT = 20 s
 DEFAULT_PORT = 22
 KEY_NAME = "id_ed25519"
+PID_MARKER = "__SV_PID_"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TARGET = re.compile(
@@ -693,9 +694,10 @@ def run(
     if transport is None or not transport.is_active():
         raise HostLost(f"{conn.host}: not connected")
     chan = transport.open_session(timeout=TIMEOUT_S)
-    # The first line is the session's pid: sshd makes every session its own process
-    # group, so killing that group stops everything the command started.
-    chan.exec_command(f"echo $$; exec /bin/sh -c {shlex.quote(command)}")
+    # First the session's pid, after a marker (a login shell's rc files may print before
+    # it): sshd makes every session its own process group, so killing that group stops
+    # everything the command started.
+    chan.exec_command(f"echo {PID_MARKER}$$; exec /bin/sh -c {shlex.quote(command)}")
     if isinstance(stdin, bytes):
         chan.sendall(stdin)
     elif stdin is not None:
@@ -714,10 +716,11 @@ def run(
                 data = chan.recv(65536)
                 if not pid:
                     head += data
-                    if b"\n" not in head:
+                    at = head.find(PID_MARKER.encode())
+                    if at < 0 or b"\n" not in head[at:]:
                         continue
-                    first, _, data = bytes(head).partition(b"\n")
-                    pid = first.decode(errors="replace").strip()
+                    first, _, data = bytes(head[at:]).partition(b"\n")
+                    pid = first.decode(errors="replace").removeprefix(PID_MARKER).strip()
                 if out is not None:
                     out.write(data)
                     out.flush()

@@ -540,3 +540,18 @@ def test_add_at_a_terminal_asks_and_hides_the_password(
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
     assert u.password.encode() not in seen  # never echoed
+
+
+def test_a_chatty_login_shell_does_not_get_in_the_way(
+    server: sshd_kit.SSHServer, home: Path
+) -> None:
+    u = user(server, 3)
+    rc = u.home / ".bashrc"
+    old = rc.read_text() if rc.exists() else ""
+    u.write(".bashrc", "echo noise-from-bashrc\n" + old)
+    try:
+        assert add(server, "chatty", u).returncode == 0  # facts still parse
+        done = run_cli("hosts", "exec", "chatty", "--", "echo", "hi")
+        assert done.stdout == "hi\n", done.stdout
+    finally:
+        u.write(".bashrc", old)
