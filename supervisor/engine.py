@@ -57,6 +57,7 @@ class RunOptions:
     max_steps: int = 0
     keep_sandboxes: bool = False
     title: str = ""
+    host: str = ""  # a registered host (`supervisor hosts`): the ssh sandbox backend
 
 
 class _DeltaStream:
@@ -285,6 +286,7 @@ class Engine:
                 "agents": options.agents,
                 "sandbox": backend,
                 "network": options.network,
+                "host": options.host,
             },
             text=options.task,
         )
@@ -295,6 +297,8 @@ class Engine:
         model = self.models.registry.resolve(options.model or self.settings["model"])
         check_usable(model)
         backend = options.sandbox or self.settings["sandbox.backend"]
+        if options.host:
+            backend = self._check_host(options)
         if backend not in self.backends:
             from supervisor.errors import InputError
 
@@ -306,6 +310,16 @@ class Engine:
 
             options.workspace = check(options.workspace)
         return model, backend
+
+    def _check_host(self, options: RunOptions) -> str:
+        """``--host NAME``: the host must be registered; its agents use the ssh backend."""
+        from supervisor.errors import InputError
+        from supervisor.hosts import get_host
+
+        if options.sandbox not in ("", "ssh"):
+            raise InputError(f"--host runs agents in ssh sandboxes, not {options.sandbox!r}")
+        get_host(options.host, self.store)
+        return "ssh"
 
     async def create_run(
         self,
@@ -488,7 +502,12 @@ class Engine:
     ) -> Sandbox:
         """A sandbox object (not started) for an agent of a run, from the settings."""
         return self._make_sandbox(
-            run_id, agent_id, backend, workspace=options.workspace, network=options.network
+            run_id,
+            agent_id,
+            backend,
+            workspace=options.workspace,
+            network=options.network,
+            host=options.host,
         )
 
     def step_sandbox(
@@ -533,6 +552,7 @@ class Engine:
         gpus: list[str] | None = None,
         labels: dict[str, str] | None = None,
         image: str = "",
+        host: str = "",
     ) -> Sandbox:
         """The one place a sandbox is made from the person's settings: limits, image,
         environment allow-list, network grants; refused early if its backend cannot give
@@ -551,7 +571,8 @@ class Engine:
             pids=self.settings["sandbox.pids"],
             image=image or self.settings["sandbox.image"],
             env=self._sandbox_env(),
-            labels=dict(labels or {}),
+            labels={**(labels or {}), **({"supervisor.host": host} if host else {})},
+            host=host,
         )
         check_spec(self.backends[backend], spec)
         sandbox: Sandbox = self.backends[backend].factory(
@@ -607,6 +628,9 @@ class Engine:
             agent.status = "failed"
             self.agent_finished(agent, "failed")
             return "failed"
+        note = agent.sandbox.describe().get("note")
+        if note:  # where the agent works and how isolated, said plainly (remote hosts)
+            agent.set_status("starting", f"working {note}")
         return await agent.run()
 
     async def _start_sandbox(self, agent: Agent) -> None:
@@ -956,6 +980,7 @@ class Engine:
             sandbox=params.get("sandbox", ""),
             agents=int(params.get("agents", 1)),
             network=bool(params.get("network")),
+            host=params.get("host", ""),
         )
         self.runs[run_id] = options
         self.adopt_policy(run_id)

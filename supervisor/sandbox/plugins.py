@@ -1,4 +1,4 @@
-"""Built-in plugins ``docker`` and ``local``: the sandbox backends and the Docker checks.
+"""Built-in plugins ``docker``, ``local`` and ``ssh``: the sandbox backends and the Docker checks.
 
 Kept apart from the backends themselves so that loading plugins (on every command, even
 ``--help``) does not import asyncio, the Docker SDK or the shell protocol.
@@ -66,6 +66,18 @@ def local_prune(keep: Callable[[SandboxRow], bool]) -> list[str]:
     return prune_local(keep)
 
 
+def ssh_sandbox(spec: SandboxSpec, **kwargs: Any) -> Sandbox:
+    from supervisor.sandbox.ssh import SSHSandbox
+
+    return SSHSandbox(spec, **kwargs)
+
+
+def ssh_attach(sandbox_id: str) -> Sandbox:
+    from supervisor.sandbox.ssh import SSHSandbox
+
+    return SSHSandbox.attach(sandbox_id)
+
+
 def check_engine() -> CheckResult:
     from supervisor.sandbox.docker import check_engine
 
@@ -122,5 +134,25 @@ class Local:
         )
 
 
+class SSH:
+    """The ``ssh`` plugin: sandboxes on registered remote hosts (``run --host NAME``)."""
+
+    @hookimpl
+    def register_sandboxes(self, register: Callable[[SandboxBackend], None]) -> None:
+        register(
+            SandboxBackend(
+                "ssh",
+                ssh_sandbox,
+                isolated=True,
+                description="a container on a remote host's Docker (else a folder there)",
+                attach=ssh_attach,
+                network=True,
+                gpus=True,
+                remote=True,
+            )
+        )
+
+
 docker = Docker()
 local = Local()
+ssh = SSH()

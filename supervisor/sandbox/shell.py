@@ -92,6 +92,7 @@ class Reaper(Protocol):
 # tick, or the same tick with a higher pid: ticks are 10 ms and commands run back to back)
 # and its parents lead to the agent's shell or to PID 1 (orphans, setsid). Processes of
 # other execs (file copies, a person's `sandbox shell`) lead to PID 0 and are spared.
+# On a machine others share (orphans=0) only the shell's own descendants are taken.
 # Everything found is stopped first, again until no new one appears, then killed.
 REAPER_FUNCTIONS = r"""
 __sv_mark() {
@@ -99,7 +100,7 @@ __sv_mark() {
   read -r up x </proc/uptime; read -r lp </proc/sys/kernel/ns_last_pid; echo "${up/./} $lp"
 }
 __sv_kill() {
-  local since=$1 lastpid=$2 shell=$3 round d p line c new
+  local since=$1 lastpid=$2 shell=$3 orphans=${4:-1} round d p line c new
   local -A parent stopped
   local -a f cands
   for ((round = 0; round < 500; round++)); do
@@ -117,7 +118,9 @@ __sv_kill() {
       [[ -n ${stopped[$p]} ]] && continue
       c=$p
       while [[ $c != "$shell" && $c != 1 && $c != 0 && -n ${parent[$c]} ]]; do c=${parent[$c]}; done
-      if [[ $c == "$shell" || $c == 1 ]]; then kill -STOP "$p" 2>/dev/null; stopped[$p]=1; new=1; fi
+      if [[ $c == "$shell" || ( $orphans == 1 && $c == 1 ) ]]; then
+        kill -STOP "$p" 2>/dev/null; stopped[$p]=1; new=1
+      fi
     done
     (( new )) || break
   done

@@ -234,3 +234,15 @@ def m005_experiments_to_their_plugin(db: Database) -> None:
     # for the plugin to adopt, so nothing recorded is lost.
     if "experiments" in db.table_names() and not db.table("experiments").count:
         db.table("experiments").drop()
+
+
+@migrations()
+def m006_host_checks(db: Database) -> None:
+    # `supervisor hosts`: how a host is reached (a jump host, the key to log in with)
+    # and what its last check found (facts stay in `facts`, JSON).
+    hosts = db.table("hosts")
+    hosts.add_column("jump", str)  # user@bastion[:port], or "" for none
+    hosts.add_column("key_path", str)  # private key file ("" : ssh config / agent)
+    hosts.add_column("reachable", int)  # 1 | 0 | NULL (never checked)
+    hosts.add_column("checked_at", float)
+    hosts.add_column("error", str)  # why the last check failed
