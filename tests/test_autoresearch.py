@@ -725,7 +725,7 @@ def test_target_environment_is_built_once_and_reused(
         assert result.returncode == 0, result.stdout + result.stderr
         out = result.stdout
         assert out.count("image: building image supervisor-derived:") == 1
-        assert "environment: built image" in out
+        assert "image: built image supervisor-derived:" in out
         assert "image: reusing image supervisor-derived:" in out  # the loop's
         rows = results(home, run_id_of(out))
         assert rows[0][1] == "0.700000"  # toyenv.BASE 0.5 + 0.04 + 0.16: the package ran
