@@ -211,7 +211,10 @@ class CameraWorker:
                     if self._busy:
                         self.counts["skipped_busy"] += 1
                     else:
-                        self._armed_at = frames + self.camera.post_roll
+                        # Never fewer frames than an analysis sends (a camera just started).
+                        self._armed_at = max(
+                            frames + self.camera.post_roll, self.config.frames_per_analysis
+                        )
             if self._armed_at is not None and frames >= self._armed_at:
                 self._armed_at = None
                 trigger = True
