@@ -142,7 +142,9 @@ def test_cpu_path_finds_the_person_and_nothing_in_the_empty_scene(
     assert "1 person detected" in summary and "people detector (CPU path)" in summary
 
 
-def test_bad_requests_say_what_is_wrong(clips: Path, start: Callable[..., kit.RunningService]) -> None:
+def test_bad_requests_say_what_is_wrong(
+    clips: Path, start: Callable[..., kit.RunningService]
+) -> None:
     service = start({"media_dirs": [str(clips / "nowhere")]})
     status, body = post(f"{service.url}/analyze", {"clip": str(clips / "person.mp4")})
     assert status == 403 and "outside the allowed media folders" in body["error"]
@@ -209,7 +211,9 @@ def test_the_scripted_server_refuses_what_a_vision_model_would(clips: Path) -> N
             "messages": [
                 {
                     "role": "user",
-                    "content": [{"type": "video_url", "video_url": {"url": "data:video/jpeg;base64,AAAA"}}],
+                    "content": [
+                        {"type": "video_url", "video_url": {"url": "data:video/jpeg;base64,AAAA"}}
+                    ],
                 }
             ],
         }
