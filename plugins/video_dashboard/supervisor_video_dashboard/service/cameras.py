@@ -101,8 +101,10 @@ class CameraWorker:
             c = self.camera
             self._reader = media.StreamReader(
                 self.config.ffmpeg, c.url, c.interval_s, c.width, self.on_frame, on_end,
-                keyframes_only=c.keyframes_only,
+                keyframes_only=c.keyframes_only, on_redate=self._redate,
             )  # fmt: skip
+            with self._lock:
+                self.ring.clear()  # frames from before an outage are not the latest seconds
             try:
                 self._reader.start()
             except OSError as exc:
@@ -227,6 +229,10 @@ class CameraWorker:
             self._set_status("ok")
         if trigger:
             self.pool.submit(self._analyse, chosen)
+
+    def _redate(self, delta: float) -> None:
+        with self._lock:
+            self.ring = collections.deque(((t + delta, j) for t, j in self.ring), maxlen=RING)
 
     def _analyse(self, frames: list[tuple[float, bytes]]) -> None:
         start = frames[0][0]

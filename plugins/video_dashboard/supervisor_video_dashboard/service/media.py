@@ -117,6 +117,7 @@ class StreamReader:
         on_frame: Callable[[bytes, float], None],
         on_end: Callable[[str], None],
         keyframes_only: bool = False,
+        on_redate: Callable[[float], None] | None = None,
     ) -> None:
         args = [ffmpeg, "-nostdin", "-v", "error"]
         if url.startswith(("rtsp://", "rtsps://")):
@@ -130,6 +131,8 @@ class StreamReader:
             "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", "4", "pipe:1",
         ]  # fmt: skip
         self._args = args
+        self._interval_s = interval_s
+        self._on_redate = on_redate
         self._on_frame = on_frame
         self._on_end = on_end
         self._process: subprocess.Popen[bytes] | None = None
@@ -147,14 +150,26 @@ class StreamReader:
         process = self._process
         assert process is not None and process.stdout is not None and process.stderr is not None
         buffer = b""
+        # The fps filter emits exactly one frame per interval of stream time, but ffmpeg
+        # first buffers seconds of the stream to probe it and then emits those frames in a
+        # burst. Frame k is dated anchor + k * interval, the anchor being the earliest that
+        # no frame arrived before its date; when a burst moves it back, frames already
+        # delivered are re-dated by the same amount (on_redate).
+        anchor = float("inf")
+        count = 0
         while True:
-            chunk = process.stdout.read1(1 << 16)  # type: ignore[attr-defined]
+            chunk = process.stdout.read1(1 << 20)  # type: ignore[attr-defined]
             if not chunk:
                 break
             frames, buffer = split_jpegs(buffer + chunk)
-            now = time.time()
             for jpeg in frames:
-                self._on_frame(jpeg, now)
+                earliest = time.time() - count * self._interval_s
+                if earliest < anchor:
+                    if count and self._on_redate is not None:
+                        self._on_redate(earliest - anchor)
+                    anchor = earliest
+                self._on_frame(jpeg, anchor + count * self._interval_s)
+                count += 1
         code = process.wait()
         err = process.stderr.read().decode(errors="replace").strip().splitlines()
         if not self._stopped:
