@@ -45,14 +45,17 @@ def moving_shapes(
     size: tuple[int, int] = (640, 360),
     fps: int = 10,
     move: bool = True,
+    noise: int = 0,
 ) -> Path:
-    """An orange box crossing a grey background at 80 px/s (``move=False``: standing still)."""
+    """An orange box crossing a grey background at 80 px/s (``move=False``: standing still);
+    ``noise`` adds a camera sensor's grain (0-100) that changes every frame."""
     w, h = size
     x = "mod(80*t,W)" if move else "W/3"
+    grain = f",noise=alls={noise}:allf=t+u" if noise else ""
     _ffmpeg(
         "-f", "lavfi", "-i", f"color=c=0x4a4f57:s={w}x{h}:r={fps}:d={seconds}",
         "-f", "lavfi", "-i", f"color=c=orange:s={w // 8}x{h // 6}:r={fps}:d={seconds}",
-        "-filter_complex", f"[0][1]overlay=x='{x}':y={h // 3}:shortest=1",
+        "-filter_complex", f"[0][1]overlay=x='{x}':y={h // 3}:shortest=1{grain}",
         *_h264(fps), str(path),
     )  # fmt: skip
     return path
