@@ -316,3 +316,64 @@ def test_a_wrong_configuration_is_one_line_and_exit_2(
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert message in result.stderr and str(path) in result.stderr
     assert not (tmp_path / "data").exists()  # nothing was started or written
+
+
+def test_a_snapshot_camera_is_polled_and_its_failures_shown(
+    clips: Path, start: Callable[..., kit.RunningService]
+) -> None:
+    """An HTTP snapshot camera (one JPEG per GET) whose picture changes, and one whose URL
+    fails: the first makes an event, the second is shown offline with the reason."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    still = cv2.imread(str(clips / "astronaut.png"))
+    shots = []
+    for x in (0, 120, 240, 360):  # the photo moving across a wider picture
+        canvas = np.full((360, 640, 3), 80, np.uint8)
+        canvas[40:296, x : x + 256] = cv2.resize(still, (256, 256))
+        shots.append(cv2.imencode(".jpg", canvas)[1].tobytes())
+    served = [0]
+
+    class Camera(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/snap.jpg":
+                self.send_error(404)
+                return
+            body = shots[served[0] % len(shots)]
+            served[0] += 1
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    camera = ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=camera.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{camera.server_address[1]}"
+    try:
+        service = start(
+            {
+                "cameras": [
+                    {
+                        "name": "gate",
+                        "kind": "snapshot",
+                        "url": f"{base}/snap.jpg",
+                        "interval_s": 0.3,
+                    },
+                    {"name": "broken", "kind": "snapshot", "url": f"{base}/gone.jpg"},
+                ]
+            }
+        )
+        events = f"{service.url}/api/events?camera=gate"
+        gate = wait_for(lambda: get(events)["events"], 30, "an event from the snapshot camera")
+        assert gate[0]["source"] == "detector" and gate[0]["analysis"]["detector"]["motion"] > 0
+        health = get(f"{service.url}/health")
+        assert health["cameras"]["gate"]["status"] == "ok"
+        assert health["cameras_offline"] == ["broken"] and health["status"] == "degraded"
+        assert "HTTP 404" in health["cameras"]["broken"]["error"]
+    finally:
+        camera.shutdown()
+        camera.server_close()

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,8 @@ def fetch_snapshot(url: str, timeout: float = 10.0) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data: bytes = response.read(32 * 1024 * 1024)
+    except urllib.error.HTTPError as exc:
+        raise MediaError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except OSError as exc:
         raise MediaError(f"{url}: {getattr(exc, 'reason', exc)}") from None
     if not data.startswith(_SOI):
