@@ -377,3 +377,25 @@ def test_a_snapshot_camera_is_polled_and_its_failures_shown(
     finally:
         camera.shutdown()
         camera.server_close()
+
+
+def test_events_and_seen_clips_survive_a_restart(
+    clips: Path, start: Callable[..., kit.RunningService], tmp_path: Path
+) -> None:
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    (folder / "moving.mp4").write_bytes((clips / "shapes.mp4").read_bytes())
+    config = {
+        "data_dir": str(tmp_path / "kept"),
+        "cameras": [{"name": "uploads", "kind": "folder", "path": str(folder), "interval_s": 0.2}],
+    }
+    first = start(config, name="first")
+    events = f"{first.url}/api/events"
+    found = wait_for(lambda: get(events)["events"], 30, "the clip's event")
+    assert first.stop() == 0 and "video-dashboard: stopped" in first.log()
+
+    second = start(config, name="second")
+    wait_for(lambda: get(f"{second.url}/health")["cameras"]["uploads"]["status"] == "ok", 10, "ok")
+    time.sleep(1)  # five listings of the folder
+    assert get(f"{second.url}/api/events")["events"] == found
+    assert get(f"{second.url}/health")["cameras"]["uploads"]["counts"]["analyses"] == 0
