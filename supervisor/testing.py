@@ -574,7 +574,8 @@ class VisionRequest:
 
     ``images`` are the decoded bytes of every ``image_url`` part sent as a base64 data URL, in
     the order the request holds them (time order, for frames of a clip); ``image_types`` their
-    media types as the URLs name them. ``schema`` is the JSON schema of a ``response_format``
+    media types as the URLs name them; ``videos`` the URLs of ``video_url`` parts (``file://``
+    or ``data:video/mp4``). ``schema`` is the JSON schema of a ``response_format``
     of type ``json_schema`` (None when the request asked for none). ``problems`` says, one
     sentence each, what a vision server would refuse; ``ScriptedModelServer(...,
     require_vision=True)`` answers such a request with HTTP 400 and those sentences.
@@ -582,6 +583,7 @@ class VisionRequest:
 
     images: tuple[bytes, ...]
     image_types: tuple[str, ...]
+    videos: tuple[str, ...]
     text: str
     schema: dict[str, Any] | None
     schema_name: str | None
@@ -599,6 +601,7 @@ def vision_request(body: dict[str, Any]) -> VisionRequest:
 
     images: list[bytes] = []
     types: list[str] = []
+    videos: list[str] = []
     texts: list[str] = []
     problems: list[str] = []
     for message in body.get("messages") or []:
@@ -620,7 +623,7 @@ def vision_request(body: dict[str, Any]) -> VisionRequest:
                         "send the frames as image_url parts"
                     )
                 elif kind == "video_url":
-                    continue  # a file:// or data:video/mp4 video is a valid option
+                    videos.append(url)  # a file:// or data:video/mp4 video is a valid option
                 elif match is None:
                     problems.append(f"part {n}: image_url is not a base64 data URL: {url[:40]!r}")
                 else:
@@ -635,8 +638,8 @@ def vision_request(body: dict[str, Any]) -> VisionRequest:
                         continue
                     images.append(data)
                     types.append(match["type"])
-    if not images:
-        problems.append("the request carries no image_url parts")
+    if not images and not videos:
+        problems.append("the request carries no image_url parts (nor a video_url)")
     schema: dict[str, Any] | None = None
     name: str | None = None
     response_format = body.get("response_format")
@@ -649,6 +652,7 @@ def vision_request(body: dict[str, Any]) -> VisionRequest:
     return VisionRequest(
         images=tuple(images),
         image_types=tuple(types),
+        videos=tuple(videos),
         text="\n".join(texts),
         schema=schema,
         schema_name=name,

@@ -399,3 +399,18 @@ def test_events_and_seen_clips_survive_a_restart(
     time.sleep(1)  # five listings of the folder
     assert get(f"{second.url}/api/events")["events"] == found
     assert get(f"{second.url}/health")["cameras"]["uploads"]["counts"]["analyses"] == 0
+
+
+def test_a_clip_can_go_as_a_file_video_instead_of_frames(
+    clips: Path, start: Callable[..., kit.RunningService]
+) -> None:
+    with ScriptedModelServer([Reply(answer())], require_vision=True) as model:
+        inference = {"base_url": model.base_url, "model": "m", "clip_media": "video_url"}
+        service = start({"media_dirs": [str(clips)], "inference": inference})
+        status, event = post(f"{service.url}/analyze", {"clip": str(clips / "shapes.mp4")})
+        assert status == 200, event
+        seen = vision_request(model.requests[0])
+        assert seen.problems == () and seen.images == ()
+        assert seen.videos == ((clips / "shapes.mp4").resolve().as_uri(),)
+        assert model.requests[0]["mm_processor_kwargs"] == {"fps": 2.0, "do_sample_frames": True}
+        assert len(event["frames"]) == 6  # still sampled here, for the dashboard

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from . import detect, motion, vision
@@ -69,7 +70,8 @@ class Analyser:
             event |= {"source": "detector", "analyser": detect.NAME, "analysis": analysis}
         else:
             try:
-                analysis, took = vision.analyse(inference, camera, rel)
+                video = Path(clip) if clip and inference.clip_media == "video_url" else None
+                analysis, took = vision.analyse(inference, camera, rel, video)
             except vision.VisionError as exc:
                 self._count("failures")
                 print(f"video-dashboard: analysis of {camera} failed: {exc}", file=sys.stderr)

@@ -65,6 +65,11 @@ class Inference:
     timeout_s: float = 120.0
     max_tokens: int = 800
     test_run: bool = False
+    # "frames": JPEG image parts (any vision server). "video_url": a clip goes as a file://
+    # video part instead (vLLM with --allowed-local-media-path covering the clips; the
+    # model server must run on the same machine); a camera's latest seconds stay frames.
+    clip_media: str = "frames"
+    video_fps: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,13 @@ def parse(raw: Any, where: str = "config") -> Config:
             )
         if inf.get("api_key") is not None:
             _typed(f"{where}.inference.api_key", inf["api_key"], str, "a string")
+        if inf.get("clip_media", "frames") not in ("frames", "video_url"):
+            raise ConfigError(
+                f"{where}.inference.clip_media: {inf['clip_media']!r} "
+                "is not 'frames' or 'video_url'"
+            )
+        if "video_fps" in inf:
+            inf["video_fps"] = _number(f"{where}.inference.video_fps", inf["video_fps"], 0.1, 30)
         if "test_run" in inf:
             _typed(f"{where}.inference.test_run", inf["test_run"], bool, "true or false")
         out["inference"] = Inference(**inf)

@@ -14,6 +14,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from .config import Inference
@@ -51,8 +52,8 @@ SCHEMA: dict[str, Any] = {
 }
 
 PROMPT = (
-    "You review security camera footage. The images are {count} frames from camera "
-    "'{camera}', in time order, spanning about {span:.0f} seconds. Describe what happens "
+    "You review security camera footage from camera '{camera}': {media}, spanning about "
+    "{span:.0f} seconds. Describe what happens "
     "across them. potential_threat_level: 0 normal activity (residents, deliveries, "
     "passers-by, animals, nothing), 1 unusual and worth a look (lingering, trying doors, "
     "someone at night), 2 a likely threat (break-in, weapon, violence, fire). categories: "
@@ -67,16 +68,29 @@ class VisionError(Exception):
 
 
 def build_request(
-    inference: Inference, camera: str, frames: list[tuple[float, bytes]]
+    inference: Inference,
+    camera: str,
+    frames: list[tuple[float, bytes]],
+    video: Path | None = None,
 ) -> dict[str, Any]:
+    """The chat request: the frames as JPEG image parts, or, given ``video`` (a clip on the
+    model server's machine, inside its ``--allowed-local-media-path``), one ``file://``
+    video part that the server samples itself at ``video_fps``."""
     span = frames[-1][0] - frames[0][0] if len(frames) > 1 else 0.0
+    media = f"{len(frames)} frames in time order" if video is None else "a video clip"
     parts: list[dict[str, Any]] = [
-        {"type": "text", "text": PROMPT.format(count=len(frames), camera=camera, span=span)}
+        {"type": "text", "text": PROMPT.format(media=media, camera=camera, span=span)}
     ]
-    for _t, jpeg in frames:
-        url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-        parts.append({"type": "image_url", "image_url": {"url": url}})
-    return {
+    extra: dict[str, Any] = {}
+    if video is not None:
+        parts.append({"type": "video_url", "video_url": {"url": video.resolve().as_uri()}})
+        # vLLM's per-request sampling for Qwen3-VL (vLLM >= 0.11.1).
+        extra["mm_processor_kwargs"] = {"fps": inference.video_fps, "do_sample_frames": True}
+    else:
+        for _t, jpeg in frames:
+            url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+    return extra | {
         "model": inference.model,
         "messages": [{"role": "user", "content": parts}],
         "max_tokens": inference.max_tokens,
@@ -134,10 +148,13 @@ def parse_answer(content: str) -> dict[str, Any]:
 
 
 def analyse(
-    inference: Inference, camera: str, frames: list[tuple[float, bytes]]
+    inference: Inference,
+    camera: str,
+    frames: list[tuple[float, bytes]],
+    video: Path | None = None,
 ) -> tuple[dict[str, Any], float]:
     """The model's checked answer and the seconds the endpoint took."""
-    body = json.dumps(build_request(inference, camera, frames)).encode()
+    body = json.dumps(build_request(inference, camera, frames, video)).encode()
     headers = {"Content-Type": "application/json"}
     if inference.api_key:
         headers["Authorization"] = f"Bearer {inference.api_key}"
