@@ -414,3 +414,29 @@ def test_a_clip_can_go_as_a_file_video_instead_of_frames(
         assert seen.videos == ((clips / "shapes.mp4").resolve().as_uri(),)
         assert model.requests[0]["mm_processor_kwargs"] == {"fps": 2.0, "do_sample_frames": True}
         assert len(event["frames"]) == 6  # still sampled here, for the dashboard
+
+
+def test_the_service_stands_alone_and_the_plugin_loads() -> None:
+    """The recipe uploads the service folder to hosts without supervisor: it imports only
+    the standard library, OpenCV, numpy and itself (service/requirements.txt)."""
+    import ast
+
+    from supervisor_video_dashboard import SERVICE_DIR
+
+    from supervisor.plugins import Plugins
+
+    allowed = {"cv2", "numpy"} | set(sys.stdlib_module_names)
+    for path in SERVICE_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+    requirements = (SERVICE_DIR / "requirements.txt").read_text()
+    assert "opencv-python-headless>=4.8,<5" in requirements and "numpy" in requirements
+    info = Plugins().info["video-dashboard"]
+    assert info.error is None, info.error
