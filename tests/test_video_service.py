@@ -5,6 +5,7 @@ vision model is the scripted OpenAI-compatible server; everything else is real."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -135,6 +136,17 @@ def test_cpu_path_finds_the_person_and_nothing_in_the_empty_scene(
     assert [e["id"] for e in get(f"{events}?q=recognised")["events"]] == [empty["id"]]
     assert get(f"{events}?threat=1")["events"] == []
     assert len(get(f"{events}?hours=1")["events"]) == 2
+    # A clip recorded three hours ago dates its event then: "last hour" leaves it out.
+    old = clips / f"old-{time.monotonic_ns()}.mp4"
+    old.write_bytes((clips / "shapes.mp4").read_bytes())
+    os.utime(old, (time.time() - 3 * 3600, time.time() - 3 * 3600))
+    status, earlier = post(f"{service.url}/analyze", {"clip": str(old)})
+    assert status == 200 and earlier["started"] < time.time() - 2.9 * 3600
+    assert earlier["id"] not in [e["id"] for e in get(f"{events}?hours=1")["events"]]
+    assert earlier["id"] in [e["id"] for e in get(f"{events}?hours=4")["events"]]
+    assert get(f"{events}?limit=1")["events"][0]["id"] == person["id"]
+    after = get(f"{events}?before={person['id']}")["events"]
+    assert [e["id"] for e in after] == [empty["id"], earlier["id"]]
     assert get(f"{events}?camera=front")["events"] == []
 
     summary = urllib.request.urlopen(f"{service.url}/summary.md").read().decode()

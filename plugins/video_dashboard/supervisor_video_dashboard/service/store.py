@@ -169,7 +169,8 @@ class Store:
                 where.append("(search LIKE ? ESCAPE '\\' OR camera LIKE ? ESCAPE '\\')")
                 args += [f"%{escaped}%"] * 2
         if f.before_id is not None:
-            where.append("id < ?")
+            # Paging follows the listing's order (by when it happened), not insertion order.
+            where.append("(started, id) < (SELECT started, id FROM events WHERE id = ?)")
             args.append(f.before_id)
         sql = "SELECT * FROM events"
         if where:
