@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
+
 CLIP_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".ts", ".webm", ".m4v")
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 
@@ -55,6 +57,16 @@ def ffprobe_for(ffmpeg: str) -> str:
 
 
 def clip_duration(ffmpeg: str, clip: Path) -> float:
+    # OpenCV reads the container's header in-process (its wheel bundles FFmpeg's libraries)
+    # in a few milliseconds, where starting ffprobe costs a hundred or more; ffprobe stays
+    # for containers whose header gives no frame count (MPEG-TS, some cameras' files).
+    capture = cv2.VideoCapture(str(clip))
+    try:
+        frames, fps = capture.get(cv2.CAP_PROP_FRAME_COUNT), capture.get(cv2.CAP_PROP_FPS)
+    finally:
+        capture.release()
+    if frames > 0 and 0 < fps < 1000:
+        return float(frames / fps)
     result = subprocess.run(
         [ffprobe_for(ffmpeg), "-v", "error", "-print_format", "json", "-show_format", str(clip)],
         capture_output=True,
