@@ -236,21 +236,22 @@ class CameraWorker:
 
     def _analyse(self, frames: list[tuple[float, bytes]]) -> None:
         start = frames[0][0]
+        outcome = "failures"
         try:
             self.analyser.analyse(
                 self.camera.name, [(t - start, j) for t, j in frames], started=start
             )
-            self.counts["analyses"] += 1
+            outcome = "analyses"
         except AnalysisFailed:
-            self.counts["failures"] += 1
+            pass  # stored as an event that says why, and logged
         except Exception as exc:  # a worker thread has no one else to tell
-            self.counts["failures"] += 1
             print(
                 f"video-dashboard: camera {self.camera.name}: analysis crashed: {exc!r}",
                 file=sys.stderr,
             )
         finally:
             with self._lock:
+                self.counts[outcome] += 1
                 self._busy = False
 
     def latest(self, seconds: float) -> list[tuple[float, bytes]]:
