@@ -73,7 +73,10 @@ def cpu_seconds(pid: int) -> float:
     total = 0.0
     pids = [pid]
     for task in Path(f"/proc/{pid}/task").iterdir():
-        children = (task / "children").read_text().split()
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue  # a thread that ended meanwhile
         pids += [int(c) for c in children]
     for p in pids:
         try:

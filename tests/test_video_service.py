@@ -452,3 +452,24 @@ def test_the_service_stands_alone_and_the_plugin_loads() -> None:
     assert "opencv-python-headless>=4.8,<5" in requirements and "numpy" in requirements
     info = Plugins().info["video-dashboard"]
     assert info.error is None, info.error
+
+
+def test_the_host_makes_its_own_test_clip(tmp_path: Path) -> None:
+    """The recipe's end-to-end check on a host needs a clip; the service makes one with the
+    host's ffmpeg, and it has motion in it."""
+    from supervisor_video_dashboard import SERVICE_DIR
+    from supervisor_video_dashboard.service import media, motion
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data_dir": str(tmp_path / "data")}))
+    clip = tmp_path / "selftest.mp4"
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--config", str(config), "--make-test-clip", str(clip)],
+        cwd=SERVICE_DIR.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    frames = media.sample_clip("ffmpeg", clip, 6)
+    assert len(frames) == 6 and motion.max_motion([j for _, j in frames]) > 0.01

@@ -21,22 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from supervisor_video_dashboard import SERVICE_DIR
-
-
-def _ffmpeg(*args: str) -> None:
-    result = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-y", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed: {result.stderr.strip()[-300:]}")
-
-
-def _h264(fps: int) -> list[str]:
-    # A key frame every second: a camera-like stream that can be joined at any second.
-    return ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(fps)]
+from supervisor_video_dashboard.service import media
 
 
 def moving_shapes(
@@ -47,18 +32,8 @@ def moving_shapes(
     move: bool = True,
     noise: int = 0,
 ) -> Path:
-    """An orange box crossing a grey background at 80 px/s (``move=False``: standing still);
-    ``noise`` adds a camera sensor's grain (0-100) that changes every frame."""
-    w, h = size
-    x = "mod(80*t,W)" if move else "W/3"
-    grain = f",noise=alls={noise}:allf=t+u" if noise else ""
-    _ffmpeg(
-        "-f", "lavfi", "-i", f"color=c=0x4a4f57:s={w}x{h}:r={fps}:d={seconds}",
-        "-f", "lavfi", "-i", f"color=c=orange:s={w // 8}x{h // 6}:r={fps}:d={seconds}",
-        "-filter_complex", f"[0][1]overlay=x='{x}':y={h // 3}:shortest=1{grain}",
-        *_h264(fps), str(path),
-    )  # fmt: skip
-    return path
+    """See :func:`service.media.make_test_clip` (with the ffmpeg on PATH)."""
+    return media.make_test_clip("ffmpeg", path, seconds, size, fps, move, noise)
 
 
 def astronaut_png(path: Path) -> Path:
@@ -76,10 +51,11 @@ def still_photo(
 ) -> Path:
     """``photo`` held still for ``seconds``, two thirds of the frame high, on a grey ground."""
     w, h = size
-    _ffmpeg(
+    media.run_ffmpeg(
+        "ffmpeg",
         "-loop", "1", "-framerate", str(fps), "-t", str(seconds), "-i", str(photo),
         "-vf", f"scale=-2:{h * 2 // 3},pad={w}:{h}:(ow-iw)/2:(oh-ih)/2:color=0x4a4f57",
-        *_h264(fps), str(path),
+        *media.h264(fps), str(path),
     )  # fmt: skip
     return path
 

@@ -16,6 +16,7 @@ from types import FrameType
 from .analysis import Analyser
 from .cameras import CameraWorker
 from .config import ConfigError, load
+from .media import MediaError, make_test_clip
 from .store import Store
 from .web import Service, serve
 
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="the JSON configuration")
     parser.add_argument("--port", type=int, help="overrides the configuration's port (0: any)")
     parser.add_argument("--check", action="store_true", help="check the configuration and exit")
+    parser.add_argument(
+        "--make-test-clip",
+        type=Path,
+        metavar="PATH",
+        help="write a 4 s clip of a moving box to PATH with the configured ffmpeg, and exit",
+    )
     args = parser.parse_args(argv)
 
     def fail(message: str) -> int:
@@ -37,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     if shutil.which(config.ffmpeg) is None:
         return fail(f"{args.config}: ffmpeg: {config.ffmpeg!r} is not on PATH (install ffmpeg)")
+    if args.make_test_clip is not None:
+        try:
+            make_test_clip(config.ffmpeg, args.make_test_clip)
+        except (MediaError, OSError) as exc:
+            return fail(f"{args.make_test_clip}: {exc}")
+        print(f"video-dashboard: wrote {args.make_test_clip}")
+        return 0
     if args.check:
         print(f"video-dashboard: {args.config}: {len(config.cameras)} cameras, configuration ok")
         return 0

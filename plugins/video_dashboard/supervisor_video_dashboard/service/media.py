@@ -206,3 +206,44 @@ class StreamReader:
                 self._process.wait()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def run_ffmpeg(ffmpeg: str, *args: str) -> None:
+    result = subprocess.run(
+        [ffmpeg, "-nostdin", "-v", "error", "-y", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise MediaError(f"ffmpeg failed: {result.stderr.strip()[-300:]}")
+
+
+def h264(fps: int) -> list[str]:
+    # A key frame every second: a camera-like stream that can be joined at any second.
+    return ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(fps)]
+
+
+def make_test_clip(
+    ffmpeg: str,
+    path: Path,
+    seconds: float = 4,
+    size: tuple[int, int] = (640, 360),
+    fps: int = 10,
+    move: bool = True,
+    noise: int = 0,
+) -> Path:
+    """A clip of an orange box crossing a grey background at 80 px/s (``move=False``:
+    standing still), made by ffmpeg alone: the host's own end-to-end check needs nothing
+    else. ``noise`` adds a camera sensor's grain (0-100) that changes every frame."""
+    w, h = size
+    x = "mod(80*t,W)" if move else "W/3"
+    grain = f",noise=alls={noise}:allf=t+u" if noise else ""
+    run_ffmpeg(
+        ffmpeg,
+        "-f", "lavfi", "-i", f"color=c=0x4a4f57:s={w}x{h}:r={fps}:d={seconds}",
+        "-f", "lavfi", "-i", f"color=c=orange:s={w // 8}x{h // 6}:r={fps}:d={seconds}",
+        "-filter_complex", f"[0][1]overlay=x='{x}':y={h // 3}:shortest=1{grain}",
+        *h264(fps), str(path),
+    )  # fmt: skip
+    return path
