@@ -248,7 +248,13 @@ def test_cameras_are_polled_and_motion_gates_the_analysis(
             {
                 "cameras": [
                     {"name": "road", "kind": "stream", "url": moving_url, "interval_s": 0.5},
-                    {"name": "hall", "kind": "stream", "url": idle_url, "interval_s": 0.5},
+                    {
+                        "name": "hall",
+                        "kind": "stream",
+                        "url": idle_url,
+                        "interval_s": 0.5,
+                        "keyframes_only": True,  # decodes one frame a second here
+                    },
                     {"name": "drop", "kind": "folder", "path": str(folder), "interval_s": 0.3},
                 ]
             }
