@@ -157,6 +157,9 @@ def test_the_dashboard_shows_cameras_and_events_and_filters_them(
         )
         try:
             page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(dashboard)
             rows = page.locator("#events li.event")
 
@@ -220,6 +223,7 @@ def test_the_dashboard_shows_cameras_and_events_and_filters_them(
             )
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
+            assert errors == []  # the page's script ran without an error
         finally:
             browser.close()
 
