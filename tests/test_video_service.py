@@ -212,8 +212,15 @@ def test_a_clip_analysed_by_the_vision_endpoint(
         assert status == 502 and "not JSON" in body["error"]
         failed = get(f"{service.url}/api/events/{body['event']['id']}")
         assert failed["title"] == "Analysis failed" and "not JSON" in failed["error"]
-        assert get(f"{service.url}/health")["analysis"]["failures"] == 1
+        health = get(f"{service.url}/health")
+        assert health["analysis"]["failures"] == 1 and health["inference"]["reachable"]
         assert "analysis of clip failed" in service.log()
+    # The model server gone: the analysis fails with the reason, and /health says so.
+    status, body = post(f"{service.url}/analyze", {"clip": str(clips / "shapes.mp4")})
+    assert status == 502 and "Connection refused" in body["event"]["error"]
+    health = get(f"{service.url}/health")
+    assert health["status"] == "degraded" and not health["inference"]["reachable"]
+    assert "Connection refused" in health["inference"]["error"]
 
 
 def test_the_scripted_server_refuses_what_a_vision_model_would(clips: Path) -> None:

@@ -17,7 +17,10 @@ from __future__ import annotations
 import json
 import mimetypes
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,13 +53,16 @@ class Service:
         self.analyser = analyser
         self.cameras = cameras
         self.started = time.time()
+        self._lock = threading.Lock()
+        self._model_check: tuple[float, float, str | None] = (-1e9, 0, None)
 
     def health(self) -> dict[str, Any]:
         inference = self.config.inference
         cams = {name: w.info() for name, w in self.cameras.items()}
         offline = sorted(n for n, c in cams.items() if c["status"] == "offline")
+        model_error = self.model_error()
         return {
-            "status": "degraded" if offline else "ok",
+            "status": "degraded" if offline or model_error else "ok",
             "version": __version__,
             "mode": self.analyser.mode,
             "analyser": "vision language model" if inference else "people detector (CPU path)",
@@ -66,6 +72,8 @@ class Service:
                 "base_url": inference.base_url,
                 "model": inference.model,
                 "test_run": inference.test_run,
+                "reachable": model_error is None,
+                "error": model_error,
             },
             "uptime_s": round(time.time() - self.started, 1),
             "events": self.store.count(),
@@ -73,6 +81,33 @@ class Service:
             "cameras_offline": offline,
             "cameras": cams,
         }
+
+    def model_error(self) -> str | None:
+        """Why the model server does not answer ``GET /models`` (None: it does). Asked at
+        most every 10 s (the dashboard polls /health every 5), and again at once after an
+        analysis failed."""
+        inference = self.config.inference
+        if inference is None:
+            return None
+        with self._lock:
+            checked, failures, error = self._model_check
+            fresh = time.monotonic() - checked < 10
+            if fresh and failures == self.analyser.stats["failures"]:
+                return error
+            failures = self.analyser.stats["failures"]
+            url = inference.base_url.rstrip("/") + "/models"
+            headers = {"Authorization": f"Bearer {inference.api_key}"} if inference.api_key else {}
+            try:
+                request = urllib.request.Request(url, headers=headers)
+                with urllib.request.urlopen(request, timeout=3) as response:
+                    response.read()
+                error = None
+            except urllib.error.HTTPError as exc:
+                error = f"{url}: HTTP {exc.code} {exc.reason}"
+            except OSError as exc:
+                error = f"{url}: {getattr(exc, 'reason', exc)}"
+            self._model_check = (time.monotonic(), failures, error)
+            return error
 
     def bench(self) -> dict[str, Any] | None:
         path = self.config.bench_file

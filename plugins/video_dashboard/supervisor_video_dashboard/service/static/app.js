@@ -124,6 +124,7 @@ async function loadHealth() {
   const facts = [["status", health.status], ["analyser", health.analyser], ["events", health.events],
     ["analyses", health.analysis.analyses], ["failures", health.analysis.failures], ["uptime", `${Math.round(health.uptime_s)} s`]];
   if (health.cameras_offline.length) facts.push(["offline", health.cameras_offline.join(", ")]);
+  if (health.inference && !health.inference.reachable) facts.push(["model server", health.inference.error]);
   $("health").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
   const { bench } = await getJSON("/api/bench");
   if (bench) $("bench").replaceChildren(el("tbody", {}, ...benchTable(bench)));
