@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-__all__ = ["Fault", "Reply", "ScriptedModelServer"]
+__all__ = ["Fault", "Reply", "ScriptedModelServer", "VisionRequest", "vision_request"]
 
 FaultKind = Literal["rate_limit", "server_error", "overloaded", "stall", "drop", "slow_first_token"]
 
@@ -146,11 +146,16 @@ class ScriptedModelServer:
     receives is appended to :attr:`requests` (parsed JSON, in arrival order).
     """
 
-    def __init__(self, script: Script, *, model: str = "scripted") -> None:
+    def __init__(
+        self, script: Script, *, model: str = "scripted", require_vision: bool = False
+    ) -> None:
         # A sequence is copied so that a caller mutating its list cannot change a running
         # script under concurrent requests.
         self._script: Script = script if callable(script) else tuple(script)
         self._model = model
+        # As a vision model's server refuses what it cannot read (Qwen3-VL answers
+        # data:video/jpeg with a 500), refuse requests without image parts or a schema.
+        self._require_vision = require_vision
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._attempts: dict[str, int] = {}
@@ -277,6 +282,10 @@ class ScriptedModelServer:
         messages = body.get("messages")
         if not isinstance(messages, list):
             return _error(400, "'messages' must be a list", "invalid_request_error")
+        if self._require_vision:
+            problems = vision_request(body).problems
+            if problems:
+                return _error(400, "; ".join(problems), "invalid_request_error")
 
         try:
             reply = self._choose(messages)
@@ -554,3 +563,98 @@ def _sse_events(
         events.append(chunk([], usage))
     events.append(b"data: [DONE]\n\n")
     return events, text_events
+
+
+# -- vision requests -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VisionRequest:
+    """What one chat request asked of a vision model, read from its body.
+
+    ``images`` are the decoded bytes of every ``image_url`` part sent as a base64 data URL, in
+    the order the request holds them (time order, for frames of a clip); ``image_types`` their
+    media types as the URLs name them; ``videos`` the URLs of ``video_url`` parts (``file://``
+    or ``data:video/mp4``). ``schema`` is the JSON schema of a ``response_format``
+    of type ``json_schema`` (None when the request asked for none). ``problems`` says, one
+    sentence each, what a vision server would refuse; ``ScriptedModelServer(...,
+    require_vision=True)`` answers such a request with HTTP 400 and those sentences.
+    """
+
+    images: tuple[bytes, ...]
+    image_types: tuple[str, ...]
+    videos: tuple[str, ...]
+    text: str
+    schema: dict[str, Any] | None
+    schema_name: str | None
+    problems: tuple[str, ...]
+
+
+_DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)", re.DOTALL)
+_IMAGE_MAGIC = {"image/jpeg": b"\xff\xd8\xff", "image/png": b"\x89PNG"}
+
+
+def vision_request(body: dict[str, Any]) -> VisionRequest:
+    """Read a chat-completions request body as a vision model's server would."""
+    import base64
+    import binascii
+
+    images: list[bytes] = []
+    types: list[str] = []
+    videos: list[str] = []
+    texts: list[str] = []
+    problems: list[str] = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        for n, part in enumerate(content if isinstance(content, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                texts.append(str(part.get("text", "")))
+            elif kind in ("image_url", "video_url"):
+                value = part.get(kind)
+                url = str(value.get("url", "") if isinstance(value, dict) else value or "")
+                match = _DATA_URL.fullmatch(url)
+                if url.startswith("data:video/jpeg"):
+                    problems.append(
+                        f"part {n}: data:video/jpeg is not a video (Qwen3-VL refuses it); "
+                        "send the frames as image_url parts"
+                    )
+                elif kind == "video_url":
+                    videos.append(url)  # a file:// or data:video/mp4 video is a valid option
+                elif match is None:
+                    problems.append(f"part {n}: image_url is not a base64 data URL: {url[:40]!r}")
+                else:
+                    try:
+                        data = base64.b64decode(match["data"], validate=True)
+                    except (binascii.Error, ValueError):
+                        problems.append(f"part {n}: image_url's base64 does not decode")
+                        continue
+                    magic = _IMAGE_MAGIC.get(match["type"])
+                    if magic is None or not data.startswith(magic):
+                        problems.append(f"part {n}: image_url is not a {match['type']} image")
+                        continue
+                    images.append(data)
+                    types.append(match["type"])
+    if not images and not videos:
+        problems.append("the request carries no image_url parts (nor a video_url)")
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema")
+        if isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+            schema, name = spec["schema"], spec.get("name")
+    if schema is None:
+        problems.append("the request asks for no response_format json_schema")
+    return VisionRequest(
+        images=tuple(images),
+        image_types=tuple(types),
+        videos=tuple(videos),
+        text="\n".join(texts),
+        schema=schema,
+        schema_name=name,
+        problems=tuple(problems),
+    )
