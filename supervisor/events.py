@@ -33,6 +33,9 @@ class EventType(StrEnum):
     ARTIFACT = "artifact"
     STEP = "step"
     LOG = "log"
+    # A deploy operation (supervisor.deploy): data has op, target, host, phase
+    # (start | progress | warning | done | failed) and, when done, changed and summary.
+    DEPLOY = "deploy"
 
 
 @dataclass

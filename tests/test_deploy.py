@@ -1,0 +1,419 @@
+"""The deploy API against real processes on this machine (the ``local`` sandbox backend).
+
+systemd is not PID 1 here, nor on CI machines (their PID 1 is a container init), so
+``manager="auto"`` picks the fallback supervisor — that is what these tests deploy with,
+for real: a setsid loop keeping a small HTTP service alive on a loopback port. The systemd
+path's unit text is checked as text; its commands run against a real systemd only on a
+host that has one (see the ssh test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import http.server
+import io
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor.deploy import (
+    Deployer,
+    DeployError,
+    Result,
+    Service,
+    format_plan,
+    render_template,
+    systemd_unit,
+)
+from supervisor.errors import InputError
+from supervisor.events import Event, EventType
+from supervisor.sandbox.base import SandboxSpec
+from supervisor.sandbox.local import LocalSandbox
+
+SERVER = """\
+import http.server, json, sys
+
+CONFIG = "$config"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/health":
+            body = b"ok"
+        else:
+            with open(CONFIG) as f:
+                body = json.load(f)["message"].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):
+        print("request", fmt % args, flush=True)
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+CONFIG = '{\n  "service": "hello",\n  "message": "$message"\n}\n'
+TOKEN = "tok-4f9a2b7c1d"  # an env value that must never reach an event
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fetch(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return str(r.read().decode())
+
+
+def wait_until(check: object, deadline_s: float, what: str) -> object:
+    end = time.monotonic() + deadline_s
+    last: object = None
+    while time.monotonic() < end:
+        try:
+            last = check()  # type: ignore[operator]
+        except OSError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.1)
+    raise AssertionError(f"{what} within {deadline_s}s (last: {last!r})")
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+async def box(tmp_path: Path) -> AsyncIterator[LocalSandbox]:
+    sandbox = LocalSandbox(SandboxSpec(run_id="deploy", agent_id="deploy"), root=tmp_path / "box")
+    await sandbox.start()
+    yield sandbox
+    await sandbox.destroy()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "state"
+    yield path
+    # Safety net: a failed test must not leave its service running.
+    for pid in processes_mentioning(str(path)):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+async def deploy(d: Deployer, app: Path, port: int, message: str) -> list[Result]:
+    """The deploy a recipe would write: code, config, service, health."""
+    code = await d.template(f"{app}/server.py", SERVER, {"config": f"{app}/config.json"})
+    config = await d.template(f"{app}/config.json", CONFIG, {"message": message}, mode=0o640)
+    svc = await d.service(
+        Service(
+            name="hello",
+            command=["python3", "-u", f"{app}/server.py", str(port)],
+            workdir=str(app),
+            env={"HELLO_TOKEN": TOKEN},
+            description="hello test service",
+        ),
+        restart=code,
+    )
+    health = await d.wait_http(f"http://127.0.0.1:{port}/health", deadline_s=20)
+    return [code, config, svc, health]
+
+
+async def test_deploy_service_with_fallback_supervisor(
+    box: LocalSandbox, tmp_path: Path, state: Path
+) -> None:
+    app, port = tmp_path / "srv" / "hello", free_port()
+    events: list[Event] = []
+    d = Deployer(box, host="here", emit=events.append, state_dir=str(state))
+
+    code, config, svc, health = await deploy(d, app, port, "hello")
+    assert [r.changed for r in (code, config, svc)] == [True, True, True]
+    assert health.details["status"] == 200 and health.summary.startswith("answered 200")
+    assert svc.manager == "fallback" and "start" in svc.summary
+    assert "systemd is not running" in svc.details["why"] or "not installed" in svc.details["why"]
+    chosen = [e for e in events if e.data.get("op") == "service" and e.data.get("manager")]
+    assert chosen and "using fallback" in chosen[0].text
+    assert fetch(f"http://127.0.0.1:{port}/hello") == "hello"
+    assert oct((app / "config.json").stat().st_mode & 0o777) == "0o640"
+    assert oct((state / "hello" / "env").stat().st_mode & 0o777) == "0o600"
+
+    logs = await d.logs("hello", lines=20)
+    assert "GET /hello" in logs and "starting hello" in logs
+
+    # Killing the service's process: the loop starts it again.
+    status = await d.status("hello")
+    assert status.manager == "fallback" and status.active and status.pid
+    os.kill(status.pid, signal.SIGKILL)
+
+    async def restarted() -> int | None:
+        s = await d.status("hello")
+        return s.pid if s.active and s.pid not in (None, status.pid) else None
+
+    end = time.monotonic() + 15
+    new_pid = None
+    while new_pid is None and time.monotonic() < end:
+        new_pid = await restarted()
+        if new_pid is None:
+            await asyncio.sleep(0.2)
+    assert new_pid, "the supervisor loop did not restart the killed service"
+    await d.wait_http(f"http://127.0.0.1:{port}/health", deadline_s=15)
+    assert fetch(f"http://127.0.0.1:{port}/hello") == "hello"
+    assert "exited with status" in await d.logs("hello", lines=50)
+
+    # A second deploy, planned: nothing to change, nothing touched.
+    mtime = (app / "config.json").stat().st_mtime_ns
+    plan = Deployer(box, host="here", dry_run=True, state_dir=str(state))
+    await deploy(plan, app, port, "hello")
+    assert not plan.changed, plan.plan()
+    assert plan.plan().startswith("Plan for here: nothing to change")
+
+    # A changed template: exactly one change, shown with its diff, and still not made.
+    plan = Deployer(box, host="here", dry_run=True, state_dir=str(state))
+    await deploy(plan, app, port, "bonjour")
+    changed = [r for r in plan.results if r.changed]
+    assert [(r.op, r.target) for r in changed] == [("files.template", f"{app}/config.json")]
+    assert '-  "message": "hello"' in changed[0].diff
+    assert '+  "message": "bonjour"' in changed[0].diff
+    table = plan.plan()
+    assert "1 of 4 operation(s) would change something" in table
+    assert "update: +1 -1 lines" in table
+    assert (app / "config.json").stat().st_mtime_ns == mtime
+    assert fetch(f"http://127.0.0.1:{port}/hello") == "hello"
+
+    # Applied: the service reads it on the next request, without a restart.
+    d2 = Deployer(box, host="here", emit=events.append, state_dir=str(state))
+    results = await deploy(d2, app, port, "bonjour")
+    assert [r.changed for r in results] == [False, True, False, False]
+    assert fetch(f"http://127.0.0.1:{port}/hello") == "bonjour"
+    assert (await d2.status("hello")).pid == new_pid
+
+    # Uninstall: nothing of it runs, its files are gone, the port is closed.
+    removed = await d2.remove_service("hello")
+    assert removed.changed and removed.manager == "fallback"
+    assert processes_mentioning(str(state)) == []
+    assert not (state / "hello").exists()
+    assert (await d2.status("hello")).manager == ""
+    with pytest.raises(OSError):
+        fetch(f"http://127.0.0.1:{port}/hello", timeout=2)
+    assert not (await d2.remove_service("hello")).changed
+
+    # Every operation left an event; no secret reached one.
+    ops = {e.data["op"] for e in events if e.type == EventType.DEPLOY}
+    assert {"files.template", "service", "http.wait", "service.logs", "service.remove"} <= ops
+    assert all(TOKEN not in json.dumps(e.data) + e.text for e in events)
+
+
+def wheel(name: str, version: str) -> tuple[str, bytes]:
+    """A minimal real wheel (PEP 427) holding one module."""
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n".encode(),
+        f"{name}-{version}.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        ).encode(),
+        f"{name}-{version}.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+        z.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
+    return f"{name}-{version}-py3-none-any.whl", buf.getvalue()
+
+
+@contextlib.contextmanager
+def slow_index(delay_s: float) -> Iterator[str]:
+    """A PEP 503 package index on loopback whose downloads stall for ``delay_s``."""
+    filename, data = wheel("tinypkg", "1.0")
+    sha = hashlib.sha256(data).hexdigest()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") == "/simple/tinypkg":
+                body = f'<a href="/files/{filename}#sha256={sha}">{filename}</a>'.encode()
+            elif self.path == f"/files/{filename}":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.flush()
+                time.sleep(delay_s)
+                self.wfile.write(data)
+                return
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_pip_install_streams_progress_and_is_idempotent(
+    box: LocalSandbox, tmp_path: Path
+) -> None:
+    venv = str(tmp_path / "venv")
+    events: list[Event] = []
+    d = Deployer(box, host="here", emit=events.append)
+    with slow_index(1.5) as index:
+        args = ["--index-url", index]
+        result = await d.pip_install(venv, ["tinypkg==1.0"], pip_args=args)
+        assert result.changed and "create venv" in result.summary
+        progress = [e for e in events if e.data.get("phase") == "progress" and "lines" in e.data]
+        lines = [(e.ts, line) for e in progress for line in e.data["lines"]]
+        collecting = next(ts for ts, line in lines if "Collecting tinypkg" in line)
+        installed = next(ts for ts, line in lines if "Successfully installed tinypkg" in line)
+        # The lines came while pip ran, not in one blob at the end.
+        assert installed - collecting >= 1.0, lines
+        out = await box.exec(f"{venv}/bin/python -c 'import tinypkg; print(tinypkg.VERSION)'")
+        assert out.stdout.strip() == "1.0"
+
+        again = await d.pip_install(venv, ["tinypkg==1.0"], pip_args=args)
+        assert not again.changed and again.summary == "no change"
+        plan = Deployer(box, dry_run=True)
+        newer = await plan.pip_install(venv, ["tinypkg>=2"], pip_args=args)
+        assert newer.changed and newer.summary == "install tinypkg>=2"
+
+        with pytest.raises(DeployError) as err:
+            await d.pip_install(venv, ["nosuchpkg-xyz"], pip_args=args)
+    message = str(err.value)
+    assert "\n" not in message and "nosuchpkg-xyz" in message and "failed (exit 1)" in message
+    failed = [e for e in events if e.data.get("phase") == "failed"]
+    assert failed and failed[-1].data["error"] == message
+
+
+async def test_health_wait_fails_within_its_deadline(box: LocalSandbox) -> None:
+    url = f"http://127.0.0.1:{free_port()}/health"
+    events: list[Event] = []
+    d = Deployer(box, host="here", emit=events.append)
+    start = time.monotonic()
+    with pytest.raises(DeployError) as err:
+        await d.wait_http(url, deadline_s=2)
+    took = time.monotonic() - start
+    assert 2 <= took < 4, took
+    message = str(err.value)
+    assert "\n" not in message and url in message and "within 2s" in message
+    assert "Couldn't connect" in message or "refused" in message.lower()
+    assert events[-1].data["phase"] == "failed"
+
+
+async def test_bad_input_is_one_line_and_touches_nothing(box: LocalSandbox, tmp_path: Path) -> None:
+    d = Deployer(box, host="here")
+    cases = [
+        (d.service(Service(name="web/evil", command=["true"])), "service name 'web/evil'"),
+        (d.put_file("etc/app.conf", "x"), "remote path 'etc/app.conf' must be absolute"),
+        (d.remove_service("../x"), "service name '../x'"),
+        (d.template(f"{tmp_path}/a.conf", "port=$port", {}), "uses $port, which has no value"),
+        (d.wait_http("127.0.0.1:80/health"), "must be an http(s):// URL"),
+        (d.pip_install("venv", ["x"]), "venv 'venv' must be absolute"),
+        (
+            d.service(Service(name="web", command=["true"], env={"A-B": "1"})),
+            "environment name 'A-B'",
+        ),
+    ]
+    for call, expected in cases:
+        with pytest.raises(InputError) as err:
+            await call
+        assert expected in str(err.value) and "\n" not in str(err.value)
+    assert d.results == []
+    assert not (tmp_path / "a.conf").exists()
+
+
+async def test_root_owned_file_gets_owner_and_mode(box: LocalSandbox, tmp_path: Path) -> None:
+    """As root, privileged files are installed directly with the owner asked for."""
+    d = Deployer(box, host="here", sudo_password="hunter2-password")
+    facts = await d.facts()
+    if facts.uid != 0:
+        pytest.skip("runs as root (CI and this machine); a non-root sudo path is tested over ssh")
+    dest = tmp_path / "etc" / "app.conf"
+    result = await d.put_file(str(dest), "a=1\n", mode=0o600, owner="root", group="root")
+    assert result.changed and dest.read_text() == "a=1\n"
+    assert oct(dest.stat().st_mode & 0o777) == "0o600"
+    assert not (await d.put_file(str(dest), "a=1\n", mode=0o600, owner="root")).changed
+
+
+def test_systemd_unit_text() -> None:
+    svc = Service(
+        name="web",
+        command=["/opt/web/venv/bin/python", "-m", "web", "--greeting", "50% off $HOME"],
+        workdir="/opt/web",
+        user="web",
+        after=["vllm"],
+    )
+    unit = systemd_unit(svc, env_file="/var/lib/supervisor-deploy/web/env")
+    assert (
+        'ExecStart=/opt/web/venv/bin/python -m web --greeting "50%% off $$HOME"'
+        in unit.splitlines()
+    )
+    for line in [
+        "After=vllm.service",
+        "Wants=vllm.service",
+        "WorkingDirectory=/opt/web",
+        "EnvironmentFile=/var/lib/supervisor-deploy/web/env",
+        "User=web",
+        "Restart=always",
+        "StartLimitIntervalSec=0",
+        "WantedBy=multi-user.target",
+    ]:
+        assert line in unit.splitlines(), line
+    user_unit = systemd_unit(svc, user_mode=True)
+    assert "User=web" not in user_unit and "WantedBy=default.target" in user_unit
+    assert "network-online.target" not in user_unit
+
+
+def test_templates_and_plan_table() -> None:
+    assert render_template("port=$port ${name}x $$5", {"port": 80, "name": "a"}) == "port=80 ax $5"
+    results = [
+        Result("files.put", "/a", False, "no change", dry_run=True),
+        Result("service", "web", True, "restart", dry_run=True, manager="fallback"),
+    ]
+    table = format_plan(results, host="gpu1").splitlines()
+    assert table[0] == "Plan for gpu1: 1 of 2 operation(s) would change something"
+    assert table[2].startswith("  files.put") and table[2].endswith("no change")
+    assert table[3].startswith("* service (fallback)") and table[3].endswith("restart")
