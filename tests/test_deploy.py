@@ -417,3 +417,26 @@ def test_templates_and_plan_table() -> None:
     assert table[0] == "Plan for gpu1: 1 of 2 operation(s) would change something"
     assert table[2].startswith("  files.put") and table[2].endswith("no change")
     assert table[3].startswith("* service (fallback)") and table[3].endswith("restart")
+
+
+def test_docs_example_runs() -> None:
+    """docs/plugins.md's deploy example runs as printed and shows the plan it promises."""
+    import re
+    import subprocess
+    import sys
+
+    doc = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    section = doc.split("## Deploying to hosts", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert code, "docs/plugins.md has no example under 'Deploying to hosts'"
+    out = subprocess.run(
+        [sys.executable, "-c", code.group(1)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Changes for this machine: 2 of 3 operation(s) changed something" in out.stdout
+    assert "Plan for this machine: 1 of 3 operation(s) would change something" in out.stdout
+    assert "+<h1>Hello again</h1>" in out.stdout
+    removed = re.search(r"^stop; remove (/\S+)$", out.stdout, flags=re.M)
+    assert removed, out.stdout[-1000:]
+    assert not Path(removed.group(1)).exists()
+    assert processes_mentioning(removed.group(1)) == []
