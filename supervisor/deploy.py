@@ -63,7 +63,7 @@ from typing import Any, Literal, Protocol
 
 from supervisor.errors import InputError, SupervisorError
 from supervisor.events import Event, EventType
-from supervisor.redact import Redactor
+from supervisor.redact import SECRET_NAME, Redactor
 from supervisor.sandbox.base import ExecResult
 
 __all__ = [
@@ -437,6 +437,7 @@ class Deployer:
         self._facts: _Facts | None = None
         self._sudo_ok: bool | None = None
         self._user_systemd: bool | None = None
+        self._lingered = False  # this deployer turned lingering on
 
     # -- events and results
 
@@ -562,11 +563,13 @@ class Deployer:
         return (await self.facts()).uid == 0
 
     def _sudo_line(self, command: str) -> str:
-        inner = f"sh -c {shlex.quote(command)}"
         if self._password is None:
-            return f"sudo -n -- {inner}"
+            return f"sudo -n -- sh -c {shlex.quote(command)}"
         # printf is a bash builtin: the password never appears in a process's argv, and
-        # sudo reads it from the pipe because of -S.
+        # sudo reads it from the pipe because of -S. When sudo has cached credentials it
+        # reads nothing, so the command's stdin is closed before it runs: whatever it is,
+        # it can never read the password.
+        inner = f"sh -c {shlex.quote('exec </dev/null; ' + command)}"
         return (
             f"printf '%s\\n' {shlex.quote(self._password)} | "
             f"sudo -S -p {shlex.quote(SUDO_PROMPT)} -- {inner}"
@@ -830,30 +833,25 @@ class Deployer:
             self.event(op, dest, "progress", f"skipped (not regular files): {', '.join(skipped)}")
         q = shlex.quote(dest)
         listing = (
-            f"if [ -d {q} ]; then cd {q} && find . -type f -printf '%m %p\\n' | "
-            'while read -r m p; do if [ -r "$p" ]; then s=$(sha256sum < "$p"); '
-            'else s=unreadable; fi; echo "${s%% *} $m ${p#./}"; done; fi'
+            f"if [ -d {q} ]; then cd {q} && find . -type f -printf '%m %u %g %p\\n' | "
+            'while read -r m u g p; do if [ -r "$p" ]; then s=$(sha256sum < "$p"); '
+            'else s=unreadable; fi; echo "${s%% *} $m $u $g ${p#./}"; done; fi'
         )
         state = await self._file_state(dest + "/.", False)
         privileged = await self._needs_root(state, owner, group)
         out = await self._exec_as(listing, privileged=privileged, op=op, what=dest)
-        remote: dict[str, tuple[str, str]] = {}
+        remote: dict[str, tuple[str, str, str, str]] = {}
         for line in out.splitlines():
-            sha, mode_s, rel = line.split(" ", 2)
-            remote[rel] = (sha, mode_s)
+            sha, mode_s, user, grp, rel = line.split(" ", 4)
+            remote[rel] = (sha, mode_s, user, grp)
         todo = [
             rel
             for rel, (data, mode) in local.items()
-            if remote.get(rel) != (_sha256(data), f"{mode:o}") or owner or group
+            if rel not in remote
+            or remote[rel][:2] != (_sha256(data), f"{mode:o}")
+            or (owner is not None and remote[rel][2] != owner)
+            or (group is not None and remote[rel][3] != group)
         ]
-        if owner or group:
-            # Ownership is not in the listing; re-install only what differs in content or
-            # mode unless the whole tree must change hands.
-            todo = [
-                rel
-                for rel, (data, mode) in local.items()
-                if remote.get(rel) != (_sha256(data), f"{mode:o}")
-            ]
         new = sum(1 for rel in todo if rel not in remote)
         summary = f"{len(todo)} of {len(local)} file(s) to write ({new} new)"
         if todo and not self.dry_run:
@@ -979,6 +977,10 @@ class Deployer:
         if not packages:
             raise InputError(f"deploy: pip_install into {venv} names no packages")
         op = "pip.install"
+        for arg in pip_args:
+            # An index URL may carry credentials (https://user:token@host/simple).
+            for secret in re.findall(r"://[^/:@\s]+:([^/@\s]+)@", arg):
+                self.redactor.add("index password", secret)
         self.event(op, venv, "start", f"{op} {' '.join(packages)} into {venv}")
         vpy = shlex.quote(f"{venv}/bin/python")
         exists = (await self.run(f"test -x {vpy}", op=op)).ok
@@ -1085,8 +1087,12 @@ class Deployer:
                 self._user_systemd = res.stdout.strip() not in ("offline", "unknown", "")
         return self._user_systemd
 
-    async def choose_manager(self, manager: Manager = "auto") -> tuple[str, str]:
-        """The service manager ``manager`` resolves to on this target, and why."""
+    async def choose_manager(
+        self, manager: Manager = "auto", *, linger: bool = False
+    ) -> tuple[str, str]:
+        """The service manager ``manager`` resolves to on this target, and why. With
+        ``linger``, a user manager that is not running yet is started by turning on
+        lingering (``sudo loginctl enable-linger``)."""
         if manager not in MANAGERS:
             raise InputError(f"deploy: manager {manager!r} is not one of {', '.join(MANAGERS)}")
         facts = await self.facts()
@@ -1112,8 +1118,19 @@ class Deployer:
                 )
             return "systemd", "asked for systemd"
         if manager == "systemd --user":
-            if not facts.systemd or not await self._user_manager():
+            if not facts.systemd:
                 raise self._fail("service", "", f"no systemd user manager: {no_systemd}")
+            if not await self._user_manager():
+                if not linger:
+                    raise self._fail(
+                        "service",
+                        "",
+                        f"no systemd user manager runs for {facts.user} (not logged in and "
+                        "lingering off): pass linger=True",
+                    )
+                if self.dry_run:
+                    return "systemd --user", "asked for a user unit (lingering to be enabled)"
+                await self._enable_linger()
             return "systemd --user", "asked for a user unit"
         if not facts.systemd:
             return "fallback", no_systemd
@@ -1122,6 +1139,25 @@ class Deployer:
         if await self._user_manager():
             return "systemd --user", "systemd is running and sudo is not available"
         return "fallback", "systemd is running but neither sudo nor a user manager is available"
+
+    async def _enable_linger(self) -> None:
+        facts = await self.facts()
+        await self._sudo_check(
+            f"loginctl enable-linger {shlex.quote(facts.user)}", op="service", what=facts.user
+        )
+        self._lingered = True
+        self.event("service", facts.user, "progress", f"enabled lingering for {facts.user}")
+        # The user manager starts asynchronously once lingering is on.
+        deadline = time.monotonic() + 20
+        while True:
+            self._user_systemd = None
+            if await self._user_manager():
+                return
+            if time.monotonic() > deadline:
+                raise self._fail(
+                    "service", facts.user, f"the user manager of {facts.user} did not start"
+                )
+            await asyncio.sleep(0.2)
 
     def _systemctl(self, manager: str, facts: _Facts) -> str:
         if manager == "systemd --user":
@@ -1172,9 +1208,11 @@ class Deployer:
             _remote_path(service.workdir, f"workdir of service {name}")
         _account(service.user, f"user of service {name}")
         env_bytes = _env_file(service.env, f"service {name}")
-        for name_ in service.env:
-            value = service.env[name_]
-            self.redactor.add(f"{name} {name_}", value)
+        for key, value in service.env.items():
+            # Only values under secret-looking names: redacting every value would hide
+            # ordinary paths and ports wherever they appear.
+            if SECRET_NAME.search(key):
+                self.redactor.add(f"{name} {key}", value)
         if isinstance(restart, Result):
             restart_now = restart.changed
         elif isinstance(restart, bool):
@@ -1182,7 +1220,7 @@ class Deployer:
         else:
             restart_now = any(r.changed for r in restart)
         op = "service"
-        chosen, why = await self.choose_manager(manager)
+        chosen, why = await self.choose_manager(manager, linger=linger)
         self.event(
             op, name, "start", f"service {name}: using {chosen} ({why})", manager=chosen, why=why
         )
@@ -1212,12 +1250,13 @@ class Deployer:
                 op="service",
             )
             lingering = res.stdout.strip() == "yes"
-            if not lingering and linger:
+            if self._lingered:  # turned on just now, to start the user manager
+                changes.append(f"enable lingering for {facts.user}")
+                self._lingered = False
+            elif not lingering and linger:
                 changes.append(f"enable lingering for {facts.user}")
                 if not self.dry_run:
-                    await self._sudo_check(
-                        f"loginctl enable-linger {shlex.quote(facts.user)}", op="service", what=name
-                    )
+                    await self._enable_linger()
             elif not lingering:
                 self.event(
                     "service",

@@ -41,6 +41,7 @@ from supervisor.deploy import (
 from supervisor.errors import InputError
 from supervisor.events import Event, EventType
 from supervisor.sandbox.base import SandboxSpec
+from supervisor.sandbox.docker import DockerSandbox
 from supervisor.sandbox.local import LocalSandbox
 
 SERVER = """\
@@ -440,3 +441,156 @@ def test_docs_example_runs() -> None:
     assert removed, out.stdout[-1000:]
     assert not Path(removed.group(1)).exists()
     assert processes_mentioning(removed.group(1)) == []
+
+
+# -- a real systemd host: a container whose PID 1 is systemd, logged into as a user whose
+# sudo asks for a password (tests/images/deploy-systemd)
+
+SUDO_PASSWORD = "deploy-test-password"
+
+
+@pytest.fixture
+async def systemd_host() -> AsyncIterator[DockerSandbox]:
+    from supervisor.sandbox import image
+    from supervisor.sandbox.docker import LABEL, docker_client, home_label, remove_container
+
+    client = docker_client(timeout=600)
+    directory = Path(__file__).parent / "images" / "deploy-systemd"
+    tag = await asyncio.to_thread(
+        image.build, client, name="deploy-systemd", mode="offline", directory=directory
+    )
+    container = client.containers.run(
+        tag,
+        detach=True,
+        user="0",  # systemd itself; the sandbox's shell logs in as uid 1000
+        network_mode="none",  # loopback only
+        hostname="sdhost",
+        extra_hosts={"sdhost": "127.0.0.1"},  # sudo looks its host name up
+        tmpfs={"/run": "", "/run/lock": "", "/tmp": ""},
+        # Not privileged: systemd only reads the host's cgroup tree and makes its own.
+        volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}},
+        labels={f"{LABEL}.managed": "1", f"{LABEL}.home": home_label(), f"{LABEL}.test": "deploy"},
+    )
+    try:
+        box = DockerSandbox.attach(container.id, client=client)
+        # systemd takes a moment to reach its default target.
+        end = time.monotonic() + 60
+        while True:
+            state = (await box.exec("systemctl is-system-running 2>&1")).stdout.strip()
+            if state in ("running", "degraded") or time.monotonic() > end:
+                break
+            await asyncio.sleep(0.3)
+        assert state in ("running", "degraded"), state
+        yield box
+        await box.destroy()
+    finally:
+        remove_container(client, container)
+
+
+def journal(box: DockerSandbox) -> str:
+    container = box.container
+    _, out = container.exec_run(["journalctl", "--no-pager", "-o", "cat"], user="0")
+    return str(out.decode(errors="replace"))
+
+
+@pytest.mark.docker
+async def test_systemd_units_with_sudo_password(systemd_host: DockerSandbox) -> None:
+    box = systemd_host
+    app, port = "/opt/hello", 8080
+
+    # Without a password: said plainly, nothing written.
+    bare = Deployer(box, host="sd")
+    with pytest.raises(DeployError) as err:
+        await bare.put_file("/etc/hello/app.conf", "a=1\n")
+    assert "sudo asks for a password: pass sudo_password=" in str(err.value)
+    with pytest.raises(DeployError) as err:
+        await bare.service(Service(name="hello", command=["true"]), manager="systemd")
+    assert "system units need root" in str(err.value)
+    wrong = Deployer(box, host="sd", sudo_password="not-the-password")
+    with pytest.raises(DeployError) as err:
+        await wrong.put_file("/etc/hello/app.conf", "a=1\n")
+    assert "sudo refused the password" in str(err.value)
+    assert (await box.exec("test -e /etc/hello")).exit_code == 1
+
+    events: list[Event] = []
+    d = Deployer(box, host="sd", sudo_password=SUDO_PASSWORD, emit=events.append)
+    code, _, svc, _ = await deploy(d, Path(app), port, "hello")
+    assert svc.manager == "systemd" and "start" in svc.summary and "enable" in svc.summary
+    assert code.details["sudo"] is True  # /opt is root's: written through sudo install
+    unit = await box.read_file("/etc/systemd/system/hello.service")
+    assert b"ExecStart=python3 -u /opt/hello/server.py 8080" in unit
+    status = await d.status("hello")
+    assert status.manager == "systemd" and status.active and status.enabled and status.pid
+    served = await box.exec(f"curl -sS http://127.0.0.1:{port}/hello")
+    assert served.stdout == "hello"
+    logs = await d.logs("hello", lines=20)
+    assert "GET /hello" in logs
+
+    # systemd restarts it when it dies.
+    await d.sudo(f"kill -KILL {status.pid}")
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        now = await d.status("hello")
+        if now.active and now.pid not in (None, status.pid):
+            break
+        await asyncio.sleep(0.3)
+    assert now.pid != status.pid and now.active
+    await d.wait_http(f"http://127.0.0.1:{port}/health", deadline_s=15)
+
+    plan = Deployer(box, host="sd", sudo_password=SUDO_PASSWORD, dry_run=True)
+    await deploy(plan, Path(app), port, "hello")
+    assert not plan.changed, plan.plan()
+
+    removed = await d.remove_service("hello")
+    assert removed.changed and removed.manager == "systemd"
+    assert (await d.status("hello")).manager == ""
+    assert (await box.exec("test -e /etc/systemd/system/hello.service")).exit_code == 1
+    gone = await box.exec(f"curl -sS --max-time 2 http://127.0.0.1:{port}/health")
+    assert not gone.ok
+
+    # The password went to sudo's stdin only: sudo logs every command it ran, and none
+    # of them holds it; no event does either.
+    assert "COMMAND=/usr/bin/sh -c 'exec </dev/null; install -D -m 644" in journal(box)
+    assert SUDO_PASSWORD not in journal(box)
+    assert all(SUDO_PASSWORD not in json.dumps(e.data) + e.text for e in events)
+
+
+@pytest.mark.docker
+async def test_systemd_user_unit_with_lingering(systemd_host: DockerSandbox) -> None:
+    box = systemd_host
+    events: list[Event] = []
+    d = Deployer(box, host="sd", sudo_password=SUDO_PASSWORD, emit=events.append)
+    with pytest.raises(DeployError) as err:
+        await d.service(Service(name="web", command=["true"]), manager="systemd --user")
+    assert "pass linger=True" in str(err.value)
+
+    await d.put_file("/home/agent/site/index.html", "<p>user unit</p>\n")
+    svc = await d.service(
+        Service(
+            name="web",
+            command=["python3", "-m", "http.server", "8081", "--bind", "127.0.0.1"],
+            workdir="/home/agent/site",
+        ),
+        manager="systemd --user",
+        linger=True,
+    )
+    assert svc.manager == "systemd --user" and "enable lingering for agent" in svc.summary
+    assert svc.details["unit"] == "/home/agent/.config/systemd/user/web.service"
+    await d.wait_http("http://127.0.0.1:8081/", deadline_s=20)
+    status = await d.status("web")
+    assert status.manager == "systemd --user" and status.active and status.enabled
+    linger = await box.exec("loginctl show-user agent -p Linger --value")
+    assert linger.stdout.strip() == "yes"
+    assert not (
+        await d.service(
+            Service(
+                name="web",
+                command=["python3", "-m", "http.server", "8081", "--bind", "127.0.0.1"],
+                workdir="/home/agent/site",
+            ),
+            manager="systemd --user",
+        )
+    ).changed
+    assert "GET / HTTP" in await d.logs("web", lines=20)
+    assert (await d.remove_service("web")).changed
+    assert not (await box.exec("curl -sS --max-time 2 http://127.0.0.1:8081/")).ok
