@@ -603,7 +603,7 @@ class Deployer:
         return ExecResult(
             exit_code=result.exit_code,
             stdout=result.stdout,
-            stderr=stderr.lstrip("\n") if stderr != result.stderr else stderr,
+            stderr=stderr,
             duration_s=result.duration_s,
             timed_out=result.timed_out,
         )
@@ -632,6 +632,7 @@ class Deployer:
             '  if [ -r "$f" ]; then s=$(sha256sum < "$f"); s=${s%% *}; else s=unreadable; fi; '
             '  echo "state=file"; echo "sha=$s"; '
             '  echo "mode=$(stat -c %a "$f")"; echo "owner=$(stat -c %U "$f")"; '
+            '  echo "size=$(stat -c %s "$f")"; '
             '  echo "group=$(stat -c %G "$f")"; '
             'elif [ -e "$f" ]; then echo "state=other"; else echo "state=missing"; fi; '
             'd=$(dirname -- "$f"); while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done; '
@@ -689,7 +690,8 @@ class Deployer:
                 what=dest,
             )
             return
-        tmp = (await self._check("umask 077; mktemp", op=op, what=dest)).strip()
+        # mktemp makes the file owner-only (0600) whatever the umask.
+        tmp = (await self._check("mktemp", op=op, what=dest)).strip()
         try:
             await self.target.write_file(tmp, data, 0o600)
             flags = f"-m {mode:o}"
@@ -725,7 +727,8 @@ class Deployer:
             self.event(op, dest, "start", f"{op} {dest}")
         state = await self._file_state(dest, False)
         privileged = await self._needs_root(state, owner, group)
-        if state.get("sha") == "unreadable":
+        unreadable = state.get("sha") == "unreadable"
+        if unreadable:
             state = await self._file_state(dest, True)
             privileged = True
         if state.get("state") == "other":
@@ -739,8 +742,11 @@ class Deployer:
                 text_diff, _, _ = _diff(None, data, dest)
         else:
             if state.get("sha") != new_sha:
-                old = await self._old_content(dest, privileged) if diff else None
-                text_diff, added, removed = _diff(old, data, dest) if diff else ("", 0, 0)
+                small = int(state.get("size") or 0) <= DIFF_LIMIT
+                old = await self._old_content(dest, unreadable) if diff and small else None
+                text_diff, added, removed = (
+                    _diff(old, data, dest) if old is not None else ("", 0, 0)
+                )
                 changes.append(
                     f"update: +{added} -{removed} lines" if text_diff else "update (content)"
                 )
@@ -833,9 +839,10 @@ class Deployer:
             self.event(op, dest, "progress", f"skipped (not regular files): {', '.join(skipped)}")
         q = shlex.quote(dest)
         listing = (
-            f"if [ -d {q} ]; then cd {q} && find . -type f -printf '%m %u %g %p\\n' | "
+            # A subshell: the target's shell keeps its working directory between commands.
+            f"if [ -d {q} ]; then (cd {q} && find . -type f -printf '%m %u %g %p\\n' | "
             'while read -r m u g p; do if [ -r "$p" ]; then s=$(sha256sum < "$p"); '
-            'else s=unreadable; fi; echo "${s%% *} $m $u $g ${p#./}"; done; fi'
+            'else s=unreadable; fi; echo "${s%% *} $m $u $g ${p#./}"; done); fi'
         )
         state = await self._file_state(dest + "/.", False)
         privileged = await self._needs_root(state, owner, group)

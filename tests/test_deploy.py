@@ -329,6 +329,38 @@ async def test_pip_install_streams_progress_and_is_idempotent(
     assert failed and failed[-1].data["error"] == message
 
 
+async def test_put_directory_uploads_what_differs(box: LocalSandbox, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "static").mkdir(parents=True)
+    (src / "app.py").write_text("print('hi')\n")
+    (src / "run.sh").write_text("#!/bin/sh\nexec python3 app.py\n")
+    (src / "run.sh").chmod(0o755)
+    (src / "static" / "index.html").write_text("<p>v1</p>\n")
+    (src / "link").symlink_to("app.py")
+    dest = tmp_path / "remote" / "app"
+    events: list[Event] = []
+    d = Deployer(box, host="here", emit=events.append)
+
+    first = await d.put_directory(src, str(dest))
+    assert first.changed and first.summary == "wrote 3 of 3 file(s) (3 new)"
+    assert first.details["skipped"] == ["link"]
+    assert any("skipped (not regular files): link" in e.text for e in events)
+    assert (dest / "static" / "index.html").read_text() == "<p>v1</p>\n"
+    assert os.access(dest / "run.sh", os.X_OK) and not (dest / "link").exists()
+
+    assert not (await d.put_directory(src, str(dest))).changed
+    (src / "static" / "index.html").write_text("<p>v2</p>\n")
+    plan = Deployer(box, dry_run=True)
+    planned = await plan.put_directory(src, str(dest))
+    assert planned.changed and planned.details["files"] == ["static/index.html"]
+    assert (dest / "static" / "index.html").read_text() == "<p>v1</p>\n"
+    again = await d.put_directory(src, str(dest))
+    assert again.summary == "wrote 1 of 3 file(s) (0 new)"
+    assert (dest / "static" / "index.html").read_text() == "<p>v2</p>\n"
+    # The target's shell stays where it was: operations never move it.
+    assert (await box.exec("pwd")).stdout.strip() == box.workdir
+
+
 async def test_health_wait_fails_within_its_deadline(box: LocalSandbox) -> None:
     url = f"http://127.0.0.1:{free_port()}/health"
     events: list[Event] = []
