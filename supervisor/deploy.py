@@ -1059,11 +1059,13 @@ class Deployer:
 
     # -- services
 
-    async def _state_root(self) -> str:
+    async def _state_root(self, manager: str) -> str:
+        """Where ``manager``'s services keep their files: root's place for system units
+        (and for anything when logged in as root), else the login user's."""
         if self._state_dir:
             return self._state_dir
         facts = await self.facts()
-        if facts.uid == 0:
+        if facts.uid == 0 or manager == "systemd":
             return "/var/lib/supervisor-deploy"
         return f"{facts.home}/.local/state/supervisor-deploy"
 
@@ -1231,10 +1233,16 @@ class Deployer:
         self.event(
             op, name, "start", f"service {name}: using {chosen} ({why})", manager=chosen, why=why
         )
+        moved = []
+        for other in await self._installed_all(name):
+            if other != chosen:
+                # Two managers running one service would fight over its port.
+                moved.append(f"remove the {other} copy ({await self._uninstall(name, other)})")
+                self.event(op, name, "progress", f"service {name}: {moved[-1]}", manager=other)
         if chosen == "fallback":
-            return await self._fallback_service(service, name, env_bytes, restart_now, why)
+            return await self._fallback_service(service, name, env_bytes, restart_now, why, moved)
         return await self._systemd_service(
-            service, name, chosen, env_bytes, restart_now, enabled, linger, why
+            service, name, chosen, env_bytes, restart_now, enabled, linger, why, moved
         )
 
     async def _systemd_service(
@@ -1247,10 +1255,11 @@ class Deployer:
         enabled: bool,
         linger: bool,
         why: str,
+        moved: list[str],
     ) -> Result:
         facts = await self.facts()
         user_mode = manager == "systemd --user"
-        changes: list[str] = []
+        changes: list[str] = list(moved)
         if user_mode:
             res = await self.run(
                 f"loginctl show-user {shlex.quote(facts.user)} -p Linger --value 2>/dev/null",
@@ -1273,7 +1282,7 @@ class Deployer:
                     f"session ends (run: sudo loginctl enable-linger {facts.user})",
                     linger=False,
                 )
-        state_dir = f"{await self._state_root()}/{name}"
+        state_dir = f"{await self._state_root(manager)}/{name}"
         env_path = f"{state_dir}/env" if env_bytes else None
         unit = systemd_unit(service, user_mode=user_mode, env_file=env_path).encode()
         unit_path = await self._unit_path(manager, name)
@@ -1332,7 +1341,7 @@ class Deployer:
         )
 
     async def _fallback_paths(self, name: str) -> dict[str, str]:
-        d = f"{await self._state_root()}/{name}"
+        d = f"{await self._state_root('fallback')}/{name}"
         return {
             "dir": d,
             "script": f"{d}/run.sh",
@@ -1370,7 +1379,13 @@ class Deployer:
         return True
 
     async def _fallback_service(
-        self, service: Service, name: str, env_bytes: bytes, restart_now: bool, why: str
+        self,
+        service: Service,
+        name: str,
+        env_bytes: bytes,
+        restart_now: bool,
+        why: str,
+        moved: list[str],
     ) -> Result:
         if "setsid" not in (await self.facts()).commands:
             raise self._fail("service", name, "the fallback supervisor needs setsid (util-linux)")
@@ -1405,7 +1420,7 @@ class Deployer:
             "files.put", paths["script"], script, mode=0o755, diff=True, record=False
         )
         pid = await self._fallback_pid(paths)
-        changes: list[str] = []
+        changes: list[str] = list(moved)
         if script_result.changed:
             changes.append(f"supervisor script {script_result.summary}")
         if env_result.changed:
@@ -1445,6 +1460,11 @@ class Deployer:
 
     async def _installed(self, name: str) -> str:
         """Which manager has ``name`` installed ("" when none does)."""
+        found = await self._installed_all(name)
+        return found[0] if found else ""
+
+    async def _installed_all(self, name: str) -> list[str]:
+        """Every manager that has ``name`` installed, systemd first."""
         facts = await self.facts()
         checks = []
         if facts.systemd:
@@ -1453,8 +1473,8 @@ class Deployer:
         paths = await self._fallback_paths(name)
         checks.append(("fallback", paths["script"]))
         script = "; ".join(f"[ -e {shlex.quote(p)} ] && echo {shlex.quote(m)}" for m, p in checks)
-        out = (await self.run(script + "; true", op="service")).stdout.split("\n")
-        return out[0].strip() if out and out[0].strip() else ""
+        out = (await self.run(script + "; true", op="service")).stdout
+        return [line.strip() for line in out.splitlines() if line.strip()]
 
     async def status(self, name: str) -> ServiceStatus:
         """The service's manager, whether it runs and is enabled, and its main pid."""
@@ -1533,19 +1553,23 @@ class Deployer:
         name = _service_name(name)
         op = "service.remove"
         self.event(op, name, "start", f"{op} {name}")
-        manager = await self._installed(name)
-        if not manager:
+        managers = await self._installed_all(name)
+        if not managers:
             return self._done(Result(op, name, False, "not installed"))
-        state = f"{await self._state_root()}/{name}"
+        summaries = [await self._uninstall(name, manager) for manager in managers]
+        return self._done(Result(op, name, True, "; ".join(summaries), manager=managers[0]))
+
+    async def _uninstall(self, name: str, manager: str) -> str:
+        op = "service.remove"
         if manager == "fallback":
             paths = await self._fallback_paths(name)
             running = await self._fallback_pid(paths) is not None
             if not self.dry_run:
                 await self._fallback_stop(paths, name)
                 await self._check(f"rm -rf -- {shlex.quote(paths['dir'])}", op=op, what=name)
-            summary = ("stop; " if running else "") + f"remove {paths['dir']}"
-            return self._done(Result(op, name, True, summary, manager=manager))
+            return ("stop; " if running else "") + f"remove {paths['dir']}"
         unit = await self._unit_path(manager, name)
+        state = f"{await self._state_root(manager)}/{name}"
         if not self.dry_run:
             await self._ctl(manager, f"disable --now {name}.service", what=name, check=False)
             rm = f"rm -f -- {shlex.quote(unit)} && rm -rf -- {shlex.quote(state)}"
@@ -1555,7 +1579,7 @@ class Deployer:
                 await self._check(rm, op=op, what=name)
             await self._ctl(manager, "daemon-reload", what=name)
             await self._ctl(manager, f"reset-failed {name}.service", what=name, check=False)
-        return self._done(Result(op, name, True, f"stop, disable; remove {unit}", manager=manager))
+        return f"stop, disable; remove {unit}"
 
     # -- health
 

@@ -551,6 +551,9 @@ async def test_systemd_units_with_sudo_password(systemd_host: DockerSandbox) -> 
     assert code.details["sudo"] is True  # /opt is root's: written through sudo install
     unit = await box.read_file("/etc/systemd/system/hello.service")
     assert b"ExecStart=python3 -u /opt/hello/server.py 8080" in unit
+    assert b"EnvironmentFile=/var/lib/supervisor-deploy/hello/env" in unit
+    env = await box.exec("stat -c '%a %U' /var/lib/supervisor-deploy/hello/env")
+    assert env.stdout.strip() == "600 root"
     status = await d.status("hello")
     assert status.manager == "systemd" and status.active and status.enabled and status.pid
     served = await box.exec(f"curl -sS http://127.0.0.1:{port}/hello")
@@ -588,41 +591,43 @@ async def test_systemd_units_with_sudo_password(systemd_host: DockerSandbox) -> 
 
 
 @pytest.mark.docker
-async def test_systemd_user_unit_with_lingering(systemd_host: DockerSandbox) -> None:
+async def test_user_services_fallback_then_systemd_user_unit(
+    systemd_host: DockerSandbox,
+) -> None:
+    """Logged in without root: the fallback in the user's own state folder, then the same
+    service moved to a --user unit (lingering turned on through sudo)."""
     box = systemd_host
     events: list[Event] = []
     d = Deployer(box, host="sd", sudo_password=SUDO_PASSWORD, emit=events.append)
+    web = Service(
+        name="web",
+        command=["python3", "-m", "http.server", "8081", "--bind", "127.0.0.1"],
+        workdir="/home/agent/site",
+    )
     with pytest.raises(DeployError) as err:
-        await d.service(Service(name="web", command=["true"]), manager="systemd --user")
+        await d.service(web, manager="systemd --user")
     assert "pass linger=True" in str(err.value)
 
     await d.put_file("/home/agent/site/index.html", "<p>user unit</p>\n")
-    svc = await d.service(
-        Service(
-            name="web",
-            command=["python3", "-m", "http.server", "8081", "--bind", "127.0.0.1"],
-            workdir="/home/agent/site",
-        ),
-        manager="systemd --user",
-        linger=True,
-    )
-    assert svc.manager == "systemd --user" and "enable lingering for agent" in svc.summary
+    fallback = await d.service(web, manager="fallback")
+    state = "/home/agent/.local/state/supervisor-deploy/web"
+    assert fallback.manager == "fallback" and fallback.details["script"] == f"{state}/run.sh"
+    await d.wait_http("http://127.0.0.1:8081/", deadline_s=20)
+    owner = await box.exec(f"stat -c %U {state}/run.sh && pgrep -u agent -f {state}/run.sh")
+    assert owner.ok and owner.stdout.startswith("agent\n"), owner
+
+    svc = await d.service(web, manager="systemd --user", linger=True)
+    assert svc.manager == "systemd --user"
+    assert "remove the fallback copy (stop; remove" in svc.summary
+    assert "enable lingering for agent" in svc.summary
     assert svc.details["unit"] == "/home/agent/.config/systemd/user/web.service"
+    assert (await box.exec(f"test -e {state}")).exit_code == 1
     await d.wait_http("http://127.0.0.1:8081/", deadline_s=20)
     status = await d.status("web")
     assert status.manager == "systemd --user" and status.active and status.enabled
     linger = await box.exec("loginctl show-user agent -p Linger --value")
     assert linger.stdout.strip() == "yes"
-    assert not (
-        await d.service(
-            Service(
-                name="web",
-                command=["python3", "-m", "http.server", "8081", "--bind", "127.0.0.1"],
-                workdir="/home/agent/site",
-            ),
-            manager="systemd --user",
-        )
-    ).changed
+    assert not (await d.service(web, manager="systemd --user")).changed
     assert "GET / HTTP" in await d.logs("web", lines=20)
     assert (await d.remove_service("web")).changed
     assert not (await box.exec("curl -sS --max-time 2 http://127.0.0.1:8081/")).ok
