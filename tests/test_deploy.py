@@ -491,16 +491,20 @@ async def systemd_host() -> AsyncIterator[DockerSandbox]:
     tag = await asyncio.to_thread(
         image.build, client, name="deploy-systemd", mode="offline", directory=directory
     )
+    # cgroup v1 (this machine): systemd needs only to read the host's tree and makes its
+    # own under its container's cgroup. cgroup v2: the usual way for an unprivileged
+    # systemd container is the host's cgroup namespace with the tree writable.
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
     container = client.containers.run(
         tag,
         detach=True,
+        cgroupns="host" if v2 else None,
         user="0",  # systemd itself; the sandbox's shell logs in as uid 1000
         network_mode="none",  # loopback only
         hostname="sdhost",
         extra_hosts={"sdhost": "127.0.0.1"},  # sudo looks its host name up
         tmpfs={"/run": "", "/run/lock": "", "/tmp": ""},
-        # Not privileged: systemd only reads the host's cgroup tree and makes its own.
-        volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}},
+        volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw" if v2 else "ro"}},
         labels={f"{LABEL}.managed": "1", f"{LABEL}.home": home_label(), f"{LABEL}.test": "deploy"},
     )
     try:
@@ -512,7 +516,8 @@ async def systemd_host() -> AsyncIterator[DockerSandbox]:
             if state in ("running", "degraded") or time.monotonic() > end:
                 break
             await asyncio.sleep(0.3)
-        assert state in ("running", "degraded"), state
+        logs = container.logs(tail=30).decode(errors="replace")
+        assert state in ("running", "degraded"), f"systemd did not start: {state}\n{logs}"
         yield box
         await box.destroy()
     finally:
