@@ -51,6 +51,7 @@ import asyncio
 import base64
 import difflib
 import hashlib
+import json
 import re
 import secrets
 import shlex
@@ -940,7 +941,10 @@ class Deployer:
                     for line in lines:
                         if on_line is not None:
                             on_line(line)
-                    self.event(op, what, "progress", lines[-1], lines=lines)
+                    # One event per poll; a burst of output keeps its last 200 lines.
+                    self.event(
+                        op, what, "progress", lines[-1], lines=lines[-200:], count=len(lines)
+                    )
                 if finished:
                     rc = int(status.strip() or 1)
                     break
@@ -957,7 +961,9 @@ class Deployer:
             await self.target.exec(f"rm -rf -- {qd}", timeout=30)
         if rc is None:
             raise self._fail(
-                op, what, f"{op} {what} timed out after {timeout:g}s (last: {tail[-1:] or '-'})"
+                op,
+                what,
+                f"{op} {what} timed out after {timeout:g}s (last: {tail[-1] if tail else '-'})",
             )
         if rc != 0:
             raise self._fail(
@@ -993,7 +999,8 @@ class Deployer:
         exists = (await self.run(f"test -x {vpy}", op=op)).ok
         missing = list(packages)
         if exists:
-            missing = await self._unsatisfied(venv, packages)
+            unmet, opaque = await self._unsatisfied(venv, packages)
+            missing = [p for p in packages if p in unmet or p in opaque]
         changes = []
         if not exists:
             changes.append(f"create venv with {python}")
@@ -1017,34 +1024,33 @@ class Deployer:
                 f"{vpy} -m pip install {args}"
             )
             await self.stream(command, op=op, what=venv, timeout=timeout)
-            left = await self._unsatisfied(venv, packages)
+            left, _ = await self._unsatisfied(venv, packages)
             if left:
                 raise self._fail(op, venv, f"pip finished but {' '.join(left)} is not installed")
         return self._done(Result(op, venv, True, "; ".join(changes), details=details))
 
-    async def _unsatisfied(self, venv: str, packages: Sequence[str]) -> list[str]:
-        # Run by the venv's own python, with pip's vendored packaging when the venv has no
-        # packaging of its own.
+    async def _unsatisfied(self, venv: str, packages: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The requirements the venv does not satisfy, and those it cannot judge (paths,
+        URLs: pip decides). Run by the venv's own python, with pip's vendored packaging
+        when the venv has no packaging of its own."""
         check = (
             "import json, sys\n"
             "from importlib.metadata import version, PackageNotFoundError\n"
             "try:\n    from packaging.requirements import Requirement\n"
             "except ImportError:\n"
             "    from pip._vendor.packaging.requirements import Requirement\n"
-            "missing = []\n"
+            "missing, opaque = [], []\n"
             "for spec in sys.argv[1:]:\n"
             "    try:\n        req = Requirement(spec)\n"
-            "    except Exception:\n        missing.append(spec); continue\n"
-            "    if req.url or (req.marker and not req.marker.evaluate()):\n"
-            "        missing += [spec] if req.url else []; continue\n"
+            "    except Exception:\n        opaque.append(spec); continue\n"
+            "    if req.url:\n        opaque.append(spec); continue\n"
+            "    if req.marker and not req.marker.evaluate():\n        continue\n"
             "    try:\n        have = version(req.name)\n"
             "    except PackageNotFoundError:\n        missing.append(spec); continue\n"
             "    if req.specifier and not req.specifier.contains(have, prereleases=True):\n"
             "        missing.append(spec)\n"
-            "print(json.dumps(missing))\n"
+            "print(json.dumps([missing, opaque]))\n"
         )
-        import json
-
         out = await self._check(
             f"{shlex.quote(venv + '/bin/python')} -c {shlex.quote(check)} "
             + " ".join(shlex.quote(p) for p in packages),
@@ -1052,10 +1058,10 @@ class Deployer:
             what=venv,
         )
         try:
-            missing = json.loads(out.strip().splitlines()[-1])
+            missing, opaque = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            return list(packages)
-        return [str(m) for m in missing]
+            return list(packages), []
+        return [str(m) for m in missing], [str(o) for o in opaque]
 
     # -- services
 

@@ -321,6 +321,13 @@ async def test_pip_install_streams_progress_and_is_idempotent(
         newer = await plan.pip_install(venv, ["tinypkg>=2"], pip_args=args)
         assert newer.changed and newer.summary == "install tinypkg>=2"
 
+        # A wheel file is not judged here: pip always gets it, and it is not a failure
+        # that the venv cannot "satisfy" a path.
+        filename, data = wheel("otherpkg", "0.1")
+        (tmp_path / filename).write_bytes(data)
+        local = await d.pip_install(venv, [str(tmp_path / filename)], pip_args=["--no-index"])
+        assert local.changed and local.summary == f"install {tmp_path / filename}"
+
         with pytest.raises(DeployError) as err:
             await d.pip_install(venv, ["nosuchpkg-xyz"], pip_args=args)
     message = str(err.value)
