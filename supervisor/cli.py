@@ -347,6 +347,7 @@ def _open_store() -> Any:
     help="Folder or git repo the agents start from (copied; a repo is cloned).",
 )
 @click.option("--sandbox", default="", help="Sandbox backend: docker (default) or local.")
+@click.option("--host", default="", help="Run on this registered host (see `supervisor hosts`).")
 @click.option(
     "-n",
     "--agents",
@@ -376,6 +377,7 @@ def run(
     keep_sandboxes: bool,
     foreground: bool,
     detach: bool,
+    host: str,
 ) -> None:
     """Start agents on TASK in the supervisor process and stream their work here.
 
@@ -397,6 +399,7 @@ def run(
         max_cost_usd=max_cost,
         max_steps=max_steps,
         keep_sandboxes=keep_sandboxes,
+        host=host,
     )
     if not foreground:
         if workspace is not None:
@@ -1375,6 +1378,15 @@ def web(host: str, port: int) -> None:
         )
     command = f"{shlex.quote(sys.executable)} -m supervisor.cli"
     Server(command, host=host, port=port, title="supervisor").serve()
+
+
+def _add_hosts() -> None:
+    from supervisor.cli_hosts import hosts
+
+    cli.add_command(hosts)
+
+
+_add_hosts()
 
 
 def main() -> None:

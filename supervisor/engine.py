@@ -52,6 +52,7 @@ class RunOptions:
     max_steps: int = 0
     keep_sandboxes: bool = False
     title: str = ""
+    host: str = ""  # a registered host (`supervisor hosts`): the ssh sandbox backend
 
 
 class _DeltaStream:
@@ -165,6 +166,7 @@ class Engine:
                 "agents": options.agents,
                 "sandbox": backend,
                 "network": options.network,
+                "host": options.host,
             },
             text=options.task,
         )
@@ -175,6 +177,8 @@ class Engine:
         model = self.models.registry.resolve(options.model or self.settings["model"])
         check_usable(model)
         backend = options.sandbox or self.settings["sandbox.backend"]
+        if options.host:
+            backend = self._check_host(options)
         if backend not in self.backends:
             from supervisor.errors import InputError
 
@@ -186,6 +190,16 @@ class Engine:
 
             options.workspace = check(options.workspace)
         return model, backend
+
+    def _check_host(self, options: RunOptions) -> str:
+        """``--host NAME``: the host must be registered; its agents use the ssh backend."""
+        from supervisor.errors import InputError
+        from supervisor.hosts import get_host
+
+        if options.sandbox not in ("", "ssh"):
+            raise InputError(f"--host runs agents in ssh sandboxes, not {options.sandbox!r}")
+        get_host(options.host, self.store)
+        return "ssh"
 
     async def create_run(
         self,
@@ -382,6 +396,7 @@ class Engine:
             pids=self.settings["sandbox.pids"],
             image=self.settings["sandbox.image"],
             env=self._sandbox_env(),
+            labels={"supervisor.host": options.host} if options.host else {},
         )
         sandbox: Sandbox = self.backends[backend].factory(
             spec, **self.sandbox_kwargs.get(backend, {})
@@ -436,6 +451,9 @@ class Engine:
             agent.status = "failed"
             self.agent_finished(agent, "failed")
             return "failed"
+        note = agent.sandbox.describe().get("note")
+        if note:  # where the agent works and how isolated, said plainly (remote hosts)
+            agent.set_status("starting", f"working {note}")
         return await agent.run()
 
     def _sandbox_env(self) -> dict[str, str]:
@@ -785,6 +803,7 @@ class Engine:
             sandbox=params.get("sandbox", ""),
             agents=int(params.get("agents", 1)),
             network=bool(params.get("network")),
+            host=params.get("host", ""),
         )
         self.runs[run_id] = options
         self.adopt_policy(run_id)

@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "checks": "supervisor.checks",
     "docker": "supervisor.sandbox.plugins:docker",
     "local": "supervisor.sandbox.plugins:local",
+    "ssh": "supervisor.sandbox.plugins:ssh",
     "tools": "supervisor.tools.builtin",
     "team": "supervisor.tools.team",
 }

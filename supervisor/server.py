@@ -517,6 +517,7 @@ class Server:
                 max_steps=int(args.get("max_steps") or 0),
                 keep_sandboxes=bool(args.get("keep_sandboxes")),
                 title=str(args.get("title") or ""),
+                host=str(args.get("host") or ""),
             )
         except (TypeError, ValueError) as exc:
             raise InputError(f"bad run options: {exc}") from None

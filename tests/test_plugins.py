@@ -181,13 +181,14 @@ def test_plugin_raising_in_hook_shows_in_doctor(plugin_env: Path) -> None:
 def test_allow_list_limits_entry_points(plugin_env: Path) -> None:
     result = cli(plugin_env, "plugins", "list", "--json", extra={"SUPERVISOR_LOAD_PLUGINS": "tiny"})
     names = {p["name"] for p in json.loads(result.stdout)}
-    assert names == {"autoresearch", "checks", "docker", "local", "team", "tools", "tiny"}
+    assert names == {"autoresearch", "checks", "docker", "local", "ssh", "team", "tools", "tiny"}
     none = cli(plugin_env, "plugins", "list", "--json", extra={"SUPERVISOR_LOAD_PLUGINS": ""})
     assert {p["name"] for p in json.loads(none.stdout)} == {
         "autoresearch",
         "checks",
         "docker",
         "local",
+        "ssh",
         "team",
         "tools",
     }

@@ -45,7 +45,12 @@ def test_reopen_applies_no_migration_twice(tmp_path: Path) -> None:
     Store.open(tmp_path / "s.db").close()
     s = Store.open(tmp_path / "s.db")
     rows = list(s.db["_sqlite_migrations"].rows)
-    assert [r["name"] for r in rows] == ["m001_initial", "m002_experiments", "m003_run_owner"]
+    assert [r["name"] for r in rows] == [
+        "m001_initial",
+        "m002_experiments",
+        "m003_run_owner",
+        "m004_host_checks",
+    ]
     s.close()
 
 

@@ -315,6 +315,10 @@ def attach(backend: str, sandbox_id: str) -> Sandbox:
         from supervisor.sandbox.local import LocalSandbox
 
         return LocalSandbox.attach(Path(sandbox_id))
+    if backend == "ssh":
+        from supervisor.sandbox.ssh import SSHSandbox
+
+        return SSHSandbox.attach(sandbox_id)
     return DockerSandbox.attach(sandbox_id)
 
 

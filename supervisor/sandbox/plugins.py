@@ -1,4 +1,4 @@
-"""Built-in plugins ``docker`` and ``local``: the sandbox backends and the Docker checks.
+"""Built-in plugins ``docker``, ``local`` and ``ssh``: the sandbox backends and the Docker checks.
 
 Kept apart from the backends themselves so that loading plugins (on every command, even
 ``--help``) does not import asyncio, the Docker SDK or the shell protocol.
@@ -25,6 +25,12 @@ def local_sandbox(spec: SandboxSpec, **kwargs: Any) -> Sandbox:
     from supervisor.sandbox.local import LocalSandbox
 
     return LocalSandbox(spec, **kwargs)
+
+
+def ssh_sandbox(spec: SandboxSpec, **kwargs: Any) -> Sandbox:
+    from supervisor.sandbox.ssh import SSHSandbox
+
+    return SSHSandbox(spec, **kwargs)
 
 
 def check_engine() -> CheckResult:
@@ -74,5 +80,21 @@ class Local:
         )
 
 
+class SSH:
+    """The ``ssh`` plugin: sandboxes on registered remote hosts (``run --host NAME``)."""
+
+    @hookimpl
+    def register_sandboxes(self, register: Callable[[SandboxBackend], None]) -> None:
+        register(
+            SandboxBackend(
+                "ssh",
+                ssh_sandbox,
+                isolated=True,
+                description="a container on a remote host's Docker (else a folder there)",
+            )
+        )
+
+
 docker = Docker()
 local = Local()
+ssh = SSH()

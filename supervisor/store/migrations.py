@@ -213,3 +213,15 @@ def m003_run_owner(db: Database) -> None:
     # only runs whose owner has died, never a `--foreground` run that is still alive.
     db.table("runs").add_column("owner", str)
     db.table("runs").add_column("resumes", int)  # automatic resumes after crashes
+
+
+@migrations()
+def m004_host_checks(db: Database) -> None:
+    # `supervisor hosts`: how a host is reached (a jump host, the key to log in with)
+    # and what its last check found (facts stay in `facts`, JSON).
+    hosts = db.table("hosts")
+    hosts.add_column("jump", str)  # user@bastion[:port], or "" for none
+    hosts.add_column("key_path", str)  # private key file ("" : ssh config / agent)
+    hosts.add_column("reachable", int)  # 1 | 0 | NULL (never checked)
+    hosts.add_column("checked_at", float)
+    hosts.add_column("error", str)  # why the last check failed

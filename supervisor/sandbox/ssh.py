@@ -1,0 +1,613 @@
+"""The ``ssh`` backend: an agent's sandbox on a registered remote host (``run --host``).
+
+When the host's Docker engine answers and has the sandbox image, the sandbox is a
+container there, created and driven with the docker CLI through our own SSH channel, with
+the same hardening as a local sandbox (non-root, every capability dropped,
+no-new-privileges, read-only root, limits, no network unless granted; GPUs passed by
+device when asked for). Otherwise it is a folder of its own under ``~/.supervisor`` on the
+host, NOT isolated from the host account — and the agent's status says which, in words.
+
+Every sandbox on a host shares one SSH connection (:class:`HostLink`) with at most
+:data:`MAX_CHANNELS` channels open at once, under sshd's MaxSessions. Commands go to one
+persistent bash per agent on one channel, with the same nonce-marker protocol as the local
+backends (:mod:`supervisor.sandbox.shell`), so a command costs a round trip, not a new
+channel and shell. A heartbeat (a global request answered by the host, under a watchdog)
+notices a host that stopped answering within ``HEARTBEAT_EVERY_S + HEARTBEAT_TIMEOUT_S``;
+the command that was running reports it, and the next one reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import re
+import shlex
+import tarfile
+import tempfile
+import weakref
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, ClassVar
+
+from supervisor import hosts
+from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
+from supervisor.sandbox.shell import STDERR, STDOUT, PersistentShell, quote
+
+if TYPE_CHECKING:
+    import fabric
+    import paramiko
+
+MAX_CHANNELS = 8  # sshd's MaxSessions defaults to 10
+MAX_SHELLS = 6  # leaves channels for file operations and kills
+HOST_LABEL = "supervisor.host"  # SandboxSpec.labels key naming the host
+USER = "1000:1000"
+CONTAINER_SINCE_FILE = "/tmp/.supervisor-cmd-start"
+IO_TIMEOUT_S = 600.0
+
+
+# -- one connection per host
+
+
+class HostLink:
+    """One SSH connection to a host, shared by the sandboxes on it in this event loop."""
+
+    _links: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, HostLink]]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, host: hosts.Host) -> None:
+        self.host = host
+        self.conn: fabric.Connection | None = None
+        self.lost_reason = ""
+        self._connect_lock = asyncio.Lock()
+        self._channels = asyncio.Semaphore(MAX_CHANNELS)
+        self._shells = asyncio.Semaphore(MAX_SHELLS)
+        self._beat: asyncio.Task[None] | None = None
+        self.users = 0
+
+    @classmethod
+    def get(cls, host: hosts.Host) -> HostLink:
+        links = cls._links.setdefault(asyncio.get_running_loop(), {})
+        link = links.get(host.name)
+        if link is None:
+            link = links[host.name] = cls(host)
+        return link
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        conn = self.conn
+        if conn is None or conn.transport is None or not conn.transport.is_active():
+            raise SandboxError(self.lost_reason or f"host {self.host.name}: not connected")
+        return conn.transport
+
+    async def ensure(self) -> fabric.Connection:
+        """The open connection, connecting (once, whoever asks) if there is none."""
+        async with self._connect_lock:
+            conn = self.conn
+            if conn is not None and conn.transport is not None and conn.transport.is_active():
+                return conn
+            try:
+                conn = await asyncio.to_thread(hosts.connect, self.host)
+            except hosts.HostKeyError:
+                raise
+            except hosts.HostError:
+                # One slow or refused connect does not fail an agent: try once more.
+                await asyncio.sleep(1.0)
+                conn = await asyncio.to_thread(hosts.connect, self.host)
+            self.conn, self.lost_reason = conn, ""
+            if self._beat is None or self._beat.done():
+                self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
+            return conn
+
+    async def _heartbeat(self) -> None:
+        while self.conn is not None:
+            await asyncio.sleep(hosts.HEARTBEAT_EVERY_S)
+            conn = self.conn
+            if conn is None or conn.transport is None:
+                return
+            if not await asyncio.to_thread(hosts.heartbeat, conn.transport):
+                self.lose(
+                    f"host {self.host.name} stopped answering (no heartbeat reply within "
+                    f"{hosts.HEARTBEAT_TIMEOUT_S:.0f} s); the connection was closed"
+                )
+                return
+
+    def lose(self, reason: str) -> None:
+        """Drop the connection: every open channel sees its end at once."""
+        self.lost_reason = reason
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    async def open_channel(self, command: str) -> paramiko.Channel:
+        """A channel running ``command``; the caller releases :attr:`_channels` on close."""
+        await self._channels.acquire()
+        try:
+            await self.ensure()
+            transport = self.transport
+            chan = await asyncio.to_thread(transport.open_session, timeout=hosts.TIMEOUT_S)
+            chan.exec_command(command)
+            return chan
+        except BaseException:
+            self._channels.release()
+            raise
+
+    def release_channel(self) -> None:
+        self._channels.release()
+
+    async def run(
+        self,
+        command: str,
+        *,
+        stdin: bytes | IO[bytes] | None = None,
+        out: IO[bytes] | None = None,
+        timeout: float = IO_TIMEOUT_S,
+    ) -> hosts.Result:
+        """A one-off command on its own channel (files, kills, docker)."""
+        async with self._channels:
+            conn = await self.ensure()
+            try:
+                return await asyncio.to_thread(
+                    hosts.run, conn, command, timeout=timeout, stdin=stdin, out=out
+                )
+            except hosts.HostLost as exc:
+                raise SandboxError(self.lost_reason or str(exc)) from None
+
+    async def release(self) -> None:
+        """One sandbox fewer on this host; the last one closes the connection."""
+        self.users -= 1
+        if self.users > 0:
+            return
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await asyncio.to_thread(conn.close)
+
+
+class _ChannelShell:
+    """A bash on an SSH channel, as the shell protocol's transport.
+
+    Reads are event-driven: paramiko signals a pipe when either stream has data, and the
+    event loop drains both — no thread per channel, and a round trip costs well under a
+    millisecond on a fast link.
+    """
+
+    def __init__(self, chan: paramiko.Channel, release: Any) -> None:
+        self.chan = chan
+        self._release = release
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._fd = chan.fileno()
+        self._done = False
+        self._loop.add_reader(self._fd, self._drain)
+        self._drain()
+
+    def _drain(self) -> None:
+        chan = self.chan
+        while chan.recv_ready():
+            self._queue.put_nowait((STDOUT, chan.recv(256 * 1024)))
+        while chan.recv_stderr_ready():
+            self._queue.put_nowait((STDERR, chan.recv_stderr(256 * 1024)))
+        ended = chan.closed or chan.eof_received
+        if ended and not (chan.recv_ready() or chan.recv_stderr_ready()):
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._loop.remove_reader(self._fd)
+        self._queue.put_nowait(None)
+
+    async def send(self, data: bytes) -> None:
+        if self.chan.closed:
+            raise OSError("the channel is closed")
+        if len(data) < 32 * 1024:
+            self.chan.sendall(data)
+        else:
+            await asyncio.to_thread(self.chan.sendall, data)
+
+    async def recv(self) -> tuple[int, bytes] | None:
+        frame = await self._queue.get()
+        if frame is None:
+            self._queue.put_nowait(None)
+        return frame
+
+    async def close(self) -> None:
+        self._finish()
+        self.chan.close()
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+
+
+# -- the sandbox
+
+
+class SSHSandbox(Sandbox):
+    """An agent's sandbox on a remote host: a container there, or a folder."""
+
+    backend = "ssh"
+
+    def __init__(
+        self,
+        spec: SandboxSpec,
+        *,
+        host: str = "",
+        spool_dir: Path | None = None,
+        progress: Any = None,
+    ) -> None:
+        super().__init__(spec)
+        self.host_name = host or spec.labels.get(HOST_LABEL, "")
+        self._spool_dir = spool_dir
+        self.mode = ""  # container | folder
+        self.note = ""  # said to the person: where and how isolated
+        self.container = ""  # container id (container mode)
+        self.root = ""  # the sandbox folder on the host (folder mode)
+        self._link: HostLink | None = None
+        self._shell: PersistentShell | None = None
+
+    @property
+    def isolated(self) -> bool:  # type: ignore[override]
+        return self.mode != "folder"
+
+    @property
+    def id(self) -> str:
+        if self.mode == "container":
+            return f"ssh:{self.host_name}:container:{self.container}"
+        if self.mode == "folder":
+            return f"ssh:{self.host_name}:folder:{self.root}"
+        return ""
+
+    @property
+    def workdir(self) -> str:  # type: ignore[override]
+        return f"{self.root}/workspace" if self.mode == "folder" else "/workspace"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "host": self.host_name, "mode": self.mode, "note": self.note}
+
+    @classmethod
+    def attach(cls, sandbox_id: str) -> SSHSandbox:
+        """A sandbox object for an existing sandbox on a host (re-adoption, agent diff);
+        it connects on first use."""
+        m = re.fullmatch(r"ssh:([^:]+):(container|folder):(.+)", sandbox_id)
+        if not m:
+            raise SandboxError(f"not an ssh sandbox id: {sandbox_id!r}")
+        sandbox = cls(SandboxSpec(run_id="", agent_id=""), host=m[1])
+        sandbox.mode = m[2]
+        if sandbox.mode == "container":
+            sandbox.container = m[3]
+        else:
+            sandbox.root = m[3]
+        sandbox.note = sandbox._describe_mode()
+        return sandbox
+
+    # -- lifecycle
+
+    async def _ensure_link(self) -> HostLink:
+        if self._link is None:
+            if not self.host_name:
+                raise SandboxError("an ssh sandbox needs a host (supervisor run --host NAME)")
+            host = await asyncio.to_thread(hosts.get_host, self.host_name)
+            self._link = HostLink.get(host)
+            self._link.users += 1
+        await self._link.ensure()
+        return self._link
+
+    async def start(self) -> None:
+        from supervisor.sandbox import workspace
+
+        if self.spec.workspace is not None:
+            workspace.check(self.spec.workspace)
+        link = await self._ensure_link()
+        try:
+            why_not = await self._container_possible(link)
+            if why_not:
+                await self._make_folder(link)
+                self.note = self._describe_mode(why_not)
+            else:
+                await self._make_container(link)
+                self.note = self._describe_mode()
+            await self._open_shell()
+            await self._prepare()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.destroy()
+            raise
+
+    def _describe_mode(self, why_not: str = "") -> str:
+        if self.mode == "container":
+            return f"in a container on host {self.host_name} (isolated)"
+        reason = f" ({why_not})" if why_not else ""
+        return (
+            f"in folder {self.root} on host {self.host_name}, NOT isolated from that "
+            f"account{reason}"
+        )
+
+    def _image(self) -> str:
+        from supervisor.sandbox.image import default_image_tag
+
+        return self.spec.image or default_image_tag()
+
+    async def _container_possible(self, link: HostLink) -> str:
+        """Empty when a container can be made on the host, else why not (one round trip)."""
+        image = self._image()
+        script = (
+            "command -v docker >/dev/null 2>&1 || { echo 'no docker on the host'; exit 0; }; "
+            "timeout 20 docker version --format '{{.Server.Version}}' >/dev/null 2>&1 || "
+            "{ echo 'its Docker engine does not answer this user'; exit 0; }; "
+            f"timeout 20 docker image inspect {shlex.quote(image)} >/dev/null 2>&1 || "
+            f"{{ echo 'image {image} is not on the host'; exit 0; }}; "
+        )
+        if self.spec.gpus:
+            script += (
+                "timeout 20 docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}' "
+                "| grep -qw nvidia || echo 'its Docker engine has no NVIDIA runtime'"
+            )
+        result = await link.run(script, timeout=90)
+        return result.stdout.strip()
+
+    def _labels(self) -> dict[str, str]:
+        from supervisor.sandbox.docker import LABEL, home_label
+
+        labels = {
+            f"{LABEL}.managed": "1",
+            f"{LABEL}.home": home_label(),
+            f"{LABEL}.run": self.spec.run_id,
+            f"{LABEL}.agent": self.spec.agent_id,
+            f"{LABEL}.network": "1" if self.spec.network else "0",
+            HOST_LABEL: self.host_name,
+        }
+        labels.update({k: v for k, v in self.spec.labels.items() if k != HOST_LABEL})
+        return labels
+
+    async def _make_container(self, link: HostLink) -> None:
+        slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", self.spec.agent_id).strip("-.")[:24]
+        suffix = os.urandom(3).hex()
+        run = re.sub(r"[^a-zA-Z0-9]+", "", self.spec.run_id)[:8] or "run"
+        name, volume = f"sv-{run}-{slug or 'agent'}-{suffix}", f"sv-ws-{slug or 'agent'}-{suffix}"
+        labels = [a for k, v in self._labels().items() for a in ("--label", f"{k}={v}")]
+        create = ["docker", "volume", "create", *labels, volume]
+        run_args = [
+            "docker", "run", "--detach", "--init", "--name", name, *labels,
+            "--user", USER, "--workdir", "/workspace", "--env", "HOME=/tmp/home",
+            "--hostname", "sandbox", "--read-only",
+            "--tmpfs", "/tmp:rw,nosuid,nodev,size=1g",
+            "--volume", f"{volume}:/workspace:rw",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "--network", "bridge" if self.spec.network else "none",
+            "--memory", self.spec.memory, "--memory-swap", self.spec.memory,
+            "--cpus", f"{self.spec.cpus:g}", "--pids-limit", str(self.spec.pids),
+        ]  # fmt: skip
+        if self.spec.gpus:
+            run_args += ["--gpus", "all"]
+        run_args += [self._image(), "sandbox-idle", "infinity"]
+        script = f"{shlex.join(create)} >/dev/null && {shlex.join(run_args)}"
+        result = await link.run(script, timeout=120)
+        cid = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+        if result.exit_code != 0 or not re.fullmatch(r"[0-9a-f]{64}", cid):
+            await link.run(f"docker volume rm -f {shlex.quote(volume)} >/dev/null 2>&1; true")
+            raise SandboxError(
+                f"host {self.host_name}: cannot start a sandbox container: "
+                f"{result.stderr.strip()[-300:] or result.stdout.strip()[-300:]}"
+            )
+        self.mode, self.container = "container", cid
+
+    async def _make_folder(self, link: HostLink) -> None:
+        slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", self.spec.agent_id).strip("-.")[:40]
+        script = (
+            'umask 077; base="$HOME/.supervisor/sandboxes"; mkdir -p "$base" && '
+            f'root=$(mktemp -d "$base/{slug or "sandbox"}-XXXXXX") && '
+            'mkdir "$root/workspace" "$root/home" && printf "%s\\n" "$root"'
+        )
+        result = await link.run(script, timeout=60)
+        if result.exit_code != 0 or not result.stdout.strip():
+            raise SandboxError(
+                f"host {self.host_name}: cannot make a sandbox folder: {result.stderr.strip()}"
+            )
+        self.mode, self.root = "folder", result.stdout.strip()
+
+    async def _prepare(self) -> None:
+        from supervisor.sandbox import workspace
+
+        if self.spec.workspace is not None:
+            tmp, staged = workspace.stage(self.spec.workspace, self.spec.agent_id)
+            with tmp:
+                await self.copy_in(staged, self.workdir)
+        script = workspace.init_script(self.spec.agent_id or "agent")
+        script = script.replace("cd /workspace", f"cd {shlex.quote(self.workdir)}")
+        result = await self.exec(script)
+        if not result.ok:
+            raise SandboxError(
+                f"host {self.host_name}: workspace setup failed: {result.stderr.strip()[-500:]}"
+            )
+
+    def _shell_command(self) -> str:
+        if self.mode == "container":
+            return self._wrap(["bash", "--noprofile", "--norc"])
+        ws, home = shlex.quote(f"{self.root}/workspace"), shlex.quote(f"{self.root}/home")
+        # Only PATH (where the host's tools are) comes from the login; no profile runs.
+        return (
+            f'cd {ws} && exec env -i PATH="$PATH" LANG=C.UTF-8 HOME={home} bash --noprofile --norc'
+        )
+
+    def _wrap(self, argv: list[str]) -> str:
+        """A one-off command line running ``argv`` where the agent's commands run."""
+        if self.mode == "container":
+            return shlex.join(
+                ["docker", "exec", "-i", "-u", USER, "-w", "/workspace", self.container, *argv]
+            )
+        return f"cd {shlex.quote(self.workdir)} && {shlex.join(argv)}"
+
+    async def _open_shell(self) -> None:
+        link = await self._ensure_link()
+        # Exported through the shell's stdin, never a command line other users could see.
+        exports = "".join(f"export {k}={quote(v)}\n" for k, v in self.spec.env.items())
+
+        async def open_transport() -> _ChannelShell:
+            await link._shells.acquire()
+            try:
+                chan = await link.open_channel(self._shell_command())
+            except BaseException:
+                link._shells.release()
+                raise
+
+            def release() -> None:
+                link.release_channel()
+                link._shells.release()
+
+            shell = _ChannelShell(chan, release)
+            if exports:
+                await shell.send(exports.encode())
+            return shell
+
+        async def kill(script: str) -> None:
+            with contextlib.suppress(SandboxError):
+                await link.run(self._wrap(["sh", "-c", script]), timeout=30)
+
+        since = CONTAINER_SINCE_FILE if self.mode == "container" else f"{self.root}/.cmd-start"
+        self._shell = PersistentShell(
+            f"{self.host_name}-{self.spec.agent_id or 'sandbox'}",
+            open_transport,
+            kill,
+            since_file=shlex.quote(since),
+            spool_dir=self._spool_dir,
+        )
+        await self._shell.start()
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> ExecResult:
+        if not self.mode:
+            raise SandboxError("sandbox is not started")
+        link = await self._ensure_link()
+        if self._shell is None:
+            try:
+                await self._open_shell()
+            except SandboxError:
+                await self._check_exists(link)
+                raise
+        assert self._shell is not None
+        result = await self._shell.run(command, timeout=timeout, env=env, cwd=cwd)
+        if result.exit_code == -1 and not result.timed_out and link.lost_reason:
+            # The connection died under the command: say so; the next command reconnects.
+            raise SandboxError(f"{link.lost_reason}; the command's outcome is unknown")
+        return result
+
+    async def _check_exists(self, link: HostLink) -> None:
+        """Say plainly when the sandbox is gone (removed on the host, or by a prune)."""
+        if self.mode == "container":
+            probe = f"docker inspect -f '{{{{.State.Running}}}}' {shlex.quote(self.container)}"
+            gone = (await link.run(probe, timeout=60)).stdout.strip() != "true"
+            what = f"container {self.container[:12]}"
+        else:
+            gone = (await link.run(f"test -d {shlex.quote(self.workdir)}")).exit_code != 0
+            what = f"folder {self.root}"
+        if gone:
+            raise SandboxError(f"sandbox {what} on host {self.host_name} no longer exists")
+
+    async def stop(self) -> None:
+        if self._shell is not None:
+            await self._shell.close()
+            self._shell = None
+        if self.mode == "container" and self._link is not None:
+            with contextlib.suppress(SandboxError, hosts.HostError):
+                await self._link.run(f"docker stop -t 5 {self.container} >/dev/null", timeout=60)
+
+    async def destroy(self) -> None:
+        if self._shell is not None:
+            await self._shell.close()
+            self._shell = None
+        if self.mode and self.host_name:
+            link = await self._ensure_link()
+            if self.mode == "container":
+                cid = shlex.quote(self.container)
+                await link.run(
+                    f"vols=$(docker inspect -f '{{{{range .Mounts}}}}{{{{.Name}}}} "
+                    f"{{{{end}}}}' {cid} 2>/dev/null); docker rm -f {cid} >/dev/null 2>&1; "
+                    'for v in $vols; do docker volume rm -f "$v" >/dev/null 2>&1; done; true',
+                    timeout=120,
+                )
+            elif self.root:
+                await link.run(f"rm -rf -- {shlex.quote(self.root)}", timeout=300)
+        if self._link is not None:
+            link, self._link = self._link, None
+            await link.release()
+
+    # -- files (each a one-off command on its own channel)
+
+    def _path(self, path: str) -> str:
+        return path if path.startswith("/") else f"{self.workdir}/{path}"
+
+    async def _io(
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes | IO[bytes] | None = None,
+        out: IO[bytes] | None = None,
+    ) -> hosts.Result:
+        link = await self._ensure_link()
+        return await link.run(self._wrap(argv), stdin=stdin, out=out)
+
+    async def read_file(self, path: str) -> bytes:
+        out = io.BytesIO()
+        result = await self._io(["cat", "--", self._path(path)], out=out)
+        if result.exit_code != 0:
+            raise SandboxError(f"cannot read {path}: {result.stderr.strip()}")
+        return out.getvalue()
+
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        script = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1" && chmod "$2" "$1"'
+        result = await self._io(
+            ["sh", "-c", script, "sh", self._path(path), f"{mode:o}"], stdin=data
+        )
+        if result.exit_code != 0:
+            raise SandboxError(f"cannot write {path}: {result.stderr.strip()}")
+
+    async def list_files(self, path: str) -> list[FileInfo]:
+        out = io.BytesIO()
+        found = ["find", self._path(path), "-mindepth", "1", "-maxdepth", "1"]
+        result = await self._io([*found, "-printf", r"%y %s %m %p\0"], out=out)
+        if result.exit_code != 0:
+            raise SandboxError(f"cannot list {path}: {result.stderr.strip()}")
+        kinds = {"f": "file", "d": "dir", "l": "link"}
+        entries = []
+        for record in out.getvalue().split(b"\0"):
+            if record:
+                kind, size, mode, name = record.decode(errors="replace").split(" ", 3)
+                entries.append(FileInfo(name, kinds.get(kind, "other"), int(size), int(mode, 8)))
+        return sorted(entries, key=lambda e: e.path)
+
+    async def copy_in(self, source: Path, dest: str) -> None:
+        from supervisor.sandbox.docker import _owned_by_agent
+
+        owner = _owned_by_agent if self.mode == "container" else None
+        with tempfile.TemporaryFile() as spool:
+            with tarfile.open(fileobj=spool, mode="w|") as tar:
+                children = sorted(source.iterdir()) if source.is_dir() else [source]
+                for child in children:
+                    tar.add(child, arcname=child.name, filter=owner)
+            spool.seek(0)
+            script = 'mkdir -p -- "$1" && tar -x --no-same-owner -C "$1"'
+            result = await self._io(["sh", "-c", script, "sh", self._path(dest)], stdin=spool)
+        if result.exit_code != 0:
+            raise SandboxError(f"cannot copy into {dest}: {result.stderr.strip()}")
+
+    async def copy_out(self, source: str, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile() as spool:
+            result = await self._io(["tar", "-c", "-C", self._path(source), "."], out=spool)
+            if result.exit_code != 0:
+                raise SandboxError(f"cannot copy out {source}: {result.stderr.strip()}")
+            spool.seek(0)
+            with tarfile.open(fileobj=spool, mode="r:") as tar:
+                tar.extractall(dest, filter="data")

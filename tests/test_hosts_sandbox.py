@@ -1,0 +1,221 @@
+"""The ssh sandbox backend and `supervisor run --host`, against a real sshd on 127.0.0.x.
+
+The "remote host" is this machine reached over SSH, so its Docker engine is the local one:
+a user in the docker group gets a container there, a user outside it a folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sshd_kit
+from agent_kit import engine, last_results, scripted
+from conftest import run_cli
+
+from supervisor import hosts as h
+from supervisor.engine import RunOptions
+from supervisor.sandbox.base import SandboxSpec
+from supervisor.sandbox.ssh import SSHSandbox
+from supervisor.testing import Reply
+
+pytestmark = pytest.mark.skipif(bool(sshd_kit.available()), reason=sshd_kit.available())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd_kit.SSHServer]:
+    """One sshd: users[0] outside the docker group (folder mode), users[1] inside it."""
+    users = [sshd_kit.create_user(), sshd_kit.create_user(docker=True)]
+    srv = sshd_kit.SSHServer(tmp_path_factory.mktemp("sshd"), users=users)
+    try:
+        yield srv.start()
+    finally:
+        srv.stop()
+        for u in users:
+            sshd_kit.remove_user(u)
+
+
+def register(server: sshd_kit.SSHServer, name: str, u: sshd_kit.User) -> h.Host:
+    return h.add_host(
+        name,
+        f"{u.name}@{server.host}:{server.port}",
+        password=lambda: u.password,
+        trust=server.fingerprint(),
+    )
+
+
+async def test_folder_sandbox_on_a_host_without_docker(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path
+) -> None:
+    u = server.users[0]
+    register(server, "box", u)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "notes.txt").write_text("first\n")
+    box = SSHSandbox(
+        SandboxSpec(
+            run_id="r1", agent_id="a1", workspace=tmp_path / "ws", env={"GREETING": "hi there"}
+        ),
+        host="box",
+    )
+    await box.start()
+    try:
+        assert box.mode == "folder" and not box.isolated
+        assert "NOT isolated" in box.note and "box" in box.note
+        root = Path(box.root)
+        assert root.parent == u.home / ".supervisor" / "sandboxes"
+        assert (root / "workspace" / "notes.txt").read_text() == "first\n"
+        first = await box.exec('echo "$GREETING from $(whoami)"; cd /tmp')
+        assert first.stdout == f"hi there from {u.name}\n"
+        assert (await box.exec("pwd")).stdout == "/tmp\n"  # the shell persists
+        # One channel, one shell: a command is a round trip, not a new session.
+        start = time.perf_counter()
+        for _ in range(50):
+            assert (await box.exec("true")).ok
+        assert (time.perf_counter() - start) / 50 < 0.05
+        await box.write_file("sub/new.txt", b"made here\n")
+        assert await box.read_file(f"{box.workdir}/sub/new.txt") == b"made here\n"
+        names = [Path(f.path).name for f in await box.list_files(box.workdir)]
+        assert "notes.txt" in names and "sub" in names
+        await box.copy_out(box.workdir, tmp_path / "out")
+        assert (tmp_path / "out" / "sub" / "new.txt").read_text() == "made here\n"
+        # A command past its timeout is killed on the host; the shell stays usable.
+        slow = await box.exec("sleep 300 & sleep 301", timeout=1)
+        assert slow.timed_out
+        assert (await box.exec("echo still here")).stdout == "still here\n"
+        ps = await box.exec(f"pgrep -u {u.name} -f 'sleep 30[01]' || true")
+        assert ps.stdout == ""
+        # Re-adoption by id (what `agent diff` and a restarted supervisor do).
+        again = SSHSandbox.attach(box.id)
+        assert (await again.exec("cat notes.txt")).stdout == "first\n"
+        await again.stop()
+        await again.destroy()  # releases its link; the folder goes with it
+        assert not root.exists()
+    finally:
+        await box.destroy()
+
+
+@pytest.mark.docker
+async def test_container_sandbox_on_a_host_with_docker(
+    server: sshd_kit.SSHServer, home: Path, sandbox_image: str
+) -> None:
+    register(server, "dock", server.users[1])
+    box = SSHSandbox(SandboxSpec(run_id="r1", agent_id="a2"), host="dock")
+    await box.start()
+    try:
+        assert box.mode == "container" and box.isolated and "container" in box.note
+        who = await box.exec("id -u; grep CapEff /proc/self/status; cat /proc/net/dev | wc -l")
+        uid, caps, netdevs = who.stdout.split("\n")[:3]
+        assert uid == "1000" and caps.split()[1] == "0" * 16
+        assert int(netdevs) == 3  # header lines + lo only: no network
+        assert (await box.exec("touch /etc/x")).exit_code != 0  # read-only root
+        await box.write_file("a.txt", b"in the container\n")
+        assert await box.read_file("/workspace/a.txt") == b"in the container\n"
+        import docker
+
+        client = docker.from_env()
+        container = client.containers.get(box.container)
+        assert container.labels["supervisor.host"] == "dock"
+        assert container.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+        assert container.attrs["HostConfig"]["NetworkMode"] == "none"
+    finally:
+        await box.destroy()
+    import docker
+
+    assert not docker.from_env().containers.list(all=True, filters={"id": box.container})
+
+
+def agent_script(marker: str) -> list[Reply]:
+    return [
+        Reply(tool_calls=[("shell", {"command": f"echo {marker} >> notes.txt && hostname"})]),
+        Reply(tool_calls=[("finish", {"summary": "noted"})]),
+    ]
+
+
+async def run_on_host(name: str, workspace: Path) -> tuple[list[list[str]], str]:
+    """An agent's run on host NAME; its results, and `agent diff` while its sandbox lives."""
+    with scripted(agent_script("added-by-agent")) as server:
+        async with engine() as eng:
+            run_id = await eng.start_run(
+                RunOptions(task="add a line", host=name, workspace=workspace, keep_sandboxes=True)
+            )
+            assert await eng.wait_run(run_id) == "done"
+            (agent,) = eng.agents.values()
+            diff = await asyncio.to_thread(run_cli, "agent", "diff", agent.name)
+            assert diff.returncode == 0, diff.stderr
+    return [last_results(r) for r in server.requests], diff.stdout
+
+
+async def test_agent_runs_on_a_host_in_a_folder(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path
+) -> None:
+    register(server, "box", server.users[0])
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "notes.txt").write_text("first\n")
+    results, diff = await run_on_host("box", tmp_path / "ws")
+    assert results[1][0].endswith("[exit code 0]")
+    agents = json.loads(run_cli("agents", "ls", "--json").stdout)
+    assert agents[0]["status"] == "done" and agents[0]["sandbox"] == "ssh"
+    transcript = run_cli("transcript", agents[0]["id"], "--format", "jsonl").stdout
+    assert "NOT isolated" in transcript and "on host box" in transcript
+    assert "+added-by-agent" in diff and "notes.txt" in diff
+
+
+@pytest.mark.docker
+async def test_agent_runs_on_a_host_in_a_container(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path, sandbox_image: str
+) -> None:
+    register(server, "dock", server.users[1])
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "notes.txt").write_text("first\n")
+    results, diff = await run_on_host("dock", tmp_path / "ws")
+    assert results[1][0].startswith("sandbox\n")  # the container's hostname
+    agents = json.loads(run_cli("agents", "ls", "--json").stdout)
+    assert agents[0]["status"] == "done" and agents[0]["sandbox"] == "ssh"
+    transcript = run_cli("transcript", agents[0]["id"], "--format", "jsonl").stdout
+    assert "in a container on host dock" in transcript
+    assert "+added-by-agent" in diff and "notes.txt" in diff
+
+
+async def test_run_on_an_unknown_host_is_bad_input(home: Path) -> None:
+    with scripted([]):
+        result = run_cli("run", "--foreground", "--host", "nosuch", "do it")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: no host named 'nosuch' (known: none yet; add one: supervisor hosts add)"
+    ]
+
+
+async def test_agent_is_told_when_its_host_stops_answering(tmp_path: Path, home: Path) -> None:
+    with sshd_kit.sshd(tmp_path / "sshd", "") as (srv, (u,)):
+        register(srv, "box", u)
+        script = [
+            Reply(tool_calls=[("shell", {"command": "sleep 120"})]),
+            Reply(tool_calls=[("shell", {"command": "echo back"})]),
+            Reply(tool_calls=[("finish", {"summary": "ok"})]),
+        ]
+        with scripted(script) as model:
+            async with engine() as eng:
+                run_id = await eng.start_run(RunOptions(task="wait", host="box"))
+                deadline = time.monotonic() + 60
+                while len(model.requests) < 1 or not srv.sessions():
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(1.0)  # the sleep is running on the host
+                frozen = srv.freeze()
+                start = time.monotonic()
+                try:
+                    while len(model.requests) < 2:
+                        assert time.monotonic() - start < 30, "the dead host was not noticed"
+                        await asyncio.sleep(0.2)
+                    noticed = time.monotonic() - start
+                finally:
+                    srv.kill_sessions(frozen)
+                assert await eng.wait_run(run_id) == "done"
+        told = last_results(model.requests[1])[0]
+        assert "stopped answering" in told and "outcome is unknown" in told
+        assert noticed < 30
+        assert last_results(model.requests[2])[0].startswith("back")  # reconnected
