@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import sshd_kit
 
 from supervisor.deploy import (
     Deployer,
@@ -643,3 +644,58 @@ async def test_user_services_fallback_then_systemd_user_unit(
     assert "GET / HTTP" in await d.logs("web", lines=20)
     assert (await d.remove_service("web")).changed
     assert not (await box.exec("curl -sS --max-time 2 http://127.0.0.1:8081/")).ok
+
+
+# -- over SSH: the same deploy through the ssh sandbox backend, against a real sshd on
+# 127.0.0.x (tests/sshd_kit.py), logged in as a plain user without sudo
+
+
+@pytest.mark.skipif(bool(sshd_kit.available()), reason=sshd_kit.available())
+async def test_deploy_over_ssh(tmp_path: Path, home: Path) -> None:
+    from supervisor import hosts
+    from supervisor.sandbox.ssh import SSHSandbox
+
+    user = sshd_kit.create_user()
+    server = sshd_kit.SSHServer(tmp_path / "sshd", users=[user]).start()
+    box: SSHSandbox | None = None
+    try:
+        hosts.add_host(
+            "web1",
+            f"{user.name}@{server.host}:{server.port}",
+            password=lambda: user.password,
+            trust=server.fingerprint(),
+        )
+        box = SSHSandbox(SandboxSpec(run_id="deploy", agent_id="deploy"), host="web1")
+        await box.start()
+        # A deploy belongs to the account, not to the sandbox folder: state and app live
+        # in the user's home.
+        app, state, port = user.home / "hello", user.home / ".local/state/sv", free_port()
+        events: list[Event] = []
+        d = Deployer(box, host="web1", emit=events.append, state_dir=str(state))
+        code, config, svc, health = await deploy(d, app, port, "hello over ssh")
+        assert all(r.changed for r in (code, config, svc)) and svc.manager == "fallback"
+        assert health.details["status"] == 200
+        # Fetched from this side too: the service runs on the host's loopback.
+        assert fetch(f"http://127.0.0.1:{port}/hello") == "hello over ssh"
+        pids = processes_mentioning(f"{state}/hello/run.sh")
+        assert pids and all(Path(f"/proc/{p}").stat().st_uid == user.uid for p in pids)
+        assert "GET /hello" in await d.logs("hello", lines=20)
+
+        # The service outlives the connection that started it.
+        await box.stop()
+        assert fetch(f"http://127.0.0.1:{port}/hello") == "hello over ssh"
+
+        plan = Deployer(box, host="web1", dry_run=True, state_dir=str(state))
+        await deploy(plan, app, port, "hello over ssh")
+        assert plan.plan().startswith("Plan for web1: nothing to change"), plan.plan()
+
+        assert (await d.remove_service("hello")).changed
+        assert processes_mentioning(f"{state}/hello") == []
+        with pytest.raises(OSError):
+            fetch(f"http://127.0.0.1:{port}/hello", timeout=2)
+        assert all(TOKEN not in json.dumps(e.data) + e.text for e in events)
+    finally:
+        if box is not None:
+            await box.destroy()
+        server.stop()
+        sshd_kit.remove_user(user)
