@@ -17,8 +17,10 @@ import http.server
 import io
 import json
 import os
+import select
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import sshd_kit
+from conftest import SUPERVISOR
 
 from supervisor.deploy import (
     Deployer,
@@ -463,7 +466,6 @@ def test_templates_and_plan_table() -> None:
 def test_docs_example_runs() -> None:
     """docs/plugins.md's deploy example runs as printed and shows the plan it promises."""
     import re
-    import subprocess
     import sys
 
     doc = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
@@ -680,6 +682,24 @@ async def test_deploy_over_ssh(tmp_path: Path, home: Path) -> None:
         pids = processes_mentioning(f"{state}/hello/run.sh")
         assert pids and all(Path(f"/proc/{p}").stat().st_uid == user.uid for p in pids)
         assert "GET /hello" in await d.logs("hello", lines=20)
+
+        # Through `supervisor hosts forward`, as a person reaches a service on a GPU box.
+        forward = subprocess.Popen(
+            [*SUPERVISOR, "hosts", "forward", "web1", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert forward.stdout is not None
+            ready, _, _ = select.select([forward.stdout], [], [], 30)
+            assert ready, "hosts forward printed nothing within 30 s"
+            line = forward.stdout.readline()
+            local = int(line.split("127.0.0.1:")[1].split()[0])
+            assert fetch(f"http://127.0.0.1:{local}/hello", timeout=10) == "hello over ssh"
+        finally:
+            forward.send_signal(signal.SIGINT)
+            forward.wait(15)
 
         # The service outlives the connection that started it.
         await box.stop()
