@@ -23,7 +23,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import AsyncIterator, Iterator
@@ -86,21 +85,6 @@ def free_port() -> int:
 def fetch(url: str, timeout: float = 5) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return str(r.read().decode())
-
-
-def wait_until(check: object, deadline_s: float, what: str) -> object:
-    end = time.monotonic() + deadline_s
-    last: object = None
-    while time.monotonic() < end:
-        try:
-            last = check()  # type: ignore[operator]
-        except OSError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {deadline_s}s (last: {last!r})")
 
 
 def processes_mentioning(text: str) -> list[int]:
