@@ -497,9 +497,9 @@ class Deployer:
         )
 
     def _fail(self, op: str, target: str, message: str) -> DeployError:
-        message = self.redactor.text(f"deploy on {self.host}: {message}")
-        self.event(op, target, "failed", message, error=message)
-        return DeployError(message)
+        full = self.redactor.text(f"deploy on {self.host}: {message}")
+        self.event(op, target, "failed", message, error=full)  # the text names the host
+        return DeployError(full)
 
     def plan(self) -> str:
         """The changes table of every operation run so far (see :func:`format_plan`)."""

@@ -28,6 +28,7 @@ import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import click
 import pytest
 import sshd_kit
 from conftest import SUPERVISOR
@@ -354,6 +355,44 @@ async def test_put_directory_uploads_what_differs(box: LocalSandbox, tmp_path: P
     assert (dest / "static" / "index.html").read_text() == "<p>v2</p>\n"
     # The target's shell stays where it was: operations never move it.
     assert (await box.exec("pwd")).stdout.strip() == box.workdir
+
+
+async def test_deploy_events_reach_the_run_transcript(box: LocalSandbox, tmp_path: Path) -> None:
+    """Wired to the engine as the docs show: stored with the run, secrets redacted, and
+    printed by the same printer as `supervisor run` and `logs`."""
+    from agent_kit import engine
+
+    from supervisor.render import Printer
+    from supervisor.store import open_default
+
+    secret = "pw-4b1d9c77e2"
+    async with engine() as eng:
+        run_id = await eng.create_run(title="deploy", kind="recipe", managed=True)
+        d = Deployer(
+            box,
+            host="gpu1",
+            sudo_password=secret,
+            emit=lambda e: eng.emit(e.type, None, e.data, e.text, run_id=run_id),
+        )
+        await d.put_file(f"{tmp_path}/app.conf", f"password={secret}\n")
+        with pytest.raises(DeployError):
+            await d.wait_http(f"http://127.0.0.1:{free_port()}/", deadline_s=0.5)
+    store = open_default()
+    try:
+        events = [e for e in store.events(run_id=run_id) if e.type == EventType.DEPLOY]
+    finally:
+        store.close()
+    phases = [(e.data["op"], e.data["phase"]) for e in events]
+    assert ("files.put", "done") in phases and ("http.wait", "failed") in phases
+    done = next(e for e in events if e.data["phase"] == "done")
+    assert "+password=[REDACTED:sudo password]" in done.data["diff"]
+    assert all(secret not in json.dumps(e.data) + e.text for e in events)
+    printed: list[str] = []
+    printer = Printer(echo=lambda text="", nl=True: printed.append(click.unstyle(text)))
+    for event in events:
+        printer(event)
+    assert f"⇡ gpu1: files.put {tmp_path}/app.conf: create (23 bytes)" in printed
+    assert any(line.startswith("⇡ gpu1: http://127.0.0.1:") for line in printed), printed
 
 
 async def test_health_wait_fails_within_its_deadline(box: LocalSandbox) -> None:
