@@ -530,7 +530,10 @@ class Deployer:
         if self._facts is not None:
             return self._facts
         script = (
-            'printf "uid=%s\\nuser=%s\\nhome=%s\\n" "$(id -u)" "$(id -un)" "$HOME"; '
+            # The account's home from passwd, not $HOME: a sandbox shell may have a
+            # private HOME that goes away with it, and systemd --user uses passwd's.
+            'h=$(getent passwd "$(id -u)" | cut -d: -f6); '
+            'printf "uid=%s\\nuser=%s\\nhome=%s\\n" "$(id -u)" "$(id -un)" "${h:-$HOME}"; '
             'printf "pid1=%s\\n" "$(cat /proc/1/comm 2>/dev/null)"; '
             "for c in systemctl journalctl loginctl curl python3 sudo setsid sha256sum; do "
             '  command -v "$c" >/dev/null 2>&1 && echo "has=$c"; done; '

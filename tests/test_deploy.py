@@ -23,6 +23,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import AsyncIterator, Iterator
@@ -692,11 +693,15 @@ async def test_deploy_over_ssh(tmp_path: Path, home: Path) -> None:
         )
         box = SSHSandbox(SandboxSpec(run_id="deploy", agent_id="deploy"), host="web1")
         await box.start()
-        # A deploy belongs to the account, not to the sandbox folder: state and app live
-        # in the user's home.
-        app, state, port = user.home / "hello", user.home / ".local/state/sv", free_port()
+        # A deploy belongs to the account, not to the sandbox folder (whose shell has a
+        # private HOME): by default service files go to the account's own home.
+        app, state, port = (
+            user.home / "hello",
+            user.home / ".local/state/supervisor-deploy",
+            free_port(),
+        )
         events: list[Event] = []
-        d = Deployer(box, host="web1", emit=events.append, state_dir=str(state))
+        d = Deployer(box, host="web1", emit=events.append)
         code, config, svc, health = await deploy(d, app, port, "hello over ssh")
         assert all(r.changed for r in (code, config, svc)) and svc.manager == "fallback"
         assert health.details["status"] == 200
@@ -719,7 +724,18 @@ async def test_deploy_over_ssh(tmp_path: Path, home: Path) -> None:
             assert ready, "hosts forward printed nothing within 30 s"
             line = forward.stdout.readline()
             local = int(line.split("127.0.0.1:")[1].split()[0])
-            assert fetch(f"http://127.0.0.1:{local}/hello", timeout=10) == "hello over ssh"
+            # Fabric's forward_local binds its listener in a thread of its own, so the
+            # line can come a moment before the port answers.
+            end = time.monotonic() + 5
+            while True:
+                try:
+                    served = fetch(f"http://127.0.0.1:{local}/hello", timeout=10)
+                    break
+                except urllib.error.URLError:
+                    if time.monotonic() > end:
+                        raise
+                    time.sleep(0.05)
+            assert served == "hello over ssh"
         finally:
             forward.send_signal(signal.SIGINT)
             forward.wait(15)
@@ -728,7 +744,7 @@ async def test_deploy_over_ssh(tmp_path: Path, home: Path) -> None:
         await box.stop()
         assert fetch(f"http://127.0.0.1:{port}/hello") == "hello over ssh"
 
-        plan = Deployer(box, host="web1", dry_run=True, state_dir=str(state))
+        plan = Deployer(box, host="web1", dry_run=True)
         await deploy(plan, app, port, "hello over ssh")
         assert plan.plan().startswith("Plan for web1: nothing to change"), plan.plan()
 
