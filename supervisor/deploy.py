@@ -1268,6 +1268,13 @@ class Deployer:
     ) -> Result:
         facts = await self.facts()
         user_mode = manager == "systemd --user"
+        if user_mode and service.user and service.user != facts.user:
+            raise self._fail(
+                "service",
+                name,
+                f"a user unit runs as {facts.user}, not {service.user}: use a system unit "
+                "(sudo) for another user",
+            )
         changes: list[str] = list(moved)
         if user_mode:
             res = await self.run(
@@ -1542,10 +1549,20 @@ class Deployer:
                 else "journalctl"
             )
             cmd = f"{flag} -u {name}.service -n {lines} --no-pager -o short-iso"
-            if manager == "systemd" and facts.uid != 0:
+            result = await self.run(cmd, op="service.logs")
+            out = result.stdout
+            # A user outside the journal's groups sees no system unit's lines (journalctl
+            # says so on stderr); root does, through sudo when it is available.
+            blind = (
+                not result.ok
+                or "insufficient permissions" in result.stderr
+                or ("not seeing messages" in result.stderr)
+            )
+            if manager == "systemd" and facts.uid != 0 and blind and await self._can_sudo():
                 out = await self._sudo_check(cmd, op="service.logs", what=name)
-            else:
-                out = await self._check(cmd, op="service.logs", what=name)
+            elif not result.ok:
+                detail = _one_line(result.stderr) or f"exit code {result.exit_code}"
+                raise self._fail("service.logs", name, f"journalctl for {name}: {detail}")
         text = self.redactor.text(out)
         self.event(
             "service.logs",
