@@ -37,8 +37,9 @@ one, ``sudo -n`` is used and a sudo that wants a password is reported as such.
 Events: pass ``emit`` (any callable taking an :class:`~supervisor.events.Event`) to have
 each operation's start, progress and outcome recorded; in a recipe step that is
 ``emit=lambda e: ctx.engine.emit(e.type, None, e.data, e.text, run_id=ctx.run_id)``.
-Without it the API works the same, silently. Secrets (the sudo password, service
-environment values, anything shaped like a token) are redacted first.
+Without it the API works the same, silently. Secrets (the sudo password, a service's
+environment values under secret-looking names, credentials in an index URL, anything
+shaped like a token) are redacted first.
 
 Bad arguments (a relative remote path, a service name with a slash, a template naming a
 value it was not given) raise :class:`~supervisor.errors.InputError` before anything is
@@ -461,18 +462,10 @@ class Deployer:
         )
 
     def _done(self, result: Result) -> Result:
-        result = Result(
-            op=result.op,
-            target=result.target,
-            changed=result.changed,
-            summary=self.redactor.text(result.summary),
-            dry_run=self.dry_run,
-            manager=result.manager,
-            diff=self.redactor.text(result.diff),
-            details=self.redactor.value(result.details),
-        )
+        """Record ``result`` as a row of the plan and emit its ``done`` event."""
+        result = self._quiet(result)
         self.results.append(result)
-        what = result.summary if result.changed else "no change"
+        what = result.summary
         if result.changed and self.dry_run:
             what = f"would {what}"
         label = f"{result.op} ({result.manager})" if result.manager else result.op
@@ -485,15 +478,16 @@ class Deployer:
         return result
 
     def _quiet(self, result: Result) -> Result:
+        """``result`` redacted and marked with this deployer's dry-run flag."""
         return Result(
-            result.op,
-            result.target,
-            result.changed,
-            self.redactor.text(result.summary),
-            self.dry_run,
-            result.manager,
-            self.redactor.text(result.diff),
-            result.details,
+            op=result.op,
+            target=result.target,
+            changed=result.changed,
+            summary=self.redactor.text(result.summary),
+            dry_run=self.dry_run,
+            manager=result.manager,
+            diff=self.redactor.text(result.diff),
+            details=self.redactor.value(result.details),
         )
 
     def _fail(self, op: str, target: str, message: str) -> DeployError:
