@@ -51,6 +51,7 @@ from supervisor.sandbox.docker import DockerSandbox
 from supervisor.sandbox.local import LocalSandbox
 
 SERVER = """\
+# $version
 import http.server, json, sys
 
 CONFIG = "$config"
@@ -128,10 +129,17 @@ LOCAL_MANAGER: Manager = "fallback" if Path("/run/systemd/system").exists() else
 
 
 async def deploy(
-    d: Deployer, app: Path, port: int, message: str, manager: Manager = "auto"
+    d: Deployer,
+    app: Path,
+    port: int,
+    message: str,
+    manager: Manager = "auto",
+    version: str = "v1",
 ) -> list[Result]:
     """The deploy a recipe would write: code, config, service, health."""
-    code = await d.template(f"{app}/server.py", SERVER, {"config": f"{app}/config.json"})
+    code = await d.template(
+        f"{app}/server.py", SERVER, {"config": f"{app}/config.json", "version": version}
+    )
     config = await d.template(f"{app}/config.json", CONFIG, {"message": message}, mode=0o640)
     svc = await d.service(
         Service(
@@ -216,6 +224,14 @@ async def test_deploy_service_with_fallback_supervisor(
     assert [r.changed for r in results] == [False, True, False, False]
     assert fetch(f"http://127.0.0.1:{port}/hello") == "bonjour"
     assert (await d2.status("hello")).pid == new_pid
+
+    # New code: the service is restarted because its code changed (restart=code).
+    results = await deploy(d2, app, port, "bonjour", LOCAL_MANAGER, version="v2")
+    assert [r.changed for r in results] == [True, False, True, False]
+    assert results[2].summary == "restart"
+    restarted_pid = (await d2.status("hello")).pid
+    assert restarted_pid not in (None, new_pid)
+    assert fetch(f"http://127.0.0.1:{port}/hello") == "bonjour"
 
     # Uninstall: nothing of it runs, its files are gone, the port is closed.
     removed = await d2.remove_service("hello")
@@ -405,6 +421,19 @@ async def test_deploy_events_reach_the_run_transcript(box: LocalSandbox, tmp_pat
         printer(event)
     assert f"⇡ gpu1: files.put {tmp_path}/app.conf: create (23 bytes)" in printed
     assert any(line.startswith("⇡ gpu1: http://127.0.0.1:") for line in printed), printed
+
+
+async def test_long_command_past_its_timeout_is_killed(box: LocalSandbox) -> None:
+    marker = f"sleep 3{free_port() % 100:02d}"  # a command line no one else runs
+    events: list[Event] = []
+    d = Deployer(box, host="here", emit=events.append)
+    start = time.monotonic()
+    with pytest.raises(DeployError) as err:
+        await d.stream(f"echo started; {marker}", op="build", what="model", timeout=1)
+    assert time.monotonic() - start < 10
+    assert "build model timed out after 1s (last: started)" in str(err.value)
+    assert processes_mentioning(marker) == []
+    assert [e.data["lines"] for e in events if e.data.get("phase") == "progress"] == [["started"]]
 
 
 async def test_health_wait_fails_within_its_deadline(box: LocalSandbox) -> None:
