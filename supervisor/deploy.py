@@ -1111,13 +1111,12 @@ class Deployer:
         no_systemd = (
             "systemctl is not installed"
             if "systemctl" not in facts.commands
-            else f"systemd is not running on this host (PID 1 is {facts.pid1 or 'unknown'}"
+            else f"systemd is not running on this host: PID 1 is {facts.pid1 or 'unknown'}"
             + (
-                f", systemctl is-system-running: {facts.systemd_state}"
+                f", systemctl is-system-running says {facts.systemd_state}"
                 if facts.systemd_state
                 else ""
             )
-            + ")"
         )
         if manager == "fallback":
             return "fallback", "asked for the fallback supervisor"
@@ -1318,7 +1317,7 @@ class Deployer:
         if unit_result.changed:
             changes.append(f"unit {unit_result.summary}")
         if env_path is not None and files[0].changed:
-            changes.append(f"environment file {files[0].summary.split(' ', 1)[0]}")
+            changes.append("environment updated")
         is_active = await self._ctl(manager, f"is-active {name}.service", what=name, check=False)
         is_enabled = await self._ctl(manager, f"is-enabled {name}.service", what=name, check=False)
         active = is_active.stdout.strip() == "active"
@@ -1433,8 +1432,10 @@ class Deployer:
         changes: list[str] = list(moved)
         if script_result.changed:
             changes.append(f"supervisor script {script_result.summary}")
-        if env_result.changed:
-            changes.append(f"environment file {env_result.summary.split(' ', 1)[0]}")
+        if env_result.changed and env_bytes:
+            changes.append("environment updated")
+        elif env_result.changed and not env_result.summary.startswith("create"):
+            changes.append("environment cleared")
         written = script_result.changed or env_result.changed
         if pid is None:
             changes.append("start")
