@@ -163,7 +163,9 @@ class Service:
 
 @dataclass(frozen=True)
 class ServiceStatus:
-    """A service as the target sees it now; ``manager`` is empty when it is not installed."""
+    """A service as the target sees it now; ``manager`` is empty when it is not installed.
+    ``active`` means its command runs now (under the fallback: not while the loop waits to
+    restart it); ``enabled`` means it starts at boot (never, under the fallback)."""
 
     name: str
     manager: str
@@ -1498,12 +1500,13 @@ class Deployer:
             pid = await self._fallback_pid(paths)
             child: int | None = None
             if pid is not None:
-                out = (
-                    await self.run(f"cat {shlex.quote(paths['child'])} 2>/dev/null", op="service")
-                ).stdout.strip()
+                # The command's pid while it runs; none while the loop waits to restart it.
+                child_file = shlex.quote(paths["child"])
+                probe = f'c=$(cat {child_file}) && kill -0 "$c" && echo "$c"'
+                out = (await self.run(f"{{ {probe}; }} 2>/dev/null", op="service")).stdout.strip()
                 child = int(out) if out.isdigit() else None
             # Not enabled: without systemd nothing starts it again after a reboot.
-            return ServiceStatus(name, manager, pid is not None, False, child, paths["log"])
+            return ServiceStatus(name, manager, child is not None, False, child, paths["log"])
         show = await self._ctl(
             manager,
             f"show {name}.service -p ActiveState -p UnitFileState -p MainPID",
