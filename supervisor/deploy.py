@@ -1150,8 +1150,21 @@ class Deployer:
         if await self._can_sudo():
             return "systemd", f"systemd is running ({facts.systemd_state})"
         if await self._user_manager():
-            return "systemd --user", "systemd is running and sudo is not available"
+            if await self._lingering():
+                return "systemd --user", "systemd is running, sudo is not available"
+            # Without lingering the user manager (and the service) stops when the last
+            # session ends — ours included.
+            return (
+                "fallback",
+                f"sudo is not available and lingering is off for {facts.user}, so a user "
+                "unit would stop at logout (linger=True with a sudo password turns it on)",
+            )
         return "fallback", "systemd is running but neither sudo nor a user manager is available"
+
+    async def _lingering(self) -> bool:
+        user = shlex.quote((await self.facts()).user)
+        res = await self.run(f"loginctl show-user {user} -p Linger --value 2>/dev/null", op="facts")
+        return res.stdout.strip() == "yes"
 
     async def _enable_linger(self) -> None:
         facts = await self.facts()
@@ -1272,11 +1285,7 @@ class Deployer:
             )
         changes: list[str] = list(moved)
         if user_mode:
-            res = await self.run(
-                f"loginctl show-user {shlex.quote(facts.user)} -p Linger --value 2>/dev/null",
-                op="service",
-            )
-            lingering = res.stdout.strip() == "yes"
+            lingering = await self._lingering()
             if self._lingered:  # turned on just now, to start the user manager
                 changes.append(f"enable lingering for {facts.user}")
                 self._lingered = False

@@ -686,6 +686,9 @@ async def test_user_services_fallback_then_systemd_user_unit(
     with pytest.raises(DeployError) as err:
         await d.service(web, manager="systemd --user")
     assert "pass linger=True" in str(err.value)
+    # Without a sudo password and without a user manager, "auto" means the fallback.
+    chosen, why = await Deployer(box).choose_manager()
+    assert chosen == "fallback" and "neither sudo nor a user manager" in why
 
     await d.put_file("/home/agent/site/index.html", "<p>user unit</p>\n")
     fallback = await d.service(web, manager="fallback")
@@ -706,6 +709,10 @@ async def test_user_services_fallback_then_systemd_user_unit(
     assert status.manager == "systemd --user" and status.active and status.enabled
     linger = await box.exec("loginctl show-user agent -p Linger --value")
     assert linger.stdout.strip() == "yes"
+    # Lingering on and a user manager running: "auto" without sudo picks a user unit
+    # (sudo -k: sudo remembers the password given a moment ago, and -n would succeed).
+    await box.exec("sudo -k")
+    assert (await Deployer(box).choose_manager())[0] == "systemd --user"
     assert not (await d.service(web, manager="systemd --user")).changed
     assert "GET / HTTP" in await d.logs("web", lines=20)
     assert (await d.remove_service("web")).changed
