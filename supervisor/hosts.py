@@ -35,11 +35,12 @@ import shlex
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from supervisor.errors import InputError, SupervisorError
 
@@ -55,6 +56,7 @@ HEARTBEAT_EVERY_S = 10.0
 HEARTBEAT_TIMEOUT_S = 10.0  # a dead host is noticed within EVERY + TIMEOUT = 20 s
 DEFAULT_PORT = 22
 KEY_NAME = "id_ed25519"
+PID_MARKER = "__SV_PID_"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TARGET = re.compile(
@@ -573,10 +575,11 @@ def connect(
     except paramiko.BadHostKeyException as exc:
         conn.close()
         pinned, offered = fingerprint(exc.expected_key), fingerprint(exc.key)
+        at = _which(ep, exc.hostname)
         raise HostKeyError(
-            f"host key of {_describe(ep)} CHANGED: pinned {pinned}, offered {offered}; refusing "
-            f"to connect (someone may be intercepting). If the host was reinstalled, re-trust "
-            f"it deliberately: supervisor hosts add {_retrust(ep, offered)}",
+            f"host key of {_describe(at)}{_via(ep, at)} CHANGED: pinned {pinned}, offered "
+            f"{offered}; refusing to connect (someone may be intercepting). If the host was "
+            f"reinstalled, re-trust it deliberately: supervisor hosts add {_retrust(at, offered)}",
             offered,
         ) from None
     except paramiko.SSHException as exc:
@@ -585,10 +588,11 @@ def connect(
         if "not found in known_hosts" in str(exc) and unknown:
             hostname, key = unknown[-1]
             offered = fingerprint(key)
+            at = _which(ep, hostname)
             raise HostKeyError(
-                f"unknown host key for {hostname} ({_describe(ep)}): {key.get_name()} "
+                f"unknown host key for {_describe(at)}{_via(ep, at)}: {key.get_name()} "
                 f"{offered}; not trusted. If that is the host's key, trust it: supervisor hosts "
-                f"add {_retrust(ep, offered)}",
+                f"add {_retrust(at, offered)}",
                 offered,
             ) from None
         raise _connect_error(ep, exc) from None
@@ -598,9 +602,25 @@ def connect(
     return conn
 
 
+def _which(ep: Endpoint, hostname: str) -> Endpoint:
+    """The hop of a connection (the host itself or one of its jump hosts) named so."""
+    for hop in (*ep.jumps, ep):
+        if hostname in (hop.hostname, hop.entry):
+            return hop
+    return ep
+
+
+def _via(ep: Endpoint, hop: Endpoint) -> str:
+    return "" if hop is ep else f", the jump host to {ep.name},"
+
+
 def _retrust(ep: Endpoint, offered: str) -> str:
     target = Target(ep.user, ep.hostname, ep.port if ep.port != DEFAULT_PORT else 0)
-    return f"{ep.name} {target} --trust {offered}"
+    name = ep.name
+    if not _NAME.match(name):  # a jump host given as user@host: its registered name
+        known = [h for h in list_hosts() if (h.address, h.port) == (ep.hostname, ep.port)]
+        name = known[0].name if known else "NAME"
+    return f"{name} {target} --trust {offered}"
 
 
 def pin_connection(conn: fabric.Connection, ep: Endpoint, note: str) -> str:
@@ -641,6 +661,14 @@ def probe_key(ep: Endpoint) -> tuple[str, str]:
 # -- remote commands, bounded
 
 
+class Sink(Protocol):
+    """Where a remote command's output goes as it arrives (a binary file, a line parser)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
 @dataclass
 class Result:
     exit_code: int
@@ -655,8 +683,8 @@ def run(
     *,
     timeout: float = 60.0,
     stdin: bytes | IO[bytes] | None = None,
-    out: IO[bytes] | None = None,
-    err: IO[bytes] | None = None,
+    out: Sink | None = None,
+    err: Sink | None = None,
 ) -> Result:
     """Run ``command`` on the host with a deadline; on timeout its process group dies.
 
@@ -666,9 +694,10 @@ def run(
     if transport is None or not transport.is_active():
         raise HostLost(f"{conn.host}: not connected")
     chan = transport.open_session(timeout=TIMEOUT_S)
-    # The first line is the session's pid: sshd makes every session its own process
-    # group, so killing that group stops everything the command started.
-    chan.exec_command(f"echo $$; exec /bin/sh -c {shlex.quote(command)}")
+    # First the session's pid, after a marker (a login shell's rc files may print before
+    # it): sshd makes every session its own process group, so killing that group stops
+    # everything the command started.
+    chan.exec_command(f"echo {PID_MARKER}$$; exec /bin/sh -c {shlex.quote(command)}")
     if isinstance(stdin, bytes):
         chan.sendall(stdin)
     elif stdin is not None:
@@ -678,7 +707,8 @@ def run(
     buf_out, buf_err = bytearray(), bytearray()
     pid = ""
     head = bytearray()
-    deadline = time.monotonic() + timeout
+    deadline = heard = time.monotonic()
+    deadline += timeout
     timed_out = False
     try:
         while True:
@@ -686,10 +716,11 @@ def run(
                 data = chan.recv(65536)
                 if not pid:
                     head += data
-                    if b"\n" not in head:
+                    at = head.find(PID_MARKER.encode())
+                    if at < 0 or b"\n" not in head[at:]:
                         continue
-                    first, _, data = bytes(head).partition(b"\n")
-                    pid = first.decode(errors="replace").strip()
+                    first, _, data = bytes(head[at:]).partition(b"\n")
+                    pid = first.decode(errors="replace").removeprefix(PID_MARKER).strip()
                 if out is not None:
                     out.write(data)
                     out.flush()
@@ -708,12 +739,23 @@ def run(
                 break
             if not transport.is_active():
                 raise HostLost(f"{conn.host}: the connection closed during a command")
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 timed_out = True
                 kill_group(conn, pid)
                 break
-            select.select([chan], [], [], min(left, 0.5))
+            if now - heard > HEARTBEAT_EVERY_S:
+                # A quiet command on a host that may have died: ask the host itself.
+                if not heartbeat(transport):
+                    conn.close()
+                    raise HostLost(
+                        f"{conn.host} stopped answering during a command (no heartbeat reply "
+                        f"within {HEARTBEAT_TIMEOUT_S:.0f} s); its outcome is unknown"
+                    )
+                heard = time.monotonic()
+            if select.select([chan], [], [], min(left, 0.5))[0]:
+                heard = time.monotonic()
     finally:
         chan.close()
     if not timed_out and chan.exit_status == -1:
@@ -754,6 +796,11 @@ def heartbeat(transport: paramiko.Transport, timeout: float = HEARTBEAT_TIMEOUT_
     paramiko's own keepalive sends without waiting and never notices a dead peer; a
     request that waits for its reply does, and a watchdog bounds the wait.
     """
+    lock = _heartbeat_locks.setdefault(transport, threading.Lock())
+    # One request at a time per connection (paramiko keeps one pending-reply slot); a
+    # heartbeat still waiting on the host counts against the next one's time.
+    if not lock.acquire(timeout=timeout):
+        return False
     done = threading.Event()
 
     def ask() -> None:
@@ -763,11 +810,16 @@ def heartbeat(transport: paramiko.Transport, timeout: float = HEARTBEAT_TIMEOUT_
             pass
         finally:
             done.set()
+            lock.release()
 
     if not transport.is_active():
+        lock.release()
         return False
     threading.Thread(target=ask, name="ssh-heartbeat", daemon=True).start()
     return done.wait(timeout) and transport.is_active()
+
+
+_heartbeat_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 # -- bootstrap: install our key the way ssh-copy-id does

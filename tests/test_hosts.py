@@ -222,6 +222,23 @@ def test_a_host_that_stops_answering_is_noticed_within_30s(tmp_path: Path, home:
         assert noticed < 30
         assert not worker.is_alive()
         assert "error" in outcome  # the command's caller is told, not left hanging
+        # `hosts exec` notices by itself, without anyone watching.
+        proc = subprocess.Popen(
+            [*SUPERVISOR, "hosts", "exec", "box", "--", "echo started; sleep 120"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+        frozen = srv.freeze()
+        start = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=45)
+        finally:
+            srv.kill_sessions(frozen)
+        assert time.monotonic() - start < 30
+        assert proc.returncode == 1 and "stopped answering during a command" in err
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_facts_for_each_gpu_layout(server: sshd_kit.SSHServer, home: Path) -> None:
@@ -405,9 +422,136 @@ def test_bad_input_is_one_line_and_changes_nothing(
         (["hosts", "check", "nosuch"], "no host named 'nosuch'"),
         (["hosts", "forward", "nosuch", "80"], "no host named 'nosuch'"),
     ]
-    for args, expected in cases:
-        line = one_line_error(run_cli(*args))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:  # each its own process; none changes anything
+        results = list(pool.map(lambda case: run_cli(*case[0]), cases))
+    for (args, expected), result in zip(cases, results, strict=True):
+        line = one_line_error(result)
         assert expected in line, (args, line)
     assert json.loads(run_cli("hosts", "ls", "--json").stdout) == before
     assert run_cli("hosts", "rm", "box").returncode == 0
     assert json.loads(run_cli("hosts", "ls", "--json").stdout) == []
+
+
+def test_jump_host_is_checked_the_same_way(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path
+) -> None:
+    with sshd_kit.sshd(tmp_path / "bastion", "") as (bastion, (b,)):
+        jump = f"{b.name}@{bastion.host}:{bastion.port}"
+        u = user(server)
+        # The bastion's key is unknown: asked, refused, nothing recorded.
+        line = refused_after_prompt(
+            run_cli(
+                "hosts",
+                "add",
+                "gpu",
+                target(server, u),
+                "--jump",
+                jump,
+                "--trust",
+                server.fingerprint(),
+                input="n\n",
+            )
+        )
+        assert bastion.fingerprint() in line and "not trusted" in line
+        assert json.loads(run_cli("hosts", "ls", "--json").stdout) == []
+        # Registered first (its key pinned, supervisor's key installed), it carries the way.
+        assert add(bastion, "bastion", b).returncode == 0
+        before = bastion.log.count("Accepted publickey")
+        added = add(server, "gpu", u, "--jump", jump)
+        assert added.returncode == 0, added.stderr
+        done = run_cli("hosts", "exec", "gpu", "--", "whoami")
+        assert done.stdout == f"{u.name}\n"
+        assert bastion.log.count("Accepted publickey") >= before + 2  # add + exec went through it
+        assert json.loads(run_cli("hosts", "ls", "--json").stdout)[1]["jump"] == jump
+        # A bastion whose key changed stops the way in.
+        bastion.new_host_key()
+        bastion.restart()
+        line = one_line_error(run_cli("hosts", "exec", "gpu", "--", "true"))
+        assert "CHANGED" in line and bastion.fingerprint() in line and "bastion" in line
+
+
+def test_add_with_the_persons_own_key(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path
+) -> None:
+    u = user(server, 1)
+    key = tmp_path / "id_mine"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30
+    )
+    u.write(".ssh/authorized_keys", (tmp_path / "id_mine.pub").read_text(), mode=0o600)
+    os.chmod(u.home / ".ssh", 0o700)
+    added = run_cli(
+        "hosts",
+        "add",
+        "mine",
+        target(server, u),
+        "--key",
+        str(key),
+        "--trust",
+        server.fingerprint(),
+    )
+    assert added.returncode == 0, added.stderr
+    assert not (home / "ssh" / "id_ed25519").exists()  # no key of supervisor's was needed
+    assert run_cli("hosts", "exec", "mine", "--", "echo", "a b").stdout == "a b\n"
+    assert (
+        json.loads(run_cli("hosts", "ls", "--json").stdout)[0]["facts"]["gpus"][0]["name"]
+        == "NVIDIA GeForce RTX 4090"
+    )
+
+
+def test_add_at_a_terminal_asks_and_hides_the_password(
+    server: sshd_kit.SSHServer, home: Path
+) -> None:
+    """A person at a terminal: asked to trust the key, then for the password, not echoed."""
+    import pty
+    import select
+
+    u = user(server, 2)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on the terminal
+        os.execv(
+            SUPERVISOR[0], [*SUPERVISOR, "hosts", "add", "tty", target(server, u), "--password"]
+        )
+    seen = b""
+
+    def read_until(text: bytes, timeout: float = 60) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while text not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+
+    try:
+        read_until(b"[y/N]: ")
+        assert server.fingerprint().encode() in seen
+        os.write(fd, b"y\n")
+        read_until(b"password for")
+        read_until(b": ", timeout=10)
+        os.write(fd, u.password.encode() + b"\n")
+        read_until(b"added tty")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+    assert u.password.encode() not in seen  # never echoed
+
+
+def test_a_chatty_login_shell_does_not_get_in_the_way(
+    server: sshd_kit.SSHServer, home: Path
+) -> None:
+    u = user(server, 3)
+    rc = u.home / ".bashrc"
+    old = rc.read_text() if rc.exists() else ""
+    u.write(".bashrc", "echo noise-from-bashrc\n" + old)
+    try:
+        assert add(server, "chatty", u).returncode == 0  # facts still parse
+        done = run_cli("hosts", "exec", "chatty", "--", "echo", "hi")
+        assert done.stdout == "hi\n", done.stdout
+    finally:
+        u.write(".bashrc", old)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,16 @@ async def test_folder_sandbox_on_a_host_without_docker(
         assert (await box.exec("echo still here")).stdout == "still here\n"
         ps = await box.exec(f"pgrep -u {u.name} -f 'sleep 30[01]' || true")
         assert ps.stdout == ""
+        # The connection drops while the shell is idle: the next command reconnects, says so.
+        assert (await box.exec("cd /tmp")).ok
+        server.kill_sessions()
+        deadline = time.monotonic() + 10
+        while not (box._channel is not None and box._channel.ended):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        back = await box.exec("pwd")
+        assert back.ok and back.stdout == f"{box.workdir}\n"
+        assert "was lost and made again; cwd and variables were reset" in back.stderr
         # Re-adoption by id (what `agent diff` and a restarted supervisor do).
         again = SSHSandbox.attach(box.id)
         assert (await again.exec("cat notes.txt")).stdout == "first\n"
@@ -183,9 +194,14 @@ async def test_agent_runs_on_a_host_in_a_container(
 async def test_run_on_an_unknown_host_is_bad_input(home: Path) -> None:
     with scripted([]):
         result = run_cli("run", "--foreground", "--host", "nosuch", "do it")
+        clash = run_cli("run", "--foreground", "--host", "nosuch", "--sandbox", "local", "do it")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: no host named 'nosuch' (known: none yet; add one: supervisor hosts add)"
+    ]
+    assert clash.returncode == 2
+    assert clash.stderr.strip().splitlines() == [
+        "error: --host runs agents in ssh sandboxes, not 'local'"
     ]
 
 
@@ -219,3 +235,97 @@ async def test_agent_is_told_when_its_host_stops_answering(tmp_path: Path, home:
         assert "stopped answering" in told and "outcome is unknown" in told
         assert noticed < 30
         assert last_results(model.requests[2])[0].startswith("back")  # reconnected
+
+
+@pytest.mark.parametrize("mode", ["folder", pytest.param("container", marks=pytest.mark.docker)])
+def test_kill_9_of_the_supervisor_then_resume_readopts_the_host_sandbox(
+    server: sshd_kit.SSHServer, home: Path, mode: str, request: pytest.FixtureRequest
+) -> None:
+    import signal
+    import subprocess
+
+    from conftest import SUPERVISOR
+    from test_server import db_rows, slow_worker, wait_for
+
+    from supervisor.client import Client
+
+    if mode == "container":
+        request.getfixturevalue("sandbox_image")
+    register(server, "box", server.users[0 if mode == "folder" else 1])
+    with scripted(slow_worker(steps=5, delay_s=0.2)) as model:
+
+        async def start_and_kill() -> str:
+            client = await Client.connect(home)
+            run_id = (await client.call("run.start", task="w", host="box"))["run_id"]
+            await wait_for(lambda: len(model.requests) >= 3, timeout=60, what="a few steps")
+            os.kill(client.pid, signal.SIGKILL)
+            await wait_for(lambda: not client.connected, what="the disconnect")
+            await client.close()
+            return str(run_id)
+
+        run_id = asyncio.run(start_and_kill())
+        (before,) = db_rows(
+            home, "SELECT sandbox, sandbox_id FROM agents WHERE run_id = ?", (run_id,)
+        )
+        assert before["sandbox"] == "ssh" and before["sandbox_id"].startswith(f"ssh:box:{mode}:")
+        result = subprocess.run(
+            [*SUPERVISOR, "resume", run_id], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode in (0, 2), result.stderr  # 2: the new process resumed it first
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            (run,) = db_rows(home, "SELECT status FROM runs WHERE id = ?", (run_id,))
+            if run["status"] in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert run["status"] == "done"
+        # Re-adopted, not recreated: the same sandbox, with the file written before the crash.
+        (after,) = db_rows(home, "SELECT sandbox_id FROM agents WHERE run_id = ?", (run_id,))
+        assert after["sandbox_id"] == before["sandbox_id"]
+        assert "kept-across-crash" in last_results(model.requests[-1])[-1]
+
+
+@pytest.mark.docker
+async def test_images_on_a_host(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path, sandbox_image: str
+) -> None:
+    """An image the person named but the host lacks: a folder, and the status says why.
+    The default image, when missing, is built on the host from a context streamed there."""
+    import docker
+
+    from supervisor.sandbox.ssh import HostLink, build_image
+
+    register(server, "dock", server.users[1])
+    missing = f"supervisor-sandbox:missing-{os.urandom(3).hex()}"
+    box = SSHSandbox(SandboxSpec(run_id="r", agent_id="img", image=missing), host="dock")
+    await box.start()
+    try:
+        assert box.mode == "folder" and f"image {missing} is not on the host" in box.note
+    finally:
+        await box.destroy()
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {sandbox_image}\nRUN echo built-on-the-host > /tmp/mark\n"
+    )
+    tag = f"svtest-build:{os.urandom(3).hex()}"
+    marker = ""
+    lines: list[str] = []
+    link = HostLink.get(h.get_host("dock"))
+    link.users += 1
+    try:
+        assert await build_image(link, context, tag, lines.append) == ""
+        assert any("Step 2/2" in line or "RUN echo" in line for line in lines)  # progress shown
+        out = docker.from_env().containers.run(tag, ["cat", "/tmp/mark"], remove=True)
+        assert out == b"built-on-the-host\n"
+        marker = f"exit 3 # {tag}"
+        (context / "Dockerfile").write_text(f"FROM {sandbox_image}\nRUN {marker}\n")
+        failed = await build_image(link, context, tag + "x", lines.append)
+        assert failed and "\n" not in failed  # the reason, in one line
+    finally:
+        await link.release()
+        client = docker.from_env()
+        for c in client.containers.list(all=True, filters={"status": "exited"}):
+            if marker in " ".join(c.attrs["Config"].get("Cmd") or []):  # the failed step's
+                c.remove(force=True)
+        client.images.remove(tag, force=True)

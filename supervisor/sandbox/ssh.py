@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -44,6 +45,8 @@ HOST_LABEL = "supervisor.host"  # SandboxSpec.labels key naming the host
 USER = "1000:1000"
 CONTAINER_SINCE_FILE = "/tmp/.supervisor-cmd-start"
 IO_TIMEOUT_S = 600.0
+BUILD_TIMEOUT_S = 1800.0
+MISSING_IMAGE = "missing image"
 
 
 # -- one connection per host
@@ -64,6 +67,8 @@ class HostLink:
         self._channels = asyncio.Semaphore(MAX_CHANNELS)
         self._shells = asyncio.Semaphore(MAX_SHELLS)
         self._beat: asyncio.Task[None] | None = None
+        self._build_lock = asyncio.Lock()
+        self._built: set[str] = set()
         self.users = 0
 
     @classmethod
@@ -134,6 +139,21 @@ class HostLink:
             self._channels.release()
             raise
 
+    async def build_default_image(self, tag: str, progress: Any) -> str:
+        """Build the default sandbox image on the host (once per link, whoever asks);
+        empty on success, else why it could not be built."""
+        async with self._build_lock:
+            if tag in self._built:
+                return ""
+            from supervisor.sandbox.image import sandboxes_dir
+
+            progress(f"host {self.host.name}: building sandbox image {tag} there (minutes)")
+            result = await build_image(self, sandboxes_dir() / "default", tag, progress)
+            if result:
+                return f"image {tag} is not on the host and building it there failed: {result}"
+            self._built.add(tag)
+            return ""
+
     def release_channel(self) -> None:
         self._channels.release()
 
@@ -142,7 +162,7 @@ class HostLink:
         command: str,
         *,
         stdin: bytes | IO[bytes] | None = None,
-        out: IO[bytes] | None = None,
+        out: hosts.Sink | None = None,
         timeout: float = IO_TIMEOUT_S,
     ) -> hosts.Result:
         """A one-off command on its own channel (files, kills, docker)."""
@@ -166,6 +186,55 @@ class HostLink:
         conn, self.conn = self.conn, None
         if conn is not None:
             await asyncio.to_thread(conn.close)
+
+
+class _Lines(io.RawIOBase):
+    """A write-only stream handing each complete line to a callback (build progress)."""
+
+    def __init__(self, line: Any) -> None:
+        self._line = line
+        self._buf = b""
+        self.tail: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._buf += bytes(data)
+        *lines, self._buf = self._buf.split(b"\n")
+        for raw in lines:
+            text = raw.decode(errors="replace").strip()
+            if text:
+                self.tail = [*self.tail[-4:], text]
+                self._line(text)
+        return len(data)
+
+
+async def build_image(link: HostLink, context: Path, tag: str, progress: Any) -> str:
+    """``docker build`` on the host from a local build context streamed through our
+    channel (the host's own architecture; its engine pulls the base image). Empty on
+    success, else the build's last line."""
+    with tempfile.TemporaryFile() as spool:
+        # GNU format: the docker CLI takes a stream starting with a pax header for a
+        # Dockerfile, not a build context.
+        with tarfile.open(fileobj=spool, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            for child in sorted(context.iterdir()):
+                tar.add(child, arcname=child.name)
+        spool.seek(0)
+        lines = _Lines(lambda text: progress(f"host {link.host.name}: {text}"))
+        command = f"docker build -t {shlex.quote(tag)} - 2>&1"
+        result = await link.run(command, stdin=spool, out=lines, timeout=BUILD_TIMEOUT_S)
+    if result.timed_out:
+        return f"no result within {BUILD_TIMEOUT_S:.0f} s"
+    if result.exit_code != 0:
+        return (lines.tail[-1] if lines.tail else f"exit code {result.exit_code}")[:300]
+    return ""
+
+
+def _log(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 class _ChannelShell:
@@ -195,6 +264,10 @@ class _ChannelShell:
         ended = chan.closed or chan.eof_received
         if ended and not (chan.recv_ready() or chan.recv_stderr_ready()):
             self._finish()
+
+    @property
+    def ended(self) -> bool:
+        return self._done or self.chan.closed
 
     def _finish(self) -> None:
         if self._done:
@@ -244,12 +317,14 @@ class SSHSandbox(Sandbox):
         super().__init__(spec)
         self.host_name = host or spec.labels.get(HOST_LABEL, "")
         self._spool_dir = spool_dir
+        self._progress = progress or _log
         self.mode = ""  # container | folder
         self.note = ""  # said to the person: where and how isolated
         self.container = ""  # container id (container mode)
         self.root = ""  # the sandbox folder on the host (folder mode)
         self._link: HostLink | None = None
         self._shell: PersistentShell | None = None
+        self._channel: _ChannelShell | None = None  # the shell's current channel
 
     @property
     def isolated(self) -> bool:  # type: ignore[override]
@@ -341,7 +416,7 @@ class SSHSandbox(Sandbox):
             "timeout 20 docker version --format '{{.Server.Version}}' >/dev/null 2>&1 || "
             "{ echo 'its Docker engine does not answer this user'; exit 0; }; "
             f"timeout 20 docker image inspect {shlex.quote(image)} >/dev/null 2>&1 || "
-            f"{{ echo 'image {image} is not on the host'; exit 0; }}; "
+            f"{{ echo '{MISSING_IMAGE}'; exit 0; }}; "
         )
         if self.spec.gpus:
             script += (
@@ -349,7 +424,12 @@ class SSHSandbox(Sandbox):
                 "| grep -qw nvidia || echo 'its Docker engine has no NVIDIA runtime'"
             )
         result = await link.run(script, timeout=90)
-        return result.stdout.strip()
+        why_not = result.stdout.strip()
+        if why_not.startswith(MISSING_IMAGE):
+            if self.spec.image:  # the person named it: theirs to provide
+                return f"image {image} is not on the host"
+            why_not = await link.build_default_image(image, self._progress)
+        return why_not
 
     def _labels(self) -> dict[str, str]:
         from supervisor.sandbox.docker import LABEL, home_label
@@ -435,6 +515,11 @@ class SSHSandbox(Sandbox):
             f'cd {ws} && exec env -i PATH="$PATH" LANG=C.UTF-8 HOME={home} bash --noprofile --norc'
         )
 
+    def _since_file(self) -> str:
+        # Written before every command: on tmpfs, as rewriting a small file on a disk
+        # filesystem (ext4 flushes a truncated file on close) cost ~3 ms per command.
+        return f"/dev/shm/supervisor-{Path(self.root).name}.since"
+
     def _wrap(self, argv: list[str]) -> str:
         """A one-off command line running ``argv`` where the agent's commands run."""
         if self.mode == "container":
@@ -460,7 +545,7 @@ class SSHSandbox(Sandbox):
                 link.release_channel()
                 link._shells.release()
 
-            shell = _ChannelShell(chan, release)
+            shell = self._channel = _ChannelShell(chan, release)
             if exports:
                 await shell.send(exports.encode())
             return shell
@@ -469,7 +554,7 @@ class SSHSandbox(Sandbox):
             with contextlib.suppress(SandboxError):
                 await link.run(self._wrap(["sh", "-c", script]), timeout=30)
 
-        since = CONTAINER_SINCE_FILE if self.mode == "container" else f"{self.root}/.cmd-start"
+        since = CONTAINER_SINCE_FILE if self.mode == "container" else self._since_file()
         self._shell = PersistentShell(
             f"{self.host_name}-{self.spec.agent_id or 'sandbox'}",
             open_transport,
@@ -490,6 +575,11 @@ class SSHSandbox(Sandbox):
         if not self.mode:
             raise SandboxError("sandbox is not started")
         link = await self._ensure_link()
+        reopened = False
+        if self._shell is not None and self._channel is not None and self._channel.ended:
+            # The connection was lost while the shell was idle: a new one, said so below.
+            await self._shell.close()
+            self._shell, reopened = None, True
         if self._shell is None:
             try:
                 await self._open_shell()
@@ -501,6 +591,12 @@ class SSHSandbox(Sandbox):
         if result.exit_code == -1 and not result.timed_out and link.lost_reason:
             # The connection died under the command: say so; the next command reconnects.
             raise SandboxError(f"{link.lost_reason}; the command's outcome is unknown")
+        if reopened:
+            note = (
+                f"[the connection to host {self.host_name} was lost and made again; "
+                "cwd and variables were reset]\n"
+            )
+            result = dataclasses.replace(result, stderr=note + result.stderr)
         return result
 
     async def _check_exists(self, link: HostLink) -> None:
@@ -538,7 +634,8 @@ class SSHSandbox(Sandbox):
                     timeout=120,
                 )
             elif self.root:
-                await link.run(f"rm -rf -- {shlex.quote(self.root)}", timeout=300)
+                paths = shlex.join([self.root, self._since_file()])
+                await link.run(f"rm -rf -- {paths}", timeout=300)
         if self._link is not None:
             link, self._link = self._link, None
             await link.release()

@@ -86,6 +86,7 @@ class SupervisorApp(App[int]):
         Binding("n", "new_agent", "New"),
         Binding("R", "run_recipe", "Recipe"),
         Binding("h", "history", "History"),
+        Binding("H", "hosts", "Hosts", show=False),  # in the palette; the footer is full
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort"),
         Binding("m", "message", "Message"),
@@ -696,11 +697,17 @@ class SupervisorApp(App[int]):
         """Start agents on a task."""
         from supervisor.tui.screens.dialogs import NewAgentScreen
 
+        hosts = (
+            tuple(r["name"] for r in self.client.query("SELECT name FROM hosts ORDER BY name"))
+            if self.client is not None
+            else ()
+        )
         self.push_screen(
             NewAgentScreen(
                 self._submit,
                 model=str(self.settings.get("model") or ""),
                 sandbox=str(self.settings.get("sandbox.backend") or "docker"),
+                hosts=hosts,
             ),
             self._started,
         )
@@ -726,6 +733,15 @@ class SupervisorApp(App[int]):
             self.notify("Not connected to the supervisor server.", severity="error")
             return
         self.push_screen(HistoryScreen(self.client, self.clock()), self._jump)
+
+    def action_hosts(self) -> None:
+        """Remote hosts: reachable, GPUs busy and free, last check."""
+        from supervisor.tui.screens.hosts import HostsScreen
+
+        if self.client is None:
+            self.notify("Not connected to the supervisor server.", severity="error")
+            return
+        self.push_screen(HostsScreen(self.client, self.clock()))
 
     def _jump(self, target: tuple[str, str] | None) -> None:
         """Show the agent (or run) chosen in the history screen."""

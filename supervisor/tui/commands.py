@@ -11,6 +11,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("New agent", "Start agents on a task (n)", "new_agent"),
     ("Run recipe", "Start a recipe run (R)", "run_recipe"),
     ("History", "Every run, and search over every transcript (h)", "history"),
+    ("Hosts", "Remote hosts: reachable, GPUs busy and free, last check (H)", "hosts"),
     ("Message agent", "Write to the selected agent (m)", "message"),
     ("Approve", "Approve the tool call the agent waits on (y)", "approve('approve')"),
     ("Deny", "Deny the tool call the agent waits on (d)", "approve('deny')"),

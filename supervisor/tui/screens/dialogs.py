@@ -79,10 +79,18 @@ class Dialog(ModalScreen[str | None]):
 class NewAgentScreen(Dialog):
     """A task for one or more new agents."""
 
-    def __init__(self, submit: Submit, *, model: str = "", sandbox: str = "docker") -> None:
+    def __init__(
+        self,
+        submit: Submit,
+        *,
+        model: str = "",
+        sandbox: str = "docker",
+        hosts: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(submit)
         self.default_model = model
         self.default_sandbox = sandbox if sandbox in ("docker", "local") else "docker"
+        self.hosts = hosts  # registered remote hosts, offered as "host: NAME" sandboxes
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="new-agent"):
@@ -98,7 +106,8 @@ class NewAgentScreen(Dialog):
                     with Vertical():
                         yield Label("Sandbox")
                         yield Select(
-                            [("docker", "docker"), ("local", "local")],
+                            [("docker", "docker"), ("local", "local")]
+                            + [(f"host: {h}", f"host:{h}") for h in self.hosts],
                             value=self.default_sandbox,
                             allow_blank=False,
                             id="sandbox",
@@ -142,12 +151,14 @@ class NewAgentScreen(Dialog):
             if not path.is_dir():
                 raise ValueError(f"No folder {path} (the workspace must be a folder).")
             workspace = str(path)
-        sandbox = self.query_one("#sandbox", Select).value
+        sandbox = str(self.query_one("#sandbox", Select).value)
+        host = sandbox.removeprefix("host:") if sandbox.startswith("host:") else ""
         return "run.start", {
             "task": task,
             "model": self.query_one("#model", Input).value.strip(),
             "workspace": workspace,
-            "sandbox": str(sandbox),
+            "sandbox": "" if host else sandbox,
+            "host": host,
             "agents": count,
             "network": self.query_one("#network", Checkbox).value,
         }
