@@ -42,6 +42,9 @@ class EventType(StrEnum):
     METRIC = "metric"
     PLUGIN_ERROR = "plugin.error"
     LOG = "log"
+    # A deploy operation (supervisor.deploy): data has op, target, host, phase
+    # (start | progress | warning | done | failed) and, when done, changed and summary.
+    DEPLOY = "deploy"
 
 
 CATALOGUE: dict[str, tuple[str, dict[str, str]]] = {

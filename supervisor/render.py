@@ -98,6 +98,10 @@ class Printer:
             return event.text if event else ""
         if t == EventType.LOG:
             return click.style(f"· {event.text if event else ''}", dim=True)
+        if t == EventType.DEPLOY:
+            return click.style(
+                f"⇡ {event.text if event else ''}", fg="red" if d.get("error") else None
+            )
         if t == EventType.NOTE_WRITTEN:
             return click.style(f"✎ note ({d.get('scope')}): ", dim=True) + (
                 event.text[:160] if event else ""
