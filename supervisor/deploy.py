@@ -36,7 +36,7 @@ one, ``sudo -n`` is used and a sudo that wants a password is reported as such.
 
 Events: pass ``emit`` (any callable taking an :class:`~supervisor.events.Event`) to have
 each operation's start, progress and outcome recorded; in a recipe step that is
-``emit=lambda e: ctx.engine.emit(e.type, None, e.data, e.text, run_id=ctx.run_id)``.
+``emit=lambda e: ctx.events.emit(e.type, e.data, e.text)``.
 Without it the API works the same, silently. Secrets (the sudo password, a service's
 environment values under secret-looking names, credentials in an index URL, anything
 shaped like a token) are redacted first.

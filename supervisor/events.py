@@ -40,11 +40,9 @@ class EventType(StrEnum):
     STEP = "step"
     PROGRESS = "progress"
     METRIC = "metric"
+    DEPLOY = "deploy"
     PLUGIN_ERROR = "plugin.error"
     LOG = "log"
-    # A deploy operation (supervisor.deploy): data has op, target, host, phase
-    # (start | progress | warning | done | failed) and, when done, changed and summary.
-    DEPLOY = "deploy"
 
 
 CATALOGUE: dict[str, tuple[str, dict[str, str]]] = {
@@ -127,6 +125,19 @@ CATALOGUE: dict[str, tuple[str, dict[str, str]]] = {
     "metric": (
         "one value of a named series (the TUI's Info tab draws it)",
         {"name": "str", "value": "float", "labels": "dict"},
+    ),
+    "deploy": (
+        "a deploy operation on a host (upload, packages, service, health wait, logs)",
+        {
+            "op": "str",
+            "target": "what it acted on",
+            "host": "str",
+            "phase": "start|progress|warning|done|failed",
+            "changed": "bool (done)",
+            "summary": "str (done)",
+            "manager": "systemd|user|fallback (services)",
+            "dry_run": "bool",
+        },
     ),
     "plugin.error": (
         "a plugin raised inside a hook; the run went on without it",

@@ -13,7 +13,7 @@ from conftest import REPO
 import supervisor
 
 PACKAGE = REPO / "supervisor"
-PUBLIC = {"supervisor"}
+PUBLIC = {"supervisor", "supervisor.deploy"}  # the deploy API is a documented submodule
 
 
 def module_name(path: Path) -> str:
@@ -49,7 +49,8 @@ def test_the_plugin_lint_rule_covers_every_internal_module() -> None:
         for p in PACKAGE.iterdir()
         if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()
     }
-    assert internal - banned == set(), "add these to plugins/ruff.toml's banned-api"
+    assert internal - PUBLIC - banned == set(), "add these to plugins/ruff.toml's banned-api"
+    assert not PUBLIC & banned
     assert "textual" in banned
 
 
