@@ -38,7 +38,7 @@ from supervisor_autoresearch.spec import Spec, load
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from supervisor import Sandbox, StepContext
+    from supervisor import GpuSlots, Sandbox, StepContext
 
 # The repository's examples/ in a checkout; the copy inside the package when installed.
 _HERE = Path(__file__).resolve().parent
@@ -61,20 +61,22 @@ def example_target() -> Path:
 
 class SlotPool:
     """Exclusive slots for experiments: ``CUDA_VISIBLE_DEVICES`` values or ``taskset`` core
-    lists, handed out one experiment at a time."""
+    lists, handed out one experiment at a time. GPUs come from the engine's GPU slots
+    (``ctx.gpu_slots``), which every agent and recipe of the supervisor process shares, so
+    an experiment never shares its GPU with anyone's work."""
 
-    def __init__(self, slots: list[str], kind: str) -> None:
+    def __init__(self, slots: list[str], kind: str, gpus: GpuSlots | None = None) -> None:
         self.kind = kind  # gpu | cpu
+        self._gpus = gpus
         self._free: asyncio.Queue[str] = asyncio.Queue()
         for slot in slots:
             self._free.put_nowait(slot)
         self.slots = slots
 
     @classmethod
-    def detect(cls, loops: int, cores_per_slot: int = 0) -> SlotPool:
-        gpus = _gpus()
-        if gpus:
-            return cls(gpus, "gpu")
+    def detect(cls, loops: int, cores_per_slot: int = 0, gpus: GpuSlots | None = None) -> SlotPool:
+        if gpus is not None and gpus.devices:
+            return cls(list(gpus.devices), "gpu", gpus)
         cpus = sorted(os.sched_getaffinity(0))
         per = cores_per_slot or max(1, len(cpus) // max(loops, 1))
         groups = [cpus[i : i + per] for i in range(0, len(cpus) - per + 1, per)] or [cpus]
@@ -82,6 +84,10 @@ class SlotPool:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[str]:
+        if self._gpus is not None:
+            async with self._gpus.hold(f"autoresearch-{id(self)}-{os.urandom(2).hex()}") as got:
+                yield got[0]
+            return
         slot = await self._free.get()
         try:
             yield slot
@@ -97,21 +103,6 @@ class SlotPool:
         n = len(slot.split(","))
         threads = f"env OMP_NUM_THREADS={n} OPENBLAS_NUM_THREADS={n} MKL_NUM_THREADS={n}"
         return f"{threads} taskset -c {slot} {command}"
-
-
-def _gpus() -> list[str]:
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 # -- shared state
@@ -321,7 +312,7 @@ async def run_loops(ctx: StepContext) -> dict[str, Any]:
     """N loops in parallel until a limit; each builds on the best any of them found."""
     board = load_board(ctx)
     agents = max(1, int(ctx.params.get("agents") or 1))
-    pool = SlotPool.detect(agents, int(ctx.params.get("cores_per_slot") or 0))
+    pool = SlotPool.detect(agents, int(ctx.params.get("cores_per_slot") or 0), ctx.gpu_slots)
     ctx.emit(f"{agents} loop(s), {len(pool.slots)} {pool.kind} slot(s): {pool.slots}")
     ctx.emit(board.noise.describe(board.spec.metric_name))
     image = await _environment(ctx, board.spec)
@@ -431,6 +422,8 @@ class Loop:
             labels={"scope": self.board.target},
             backend=str(self.ctx.params.get("sandbox") or ""),
             image=self.image,
+            # The loop's sandbox sees every GPU; each experiment runs on the one it holds.
+            gpus=self.pool.slots if self.pool.kind == "gpu" else None,
         )
         await self.sandbox.start()
         await self._sh(f"git checkout -q -B {self.branch}")
