@@ -169,7 +169,8 @@ def config_show(as_json: bool) -> None:
         click.echo(f"{key} = {json.dumps(loaded.values[key])}  # {loaded.sources[key]}")
 
 
-@config.command("set")
+# A negative number is a value to check (and refuse in words), not an unknown option.
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 def config_set(key: str, value: str) -> None:
@@ -331,6 +332,16 @@ def agent_apply(name: str, repo: Path | None, as_patch: bool) -> None:
 # -- agents at work
 
 
+def _bounded(param: click.Parameter, value: Any, low: float) -> Any:
+    """A limit given on the command line that would switch itself off is refused."""
+    from supervisor.config import between
+
+    problem = between(low)(value)
+    if problem:
+        raise click.BadParameter(f"must be {problem}, got {value!r}", param=param)
+    return value
+
+
 def _open_store() -> Any:
     from supervisor.store import open_default
 
@@ -355,8 +366,20 @@ def _open_store() -> Any:
     help="How many agents work the task in parallel.",
 )
 @click.option("--network", is_flag=True, help="Give the sandboxes network access.")
-@click.option("--max-cost", type=float, default=0.0, help="Spend limit for this run, USD.")
-@click.option("--max-steps", type=int, default=0, help="Step limit per agent.")
+@click.option(
+    "--max-cost",
+    type=float,
+    default=0.0,
+    callback=lambda ctx, param, value: _bounded(param, value, 0),
+    help="Spend limit for this run, USD (0: the budget.run_usd setting).",
+)
+@click.option(
+    "--max-steps",
+    type=int,
+    default=0,
+    callback=lambda ctx, param, value: _bounded(param, value, 0),
+    help="Step limit per agent (0: the agent.max_steps setting).",
+)
 @click.option("--keep-sandboxes", is_flag=True, help="Keep sandboxes after the run ends.")
 @click.option(
     "--foreground",

@@ -522,6 +522,15 @@ class Server:
             raise InputError(f"bad run options: {exc}") from None
         if not 1 <= options.agents <= 1000:
             raise InputError("agents must be between 1 and 1000")
+        from supervisor.config import between
+
+        for name, value in (
+            ("max_cost_usd", options.max_cost_usd),
+            ("max_steps", options.max_steps),
+        ):
+            problem = between(0)(value)
+            if problem:
+                raise InputError(f"{name} must be {problem}, got {value!r}")
         run_id = await self.engine.start_run(options)
         return {"run_id": run_id}
 
