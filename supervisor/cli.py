@@ -17,12 +17,32 @@ from supervisor import __version__
 from supervisor.errors import InputError, SupervisorError
 
 
+def _usage_error(exc: click.UsageError) -> None:
+    """Bad arguments, said in one line (click's usage block buries the reason)."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # a bare group: its help
+        exc.show()
+        return
+    message = " ".join(exc.format_message().split())
+    where = exc.ctx.command_path if exc.ctx is not None else "supervisor"
+    click.echo(f"error: {message} (see `{where} --help`)", err=True)
+
+
 class Group(click.Group):
     """A click group that turns expected errors into one line and exit code 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_error(exc)
+            ctx.exit(2)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's arguments, or an unknown command
+            _usage_error(exc)
+            ctx.exit(2)
         except InputError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)

@@ -289,6 +289,9 @@ def start_server(data_dir: Path) -> int:
     """Start a detached server for ``data_dir`` and wait until it answers; its pid."""
     import socket as socketlib
 
+    from supervisor.server import preflight
+
+    preflight(data_dir)
     log = log_path(data_dir)
     env = dict(os.environ)
     if data_dir != config.data_dir():
@@ -313,6 +316,8 @@ def start_server(data_dir: Path) -> int:
             if pid:  # another client started one at the same moment: use it
                 return pid
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            if code == 2:  # the person's to fix, and the server said why in one line
+                raise InputError(tail[0].removeprefix("error: "))
             raise SupervisorError(f"the supervisor server failed to start: {tail[0]}")
         with socketlib.socket(socketlib.AF_UNIX) as probe:
             try:

@@ -657,9 +657,22 @@ def log(line: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
 
 
+def preflight(data_dir: Path) -> None:
+    """Refuse, before a file is written beside them, settings or a database a supervisor
+    process could not use: the person hears the reason, not that the process died."""
+    from supervisor import config
+    from supervisor.store import check_file, inspect_existing
+
+    config.load()
+    database = data_dir / "supervisor.db"
+    check_file(database)
+    inspect_existing(database)
+
+
 def serve(data_dir: Path) -> int:
     """Run a server in this process until stopped (``supervisor server start --foreground``)."""
     try:
+        preflight(data_dir)
         return asyncio.run(Server(data_dir).main())
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

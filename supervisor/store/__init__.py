@@ -150,6 +150,8 @@ class Store:
         """Open (creating and migrating if needed) the database at ``path``."""
         store = cls(path)
         check_file(store.path)
+        # A file refused here must not get a lock file (or anything else) beside it.
+        inspect_existing(store.path)
         # Two processes opening a new database at once (the CLI beside a running engine)
         # would both see the migrations pending, and the WAL switch does not wait for a
         # busy lock: one process at a time inspects and migrates.
