@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from supervisor.events import Event, EventType
+from supervisor.events import Event, EventType, exit_code
 from supervisor.models import Completion, ContextOverflow, ModelError, RetryInfo, ToolCallOut
 from supervisor.types import Tool, ToolCall
 
@@ -374,6 +374,8 @@ class Agent:
                 "tool": call.name,
                 "id": call.id,
                 "error": error,
+                # The shell's outcome, so a failed command never shows as a success.
+                "exit_code": exit_code(text) if call.name == "shell" and not error else None,
                 "duration_s": round(time.perf_counter() - started, 4),
             },
             # Whole (already cut to MAX_TOOL_OUTPUT): a restarted agent replays it.

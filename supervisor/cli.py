@@ -798,7 +798,7 @@ def logs(agent: str, follow: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["md", "jsonl"]), default="md")
 def transcript(agent: str, fmt: str) -> None:
     """AGENT's whole transcript, as Markdown or JSON lines (one event a line)."""
-    from supervisor.events import EventType
+    from supervisor.events import EventType, tool_failed
 
     store = _open_store()
     try:
@@ -824,6 +824,9 @@ def transcript(agent: str, fmt: str) -> None:
             args = json.dumps(e.data.get("arguments", {}), indent=2)
             click.echo(f"**→ {e.data.get('tool')}**\n\n```json\n{args}\n```\n")
         elif e.type == EventType.TOOL_FINISHED and e.text:
+            if tool_failed(e):
+                code = e.data.get("exit_code")
+                click.echo("**✗ failed" + (f" (exit code {code})" if code else "") + "**\n")
             click.echo(f"```\n{e.text}\n```\n")
         elif e.type in (EventType.HUMAN_ASKED, EventType.HUMAN_ANSWERED):
             who = "Question" if e.type == EventType.HUMAN_ASKED else "Answer"

@@ -56,6 +56,7 @@ class Client:
         self._gone: list[Callable[[], None]] = []
         self._db: sqlite3.Connection | None = None
         self.connected = True
+        self.bye: dict[str, Any] | None = None  # the server said it stops on purpose
         self._reading = asyncio.get_running_loop().create_task(self._read())
 
     # -- connecting
@@ -148,7 +149,9 @@ class Client:
                 if not line:
                     break
                 message = json.loads(line)
-                if "events" in message:
+                if "bye" in message:
+                    self.bye = dict(message["bye"] or {})
+                elif "events" in message:
                     events = [Event(**e) for e in message["events"]]
                     for fn in list(self._listeners):
                         fn(events)

@@ -250,6 +250,11 @@ def ensure_data_dir(environ: Mapping[str, str] | None = None) -> Path:
         raise ConfigError(f"data directory {path} cannot be created: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"data directory {path} is not writable")
+    # mkdir leaves an existing folder (SUPERVISOR_HOME made beforehand) as it was: the
+    # data directory is owner-only all the same, as documented.
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(0o700)
     return path
 
 
@@ -357,7 +362,10 @@ def write_file(path: Path, values: Mapping[str, Any]) -> None:
         node[leaf] = values[key]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(nested), encoding="utf-8")
+    # Owner-only from the first byte: the file names endpoints and key variables.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(tomli_w.dumps(nested))
     os.replace(tmp, path)
 
 

@@ -14,6 +14,9 @@ Protocol, version 1 — one JSON object per line, UTF-8, in both directions:
     A command. The answer carries the same id: ``{"id": 7, "ok": true, "result": ...}`` or
     ``{"id": 7, "ok": false, "error": "one line", "code": "input" | "busy" | "error"}``.
     ``input`` is the person's to fix (exit code 2 in the CLI).
+``{"bye": {"reason": "stopped", "pid": ...}}``
+    Sent to every client when the server stops on purpose (``supervisor server stop``, a
+    signal), just before it closes the socket; a connection that ends without it was lost.
 ``{"events": [event, ...]}``
     Pushed after ``subscribe``: committed events (``id, ts, run_id, agent_id, type, data,
     text``) in id order — first those after the client's ``after`` id, read from SQLite,
@@ -237,6 +240,12 @@ class Server:
         finally:
             log("stopping: interrupting active runs (they resume when it starts again)")
             server.close()
+            # Clients hear that this was a deliberate stop, not a crash, before the socket
+            # closes (the TUI then says "stopped" instead of "lost").
+            for conn in list(self.conns):
+                conn.send({"bye": {"reason": "stopped", "pid": os.getpid()}})
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._drained(), 1)
             for conn in list(self.conns):
                 conn.closed = True
                 conn.writer.close()
@@ -249,6 +258,14 @@ class Server:
                 self.socket.unlink()
             log("stopped")
         return 0
+
+    async def _drained(self) -> None:
+        """Wait until every client's outgoing messages are written."""
+        while any(conn.outbox and not conn.closed for conn in self.conns):
+            await asyncio.sleep(0.01)
+        for conn in list(self.conns):
+            with contextlib.suppress(ConnectionError, OSError):
+                await conn.writer.drain()
 
     async def _recover(self) -> None:
         """Take up what a dead server left: interrupted runs resume (a few times at most)."""

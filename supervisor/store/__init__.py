@@ -402,6 +402,11 @@ def open_default() -> Store:
     from supervisor import config
 
     directory = config.ensure_data_dir()
-    store = Store.open(directory / "supervisor.db")
+    path = directory / "supervisor.db"
+    # Created owner-only before SQLite opens it: SQLite gives its -wal and -shm files the
+    # database file's permissions.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    store = Store.open(path)
     os.chmod(store.path, 0o600)
     return store

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 FLUSH_HZ = 15
 RECONNECT_S = 1.0
 FOLLOW_S = 15.0  # how long a new run's first agent is waited for, to move the cursor to it
+STOPPED_BANNER = (
+    "■ The supervisor server was stopped (its running agents were interrupted; they resume "
+    "when it starts again)."
+)
 NEWLINE = "↵"  # how a pasted line break shows in the one-line message input
 
 
@@ -123,6 +127,7 @@ class SupervisorApp(App[int]):
         self._follow: tuple[str, float] | None = None
         self._notes_timer: Timer | None = None
         self._watched: str | None = None
+        self.server_stopped = False  # it said goodbye: a deliberate stop, not a crash
 
     # -- layout and life
 
@@ -168,11 +173,18 @@ class SupervisorApp(App[int]):
                 break
             except Exception as exc:  # any failure: say so and keep trying
                 attempt += 1
-                lost = "lost" if self.loaded else "not reached"
-                banner.update(
-                    f"⚠ The supervisor server is {lost}: {exc} — retrying every "
-                    f"{RECONNECT_S:g}s (attempt {attempt}). Agents keep running in the server."
-                )
+                if self.server_stopped:
+                    banner.update(
+                        f"{STOPPED_BANNER} Waiting for it to start again "
+                        f"(`supervisor server start`; attempt {attempt})."
+                    )
+                else:
+                    lost = "lost" if self.loaded else "not reached"
+                    banner.update(
+                        f"⚠ The supervisor server is {lost}: {exc} — retrying every "
+                        f"{RECONNECT_S:g}s (attempt {attempt}). Agents keep running in the "
+                        "server."
+                    )
                 banner.display = True
                 await asyncio.sleep(RECONNECT_S)
         try:
@@ -202,6 +214,7 @@ class SupervisorApp(App[int]):
         except SupervisorError:
             return  # it went away again: _lost() has started the next attempt
         banner.display = False
+        self.server_stopped = False
         self._show_fleet()
         if self.selected is None or not self._select(self.selected):
             first = next((k for k in self.query_one(FleetTable).order if k in fleet.agents), None)
@@ -217,10 +230,14 @@ class SupervisorApp(App[int]):
             return
         self.client = None
         banner = self.query_one(Banner)
-        banner.update(
-            "⚠ Connection to the supervisor server lost — reconnecting… "
-            "(agents keep running in the server; q quits)"
-        )
+        self.server_stopped = client.bye is not None
+        if self.server_stopped:
+            banner.update(f"{STOPPED_BANNER} q quits.")
+        else:
+            banner.update(
+                "⚠ Connection to the supervisor server lost — reconnecting… "
+                "(agents keep running in the server; q quits)"
+            )
         banner.display = True
         self.connect(start=False)
 

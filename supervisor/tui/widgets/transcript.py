@@ -16,7 +16,7 @@ from textual.containers import VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Collapsible, Static
 
-from supervisor.events import Event
+from supervisor.events import Event, tool_failed
 
 SHOWN_ITEMS = 40  # items mounted when an agent is selected
 KEPT_ITEMS = 120  # items kept while it streams, before the oldest are dropped
@@ -72,9 +72,10 @@ class ToolCall(Collapsible):
             self.output.update(Text(f"refused by policy ({data['denied']})", style="red"))
             self.title = self.title + "  ✗ refused"
             return
-        style = "red" if data.get("error") else ""
-        self.output.update(Text(text or "(no output)", style=style))
-        mark = "✗" if data.get("error") else "✓"
+        failed = tool_failed(event)
+        self.output.update(Text(text or "(no output)", style="red" if failed else ""))
+        code = data.get("exit_code")
+        mark = ("✗" + (f" exit {code}" if code else "")) if failed else "✓"
         self.title = f"{self.title}  {mark} {float(data.get('duration_s') or 0):.1f}s"
 
 
