@@ -281,7 +281,7 @@ def sandbox_shell(agent: str) -> None:
     from supervisor.sandbox.docker import DockerSandbox
     from supervisor.sandbox.manager import find_agent_sandbox
 
-    box = find_agent_sandbox(agent)
+    box = find_agent_sandbox(_agent_key(agent))
     if isinstance(box, DockerSandbox):
         flags = ["-it"] if sys.stdin.isatty() else ["-i"]
         os.execvp(
@@ -317,7 +317,7 @@ def agent_diff(name: str) -> None:
     from supervisor.sandbox.manager import find_agent_sandbox
     from supervisor.sandbox.workspace import diff
 
-    click.echo(asyncio.run(diff(find_agent_sandbox(name))), nl=False)
+    click.echo(asyncio.run(diff(find_agent_sandbox(_agent_key(name)))), nl=False)
 
 
 @agent.command("apply")
@@ -344,8 +344,9 @@ def agent_apply(name: str, repo: Path | None, as_patch: bool) -> None:
     from supervisor.sandbox.manager import find_agent_sandbox, run_workspace
     from supervisor.sandbox.workspace import apply
 
-    target = repo or run_workspace(name)
-    message = asyncio.run(apply(find_agent_sandbox(name), target, as_patch=as_patch))
+    key = _agent_key(name)
+    target = repo or run_workspace(key)
+    message = asyncio.run(apply(find_agent_sandbox(key), target, as_patch=as_patch))
     click.echo(message)
 
 
@@ -700,15 +701,37 @@ def _send_answer(agent: str, text: str) -> None:
 
 
 def _find_agent_row(store: Any, key: str) -> dict[str, Any]:
-    rows = list(
-        store.db.query(
-            "SELECT * FROM agents WHERE id = ? OR name = ? ORDER BY created_at DESC LIMIT 1",
-            [key, key],
-        )
-    )
+    """The agent with id ``key``, or the one agent named ``key``; a name several agents
+    share is refused with their ids (picking one silently shows the wrong agent's work)."""
+    rows = [dict(r) for r in store.db.query("SELECT * FROM agents WHERE id = ?", [key])]
+    if not rows:
+        rows = [
+            dict(r)
+            for r in store.db.query(
+                "SELECT * FROM agents WHERE name = ? ORDER BY created_at DESC", [key]
+            )
+        ]
     if not rows:
         raise InputError(f"no agent {key!r} (see `supervisor agents ls`)")
-    return dict(rows[0])
+    if len(rows) > 1:
+        shown = ", ".join(f"{r['id']} (run {r['run_id']}, {r['status']})" for r in rows[:8])
+        more = f" and {len(rows) - 8} more" if len(rows) > 8 else ""
+        raise InputError(f"{len(rows)} agents are named {key!r}; name one by its id: {shown}{more}")
+    return rows[0]
+
+
+def _agent_key(key: str) -> str:
+    """An agent's id for ``key`` (an id or an unambiguous name); other keys (a container
+    name) pass through unchanged."""
+    store = _open_store()
+    try:
+        return str(_find_agent_row(store, key)["id"])
+    except InputError as exc:
+        if str(exc).startswith("no agent"):
+            return key
+        raise
+    finally:
+        store.close()
 
 
 @cli.group()
@@ -741,19 +764,21 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
     children: dict[str | None, list[dict[str, Any]]] = {}
     for r in rows:
         children.setdefault(r["parent_id"], []).append(r)
+    idw = max(len(r["id"]) for r in rows)
     click.echo(
-        f"{'AGENT':28} {'RUN':12} {'STATUS':9} {'STEPS':>5} {'TOKENS':>8} {'COST':>9} "
-        f"{'AGE':>6}  DOING"
+        f"{'AGENT':24} {'ID':{idw}} {'RUN':12} {'STATUS':9} {'STEPS':>5} {'TOKENS':>8} "
+        f"{'COST':>9} {'AGE':>6}  DOING"
     )
 
     def show(r: dict[str, Any], depth: int) -> None:
         tokens = (r["input_tokens"] or 0) + (r["output_tokens"] or 0)
         age = _age((r["finished_at"] or time.time()) - r["created_at"])
-        name = ("  " * depth + ("└ " if depth else "") + r["name"])[:28]
+        name = ("  " * depth + ("└ " if depth else "") + r["name"])[:24]
         doing = r["summary"] if r["status"] in ("done", "failed", "stopped") else r["doing"]
         click.echo(
-            f"{name:28} {r['run_id'][:12]:12} {r['status']:9} {r['steps'] or 0:>5} "
-            f"{tokens:>8} ${r['cost_usd'] or 0:>8.4f} {age:>6}  {(doing or '')[:60]}"
+            f"{name:24} {r['id']:{idw}} {r['run_id'][:12]:12} {r['status']:9} "
+            f"{r['steps'] or 0:>5} {tokens:>8} ${r['cost_usd'] or 0:>8.4f} {age:>6}  "
+            f"{(doing or '')[:60]}"
         )
         for child in children.get(r["id"], []):
             show(child, depth + 1)

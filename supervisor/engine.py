@@ -532,10 +532,16 @@ class Engine:
         return [a for a in self.agents.values() if a.parent_id == lead.id]
 
     def find_agent(self, key: str) -> Agent | None:
-        for agent in self.agents.values():
-            if key in (agent.id, agent.name):
-                return agent
-        return None
+        """A live agent by id, or by a name no other live agent has (else bad input)."""
+        if key in self.agents:
+            return self.agents[key]
+        named = [a for a in self.agents.values() if a.name == key]
+        if len(named) > 1:
+            from supervisor.errors import InputError
+
+            ids = ", ".join(f"{a.id} (run {a.run_id})" for a in named[:8])
+            raise InputError(f"{len(named)} agents are named {key!r}; name one by its id: {ids}")
+        return named[0] if named else None
 
     async def wait_agents(self, waiter: Agent, team: list[Agent], timeout: float) -> list[Agent]:
         waiter.set_status("running", f"waiting for {len(team)} agents")

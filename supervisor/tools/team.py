@@ -29,9 +29,18 @@ async def list_agents(ctx: Any) -> str:
 
 
 async def send_message(ctx: Any, agent: str, message: str) -> str:
-    target = ctx.engine.find_agent(agent)
-    if target is None:
-        return f"error: no agent {agent!r}"
+    # Only agents of the sender's own run, and a shared name is not guessed at.
+    found = [
+        a
+        for a in ctx.engine.agents.values()
+        if a.run_id == ctx.agent.run_id and agent in (a.id, a.name)
+    ]
+    if not found:
+        return f"error: no agent {agent!r} in this run"
+    if len(found) > 1:
+        ids = ", ".join(a.id for a in found)
+        return f"error: {len(found)} agents are named {agent!r}; use an id: {ids}"
+    target = found[0]
     target.inbox.put_nowait(f"Message from {ctx.agent.name}: {message}")
     return f"sent to {target.name}"
 
