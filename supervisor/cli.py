@@ -746,6 +746,8 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
     """Every agent: run, status, what it does now, steps, tokens, cost; workers under leads."""
     import time
 
+    from supervisor.system import owner_alive
+
     store = _open_store()
     try:
         where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
@@ -753,8 +755,19 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
             dict(r)
             for r in store.db.query(f"SELECT * FROM agents {where} ORDER BY created_at", args)
         ]
+        owners = {
+            r["id"]: r["owner"]
+            for r in store.db.query("SELECT id, owner FROM runs WHERE status = 'running'")
+        }
     finally:
         store.close()
+    # An agent still marked active whose run's process has died is not running: say so.
+    for r in rows:
+        r["orphaned"] = (
+            r["status"] not in ("done", "failed", "stopped", "interrupted")
+            and r["run_id"] in owners
+            and not owner_alive(owners[r["run_id"]])
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -764,6 +777,12 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
     children: dict[str | None, list[dict[str, Any]]] = {}
     for r in rows:
         children.setdefault(r["parent_id"], []).append(r)
+    resumes = "resumes when it starts again"
+    if any(r["orphaned"] for r in rows):
+        from supervisor import config
+
+        if not config.load()["server.auto_resume"]:
+            resumes = "`supervisor resume {run}`"
     idw = max(len(r["id"]) for r in rows)
     click.echo(
         f"{'AGENT':24} {'ID':{idw}} {'RUN':12} {'STATUS':9} {'STEPS':>5} {'TOKENS':>8} "
@@ -775,8 +794,12 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
         age = _age((r["finished_at"] or time.time()) - r["created_at"])
         name = ("  " * depth + ("└ " if depth else "") + r["name"])[:24]
         doing = r["summary"] if r["status"] in ("done", "failed", "stopped") else r["doing"]
+        status = r["status"]
+        if r["orphaned"]:
+            status = "orphaned"
+            doing = "supervisor process died; " + resumes.format(run=r["run_id"])
         click.echo(
-            f"{name:24} {r['id']:{idw}} {r['run_id'][:12]:12} {r['status']:9} "
+            f"{name:24} {r['id']:{idw}} {r['run_id'][:12]:12} {status:9} "
             f"{r['steps'] or 0:>5} {tokens:>8} ${r['cost_usd'] or 0:>8.4f} {age:>6}  "
             f"{(doing or '')[:60]}"
         )
