@@ -138,6 +138,20 @@ SETTINGS: dict[str, Setting] = {
             "model.stall_timeout_s", float, 60.0, "Abort a stream silent this long.", between(1)
         ),
         Setting(
+            "team.max_depth",
+            int,
+            2,
+            "How deep agents may lead agents (1: workers cannot start workers).",
+            between(1, 10),
+        ),
+        Setting(
+            "team.max_agents",
+            int,
+            16,
+            "Agents that agents of one run may start, in all.",
+            between(0, 1000),
+        ),
+        Setting(
             "server.auto_resume",
             bool,
             True,

@@ -114,6 +114,7 @@ class Engine:
         self._last_seen_event = 0
         self._releasing: set[asyncio.Task[None]] = set()
         self._managed: set[str] = set()
+        self._stopping: set[str] = set()  # runs being stopped: no new agents in them
         self._windows: dict[str, int] = {}
         self._paused: dict[str, asyncio.Event] = {}  # agent id -> set when resumed
         self.kept: set[str] = set()  # agents whose sandbox outlives them
@@ -324,6 +325,7 @@ class Engine:
         model: str | None = None,
         sandbox: str | None = None,
     ) -> Agent:
+        self._check_team(parent)
         spec = self.models.registry.resolve(model) if model else parent.model
         check_usable(spec)
         count = len(self.children(parent)) + 1
@@ -335,6 +337,30 @@ class Engine:
             sandbox or parent.sandbox.backend,
             parent=parent,
         )
+
+    def _check_team(self, parent: Agent) -> None:
+        """Refuse a worker beyond the run's bounds (team.max_depth, team.max_agents), or
+        in a run being stopped: workers that start workers must not grow without end."""
+        from supervisor.errors import InputError
+
+        if parent.run_id in self._stopping:
+            raise InputError("the run is being stopped; no new agents start in it")
+        depth, up = 1, self.agents.get(parent.parent_id or "")
+        while up is not None:
+            depth, up = depth + 1, self.agents.get(up.parent_id or "")
+        max_depth = int(self.settings.get("team.max_depth", 2))
+        if depth > max_depth:
+            raise InputError(
+                f"team depth limit reached (team.max_depth = {max_depth}): "
+                "do this part yourself or hand it back to your lead"
+            )
+        spawned = sum(1 for a in self.agents.values() if a.run_id == parent.run_id and a.parent_id)
+        max_agents = int(self.settings.get("team.max_agents", 16))
+        if spawned >= max_agents:
+            raise InputError(
+                f"team size limit reached ({spawned} agents started by agents in this run; "
+                f"team.max_agents = {max_agents}): use the agents you have"
+            )
 
     async def _start_agent(
         self,
@@ -520,13 +546,23 @@ class Engine:
         return str(row.get("status", "done"))
 
     async def stop_run(self, run_id: str) -> None:
-        for agent_id, task in list(self.tasks.items()):
-            if self.agents[agent_id].run_id == run_id and not task.done():
-                task.cancel()
-        await asyncio.gather(
-            *(t for a, t in self.tasks.items() if self.agents[a].run_id == run_id),
-            return_exceptions=True,
-        )
+        """Stop every agent of the run, those started while it stops included."""
+        self._stopping.add(run_id)
+        try:
+            while live := [
+                t for a, t in self.tasks.items() if self.agents[a].run_id == run_id and not t.done()
+            ]:
+                for task in live:
+                    task.cancel()
+                await asyncio.gather(*live, return_exceptions=True)
+        finally:
+            self._stopping.discard(run_id)
+        # An agent whose task ended before it could say so (cancelled while starting) is
+        # stopped too: nothing of a stopped run stays "starting" or "running".
+        for agent in [a for a in self.agents.values() if a.run_id == run_id]:
+            if agent.status not in ("done", "failed", "stopped", "interrupted"):
+                agent.status = "stopped"
+                self.agent_finished(agent, "stopped")
 
     def children(self, lead: Agent) -> list[Agent]:
         return [a for a in self.agents.values() if a.parent_id == lead.id]
