@@ -115,6 +115,7 @@ class Engine:
         self._releasing: set[asyncio.Task[None]] = set()
         self._managed: set[str] = set()
         self._stopping: set[str] = set()  # runs being stopped: no new agents in them
+        self._settings_stamp: tuple[int, int] = self._config_stamp()
         self._windows: dict[str, int] = {}
         self._paused: dict[str, asyncio.Event] = {}  # agent id -> set when resumed
         self.kept: set[str] = set()  # agents whose sandbox outlives them
@@ -153,8 +154,59 @@ class Engine:
 
     # -- runs and agents
 
+    # Settings a running process cannot take up: they are fixed when it starts.
+    RESTART_SETTINGS = ("model.max_concurrent", "plugins.disabled", "sandbox.pool_size")
+
+    def refresh_settings(self) -> list[str]:
+        """Read the settings file again if it changed since it was last read; returns the
+        keys whose values changed. New runs and agents use the new values; tool-call policy
+        applies to running agents at their next call; what cannot change under agents
+        already running is said in each active run's transcript. Bad settings raise."""
+        if not self._settings_from_config:
+            return []
+        stamp = self._config_stamp()
+        if stamp == self._settings_stamp:
+            return []
+        fresh = config.load().values
+        self._settings_stamp = stamp
+        changed = sorted(
+            k for k in fresh.keys() | self.settings.keys() if fresh.get(k) != self.settings.get(k)
+        )
+        if not changed:
+            return []
+        self.settings = fresh
+        if any(k == "model" or k.startswith("models.") for k in changed):
+            self.models.registry = ModelRegistry.load()
+        self.models.retries = fresh["model.retries"]
+        self.models.stall_timeout_s = fresh["model.stall_timeout_s"]
+        for policy in self._policies.values():
+            policy.ask[:] = fresh["policy.ask"]
+            policy.deny[:] = fresh["policy.deny"]
+        later = [k for k in changed if k in self.RESTART_SETTINGS]
+        note = f"settings changed ({', '.join(changed)}): new agents use them"
+        if any(k.startswith("policy.") for k in changed):
+            note += "; tool-call policy applies from each agent's next call"
+        if any(k.startswith(("sandbox.", "agent.", "model", "budget.agent")) for k in changed):
+            note += "; agents already running keep their sandbox, model and limits"
+        if later:
+            note += f"; {', '.join(later)} apply when the supervisor process restarts"
+        active = {a.run_id for a in self.agents.values() if self.running(a)}
+        for run_id in sorted(active):
+            data = {"settings_changed": changed, "restart_needed": later}
+            self.emit(EventType.LOG, None, data, note, run_id=run_id)
+        return changed
+
+    @staticmethod
+    def _config_stamp() -> tuple[int, int]:
+        try:
+            info = config.config_path().stat()
+        except OSError:
+            return (0, 0)
+        return (info.st_mtime_ns, info.st_size)
+
     async def start_run(self, options: RunOptions) -> str:
         """Create a run and start its agents; returns the run id."""
+        self.refresh_settings()
         model, backend = self._check_options(options)
         run_id = await self.create_run(
             title=options.title or options.task[:200],
@@ -202,6 +254,7 @@ class Engine:
     ) -> str:
         """A new run row. ``managed`` runs (recipes) are finished by their owner, not when
         their agents are."""
+        self.refresh_settings()
         run_id = _new_id("run")
         self.adopt_policy(run_id)
         self._done[run_id] = asyncio.Event()
@@ -326,6 +379,10 @@ class Engine:
         sandbox: str | None = None,
     ) -> Agent:
         self._check_team(parent)
+        from supervisor.errors import InputError
+
+        with contextlib.suppress(InputError):  # bad settings: the worker starts on the old
+            self.refresh_settings()
         spec = self.models.registry.resolve(model) if model else parent.model
         check_usable(spec)
         count = len(self.children(parent)) + 1

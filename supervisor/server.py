@@ -67,6 +67,7 @@ HISTORY_CHUNK = 2_000
 SLOW_CLIENT_EVENTS = 200_000  # a client this far behind is dropped; it reconnects from SQLite
 AUTO_RESUME_MAX = 3  # automatic resumes of one run after crashes, then it waits for a person
 SERVER_NICENESS = 5  # the started-on-demand process runs a little below interactive work
+SETTINGS_POLL_S = 1.0  # how soon a changed settings file reaches running agents' policy
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -234,11 +235,13 @@ class Server:
             os.umask(old_umask)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
+        watcher = self.loop.create_task(self._watch_settings())
         log(f"supervisor server {__version__} (pid {os.getpid()}) on {self.socket}")
         try:
             await self.stopping.wait()
         finally:
             log("stopping: interrupting active runs (they resume when it starts again)")
+            watcher.cancel()
             server.close()
             # Clients hear that this was a deliberate stop, not a crash, before the socket
             # closes (the TUI then says "stopped" instead of "lost").
@@ -258,6 +261,23 @@ class Server:
                 self.socket.unlink()
             log("stopped")
         return 0
+
+    async def _watch_settings(self) -> None:
+        """Take up settings a person changes while this process runs: tool-call policy at
+        once, the rest for new runs and agents (see ``Engine.refresh_settings``)."""
+        said = ""
+        while True:
+            await asyncio.sleep(SETTINGS_POLL_S)
+            try:
+                changed = self.engine.refresh_settings()
+            except InputError as exc:  # said once; new runs are refused with the reason
+                if str(exc) != said:
+                    said = str(exc)
+                    log(f"settings not taken up: {exc}")
+                continue
+            said = ""
+            if changed:
+                log(f"settings changed: {', '.join(changed)}")
 
     async def _drained(self) -> None:
         """Wait until every client's outgoing messages are written."""
