@@ -108,6 +108,11 @@ class SupervisorApp(App[int]):
         ),
     ]
 
+    # The actions of the keys above, by name: they act on the fleet screen only.
+    FLEET_ACTIONS: ClassVar[frozenset[str]] = frozenset(
+        b.action.split("(")[0] for b in BINDINGS if isinstance(b, Binding)
+    )
+
     def __init__(
         self, data_dir: Path | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:
@@ -491,8 +496,10 @@ class SupervisorApp(App[int]):
         """Fleet keys work on the fleet screen only; approval keys only when one waits."""
         if action in ("quit", "command_palette", "change_theme"):
             return True
-        if self.screen is not self.screen_stack[0] and action not in ("focus_fleet",):
-            return False
+        if self.screen is not self.screen_stack[0]:
+            # Over a dialog only the fleet's own keys rest; Tab, Shift+Tab and the other
+            # keys every Textual app has still move through the dialog's fields.
+            return action not in self.FLEET_ACTIONS or action == "focus_fleet"
         if action == "approve":
             agent = self.selected_agent
             return bool(agent and agent.pending and agent.pending.get("kind") == "approval")

@@ -24,6 +24,14 @@ from supervisor.errors import SupervisorError
 Submit = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
+def _form(id: str | None = None) -> VerticalScroll:
+    """The scrolling body of a form: Tab goes from field to field, not to the body (a
+    focused field is scrolled into view)."""
+    form = VerticalScroll(classes="form", id=id)
+    form.can_focus = False
+    return form
+
+
 class Dialog(ModalScreen[str | None]):
     """A form: ctrl+s submits, escape cancels; the result is the new run's id."""
 
@@ -87,7 +95,7 @@ class NewAgentScreen(Dialog):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="new-agent"):
             yield Static("New agent", classes="dialog-title")
-            with VerticalScroll(classes="form"):
+            with _form():
                 yield Label("Task — what the agent should do, in plain English")
                 yield TextArea(id="task", soft_wrap=True)
                 yield Label("Model (empty: the default)")
@@ -166,7 +174,7 @@ class RecipeScreen(Dialog):
             yield Static("Run recipe", classes="dialog-title")
             yield Select[str]([], prompt="choose a recipe", id="recipe")
             yield Static(classes="description")
-            yield VerticalScroll(classes="form", id="params")
+            yield _form(id="params")
             yield Static(classes="error")
             with Horizontal(classes="buttons"):
                 yield Button("Start (ctrl+s)", id="start", variant="primary")
