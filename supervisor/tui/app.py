@@ -86,6 +86,8 @@ class SupervisorApp(App[int]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (70, "-wide")]  # noqa: RUF012 (as textual types it)
     VERTICAL_BREAKPOINTS = [(0, "-short"), (20, "-tall")]  # noqa: RUF012
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "toggle_keys", "Keys"),
+        Binding("f1", "toggle_keys", "Keys", show=False),
         Binding("q", "detach", "Detach"),
         Binding("n", "new_agent", "New"),
         Binding("R", "run_recipe", "Recipe"),
@@ -499,7 +501,7 @@ class SupervisorApp(App[int]):
         if self.screen is not self.screen_stack[0]:
             # Over a dialog only the fleet's own keys rest; Tab, Shift+Tab and the other
             # keys every Textual app has still move through the dialog's fields.
-            return action not in self.FLEET_ACTIONS or action == "focus_fleet"
+            return action not in self.FLEET_ACTIONS or action in ("focus_fleet", "toggle_keys")
         if action == "approve":
             agent = self.selected_agent
             return bool(agent and agent.pending and agent.pending.get("kind") == "approval")
@@ -516,8 +518,18 @@ class SupervisorApp(App[int]):
         self._detaching = True
         self.exit(0)
 
+    def action_toggle_keys(self) -> None:
+        """Show (or hide) the list of keys for what has focus."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
     def action_focus_fleet(self) -> None:
-        """Back to the fleet (and clear a filter being typed)."""
+        """Back to the fleet (and clear a filter being typed, or close the key list)."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+            return
         box = self.query_one("#filter", Input)
         if box.has_focus:
             box.value = ""
@@ -570,6 +582,8 @@ class SupervisorApp(App[int]):
             )
             return
         self._send_message(agent, text, event.value)
+        # Keys typed next are commands again, not more text for the agent.
+        self.query_one(FleetTable).focus()
 
     @work(group="commands", exit_on_error=False)
     async def _send_message(self, agent: AgentInfo, text: str, typed: str) -> None:
@@ -614,7 +628,26 @@ class SupervisorApp(App[int]):
         """Stop the selected agent (or, on a run's row, the whole run)."""
         if self.selected and self.selected.startswith("run:"):
             run_id = self.selected[4:]
-            self._command("run.stop", f"run {run_id}: stopping", run=run_id)
+            run = self.fleet.runs.get(run_id)
+            live = [
+                a
+                for a in self.fleet.children(run_id)
+                if a.status not in ("done", "failed", "stopped", "interrupted")
+            ]
+            from supervisor.tui.screens.dialogs import ConfirmScreen
+
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self._command("run.stop", f"run {run_id}: stopping", run=run_id)
+
+            title = run.title if run is not None else run_id
+            self.push_screen(
+                ConfirmScreen(
+                    f"Stop the whole run “{title}” ({run_id}) and its {len(live)} working "
+                    f"agent{'s' if len(live) != 1 else ''}?"
+                ),
+                confirmed,
+            )
             return
         agent = self._need_agent()
         if agent is not None:

@@ -225,7 +225,11 @@ class RecipeScreen(Dialog):
             default = "" if param.default is None else str(param.default)
             if param.type == "bool":
                 default = "true" if param.default else "false"
-            if param.choices:
+            if param.type == "bool":
+                widgets.append(
+                    Checkbox(name, bool(param.default), id=f"param-{name}", classes="param")
+                )
+            elif param.choices:
                 widgets.append(
                     Select(
                         [(str(c), str(c)) for c in param.choices],
@@ -250,6 +254,43 @@ class RecipeScreen(Dialog):
                 given[name] = widget.value.strip()
             elif isinstance(widget, Select) and isinstance(widget.value, str):
                 given[name] = widget.value
+            elif isinstance(widget, Checkbox):
+                given[name] = "true" if widget.value else "false"
         # Checked here for clear errors, and paths made absolute, before the server sees them.
         values = self.recipe.params(given)
         return "recipe.start", {"path": str(self.recipe.path), "params": self.recipe.texts(values)}
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question before something that cannot be undone: y says yes; n, Escape or
+    Enter (No has focus) say no."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n", "answer(False)", "No"),
+        Binding("escape", "answer(False)", "No", show=False),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="confirm"):
+            yield Static(self.question, classes="dialog-title")
+            with Horizontal(classes="buttons"):
+                yield Button("Yes, stop (y)", id="yes", variant="error")
+                yield Button("No (n / esc)", id="no")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """No is the default: Enter on the focused button keeps the work going."""
+        self.query_one("#no", Button).focus()
+
+    def action_answer(self, yes: bool) -> None:
+        """Close with the answer."""
+        self.dismiss(yes)
+
+    @on(Button.Pressed, "#yes, #no")
+    def pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
