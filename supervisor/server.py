@@ -580,6 +580,9 @@ class Server:
         if not self.engine._row("runs", run_id):
             raise InputError(f"no run {run_id!r}")
         await self.engine.stop_run(run_id)
+        # Answered once every agent's stop is committed: a client reading the database
+        # next sees the run stopped, not agents still "starting".
+        await asyncio.to_thread(self.store.flush)
 
     async def _run_resume(self, conn: _Conn, args: dict[str, Any]) -> dict[str, Any]:
         run_id = str(args.get("run") or "")
