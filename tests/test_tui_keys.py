@@ -166,6 +166,10 @@ async def test_a_long_command_shows_its_clock_and_80x24_keeps_the_numbers(home: 
             agent = await select_agent_of(pilot, app, run_id)
             await until(pilot, lambda: "sleep 4" in agent.doing, "the long command")
             await until(pilot, lambda: re.search(r"\b[23]s shell sl", screen_text(app)), "clock")
+            # The transcript's running call shows its clock too.
+            await until(
+                pilot, lambda: re.search(r"→ shell: sleep 4  ⋯ [23]s", screen_text(app)), "call"
+            )
             lines = screen_text(app).splitlines()
             head = next(ln for ln in lines if "steps" in ln)
             assert "tokens" in head and "cost" in head and "elapsed" in head, head

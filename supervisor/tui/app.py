@@ -311,6 +311,7 @@ class SupervisorApp(App[int]):
             table = self.query_one(FleetTable)
             with self.batch_update():
                 table.refresh_rows(self.fleet, keys, self.clock(), table.depths())
+                self.query_one(DetailPane).transcript.tick(self.clock())
 
     def _alert(self, agents: list[AgentInfo]) -> None:
         """Someone is needed: a notification and the terminal bell."""
