@@ -41,8 +41,8 @@ FLUSH_HZ = 15
 RECONNECT_S = 1.0
 FOLLOW_S = 15.0  # how long a new run's first agent is waited for, to move the cursor to it
 STOPPED_BANNER = (
-    "■ The supervisor server was stopped (its running agents were interrupted; they resume "
-    "when it starts again)."
+    "■ The supervisor server was stopped: runs it was driving are interrupted (r on a run "
+    "resumes it once the server runs again)."
 )
 NEWLINE = "↵"  # how a pasted line break shows in the one-line message input
 
