@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from supervisor.api import AgentInfo, Finished
-from supervisor.events import Event, EventType
+from supervisor.events import Event, EventType, exit_code
 from supervisor.models import Completion, ContextOverflow, ModelError, RetryInfo, ToolCallOut
 from supervisor.status import AgentStatus
 from supervisor.types import Tool, ToolCall
@@ -408,6 +408,8 @@ class Agent:
                 "tool": call.name,
                 "id": call.id,
                 "error": error,
+                # The shell's outcome, so a failed command never shows as a success.
+                "exit_code": exit_code(text) if call.name == "shell" and not error else None,
                 "duration_s": round(time.perf_counter() - started, 4),
             },
             # Whole (already cut to MAX_TOOL_OUTPUT): a restarted agent replays it.

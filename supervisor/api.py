@@ -120,7 +120,8 @@ class Team(Protocol):
     def members(self) -> list[AgentInfo]: ...
 
     def send(self, agent: str, message: str) -> AgentInfo | None:
-        """Put ``message`` in the inbox of the agent named (name or id); None if none."""
+        """Put ``message`` in the inbox of the agent of this run named (name or id); None
+        if none; ``InputError`` if several share the name."""
         ...
 
     async def wait(self, agents: list[str] | None, timeout: float) -> list[AgentInfo]: ...

@@ -17,12 +17,32 @@ from supervisor import __version__
 from supervisor.errors import InputError, SupervisorError
 
 
+def _usage_error(exc: click.UsageError) -> None:
+    """Bad arguments, said in one line (click's usage block buries the reason)."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # a bare group: its help
+        exc.show()
+        return
+    message = " ".join(exc.format_message().split())
+    where = exc.ctx.command_path if exc.ctx is not None else "supervisor"
+    click.echo(f"error: {message} (see `{where} --help`)", err=True)
+
+
 class Group(click.Group):
     """A click group that turns expected errors into one line and exit code 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_error(exc)
+            ctx.exit(2)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's arguments, or an unknown command
+            _usage_error(exc)
+            ctx.exit(2)
         except InputError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
@@ -172,7 +192,8 @@ def config_show(as_json: bool) -> None:
         click.echo(f"{key} = {json.dumps(loaded.values[key])}  # {loaded.sources[key]}")
 
 
-@config.command("set")
+# A negative number is a value to check (and refuse in words), not an unknown option.
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 def config_set(key: str, value: str) -> None:
@@ -265,7 +286,7 @@ def sandbox_shell(agent: str) -> None:
 
     from supervisor.sandbox.manager import find_agent_sandbox
 
-    box = find_agent_sandbox(agent)
+    box = find_agent_sandbox(_agent_key(agent))
     try:
         argv = box.shell_command(tty=sys.stdin.isatty())
     except NotImplementedError as exc:
@@ -324,7 +345,7 @@ def _agent_changes(name: str, use: Any) -> str:
     from supervisor.sandbox.workspace import agent_changes
 
     with tempfile.TemporaryDirectory(prefix="supervisor-review-") as tmp:
-        agent_id, changes = asyncio.run(agent_changes(name, Path(tmp)))
+        agent_id, changes = asyncio.run(agent_changes(_agent_key(name), Path(tmp)))
         return str(use(agent_id, changes))
 
 
@@ -355,7 +376,7 @@ def agent_apply(name: str, repo: Path | None, as_patch: bool, branch: str | None
     from supervisor.sandbox.manager import run_workspace
     from supervisor.sandbox.workspace import apply_changes, check
 
-    target = check(repo or run_workspace(name))
+    target = check(repo or run_workspace(_agent_key(name)))
     click.echo(
         _agent_changes(
             name,
@@ -367,6 +388,16 @@ def agent_apply(name: str, repo: Path | None, as_patch: bool, branch: str | None
 
 
 # -- agents at work
+
+
+def _bounded(param: click.Parameter, value: Any, low: float) -> Any:
+    """A limit given on the command line that would switch itself off is refused."""
+    from supervisor.config import between
+
+    problem = between(low)(value)
+    if problem:
+        raise click.BadParameter(f"must be {problem}, got {value!r}", param=param)
+    return value
 
 
 def _open_store() -> Any:
@@ -394,8 +425,20 @@ def _open_store() -> Any:
     help="How many agents work the task in parallel.",
 )
 @click.option("--network", is_flag=True, help="Give the sandboxes network access.")
-@click.option("--max-cost", type=float, default=0.0, help="Spend limit for this run, USD.")
-@click.option("--max-steps", type=int, default=0, help="Step limit per agent.")
+@click.option(
+    "--max-cost",
+    type=float,
+    default=0.0,
+    callback=lambda ctx, param, value: _bounded(param, value, 0),
+    help="Spend limit for this run, USD (0: the budget.run_usd setting).",
+)
+@click.option(
+    "--max-steps",
+    type=int,
+    default=0,
+    callback=lambda ctx, param, value: _bounded(param, value, 0),
+    help="Step limit per agent (0: the agent.max_steps setting).",
+)
 @click.option("--keep-sandboxes", is_flag=True, help="Keep sandboxes after the run ends.")
 @click.option(
     "--foreground",
@@ -701,15 +744,37 @@ def _server_call(cmd: str, *, start: bool = True, **args: Any) -> Any:
 
 
 def _find_agent_row(store: Any, key: str) -> dict[str, Any]:
-    rows = list(
-        store.db.query(
-            "SELECT * FROM agents WHERE id = ? OR name = ? ORDER BY created_at DESC LIMIT 1",
-            [key, key],
-        )
-    )
+    """The agent with id ``key``, or the one agent named ``key``; a name several agents
+    share is refused with their ids (picking one silently shows the wrong agent's work)."""
+    rows = [dict(r) for r in store.db.query("SELECT * FROM agents WHERE id = ?", [key])]
+    if not rows:
+        rows = [
+            dict(r)
+            for r in store.db.query(
+                "SELECT * FROM agents WHERE name = ? ORDER BY created_at DESC", [key]
+            )
+        ]
     if not rows:
         raise InputError(f"no agent {key!r} (see `supervisor agents ls`)")
-    return dict(rows[0])
+    if len(rows) > 1:
+        shown = ", ".join(f"{r['id']} (run {r['run_id']}, {r['status']})" for r in rows[:8])
+        more = f" and {len(rows) - 8} more" if len(rows) > 8 else ""
+        raise InputError(f"{len(rows)} agents are named {key!r}; name one by its id: {shown}{more}")
+    return rows[0]
+
+
+def _agent_key(key: str) -> str:
+    """An agent's id for ``key`` (an id or an unambiguous name); other keys (a container
+    name) pass through unchanged."""
+    store = _open_store()
+    try:
+        return str(_find_agent_row(store, key)["id"])
+    except InputError as exc:
+        if str(exc).startswith("no agent"):
+            return key
+        raise
+    finally:
+        store.close()
 
 
 @cli.group()
@@ -724,6 +789,8 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
     """Every agent: run, status, what it does now, steps, tokens, cost; workers under leads."""
     import time
 
+    from supervisor.system import owner_alive
+
     store = _open_store()
     try:
         where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
@@ -731,8 +798,19 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
             dict(r)
             for r in store.db.query(f"SELECT * FROM agents {where} ORDER BY created_at", args)
         ]
+        owners = {
+            r["id"]: r["owner"]
+            for r in store.db.query("SELECT id, owner FROM runs WHERE status = 'running'")
+        }
     finally:
         store.close()
+    # An agent still marked active whose run's process has died is not running: say so.
+    for r in rows:
+        r["orphaned"] = (
+            r["status"] not in ("done", "failed", "stopped", "interrupted")
+            and r["run_id"] in owners
+            and not owner_alive(owners[r["run_id"]])
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -742,19 +820,31 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
     children: dict[str | None, list[dict[str, Any]]] = {}
     for r in rows:
         children.setdefault(r["parent_id"], []).append(r)
+    resumes = "resumes when it starts again"
+    if any(r["orphaned"] for r in rows):
+        from supervisor import config
+
+        if not config.load()["server.auto_resume"]:
+            resumes = "`supervisor resume {run}`"
+    idw = max(len(r["id"]) for r in rows)
     click.echo(
-        f"{'AGENT':28} {'RUN':12} {'STATUS':9} {'STEPS':>5} {'TOKENS':>8} {'COST':>9} "
-        f"{'AGE':>6}  DOING"
+        f"{'AGENT':24} {'ID':{idw}} {'RUN':12} {'STATUS':9} {'STEPS':>5} {'TOKENS':>8} "
+        f"{'COST':>9} {'AGE':>6}  DOING"
     )
 
     def show(r: dict[str, Any], depth: int) -> None:
         tokens = (r["input_tokens"] or 0) + (r["output_tokens"] or 0)
         age = _age((r["finished_at"] or time.time()) - r["created_at"])
-        name = ("  " * depth + ("└ " if depth else "") + r["name"])[:28]
+        name = ("  " * depth + ("└ " if depth else "") + r["name"])[:24]
         doing = r["summary"] if r["status"] in ("done", "failed", "stopped") else r["doing"]
+        status = r["status"]
+        if r["orphaned"]:
+            status = "orphaned"
+            doing = "supervisor process died; " + resumes.format(run=r["run_id"])
         click.echo(
-            f"{name:28} {r['run_id'][:12]:12} {r['status']:9} {r['steps'] or 0:>5} "
-            f"{tokens:>8} ${r['cost_usd'] or 0:>8.4f} {age:>6}  {(doing or '')[:60]}"
+            f"{name:24} {r['id']:{idw}} {r['run_id'][:12]:12} {status:9} "
+            f"{r['steps'] or 0:>5} {tokens:>8} ${r['cost_usd'] or 0:>8.4f} {age:>6}  "
+            f"{(doing or '')[:60]}"
         )
         for child in children.get(r["id"], []):
             show(child, depth + 1)
@@ -799,7 +889,7 @@ def logs(agent: str, follow: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["md", "jsonl"]), default="md")
 def transcript(agent: str, fmt: str) -> None:
     """AGENT's whole transcript, as Markdown or JSON lines (one event a line)."""
-    from supervisor.events import EventType
+    from supervisor.events import EventType, tool_failed
 
     store = _open_store()
     try:
@@ -825,6 +915,9 @@ def transcript(agent: str, fmt: str) -> None:
             args = json.dumps(e.data.get("arguments", {}), indent=2)
             click.echo(f"**→ {e.data.get('tool')}**\n\n```json\n{args}\n```\n")
         elif e.type == EventType.TOOL_FINISHED and e.text:
+            if tool_failed(e):
+                code = e.data.get("exit_code")
+                click.echo("**✗ failed" + (f" (exit code {code})" if code else "") + "**\n")
             click.echo(f"```\n{e.text}\n```\n")
         elif e.type in (EventType.HUMAN_ASKED, EventType.HUMAN_ANSWERED):
             who = "Question" if e.type == EventType.HUMAN_ASKED else "Answer"

@@ -58,6 +58,7 @@ class Client:
         self._gone: list[Callable[[], None]] = []
         self._db: sqlite3.Connection | None = None
         self.connected = True
+        self.bye: dict[str, Any] | None = None  # the server said it stops on purpose
         self._reading = asyncio.get_running_loop().create_task(self._read())
 
     # -- connecting
@@ -150,7 +151,9 @@ class Client:
                 if not line:
                     break
                 message = json.loads(line)
-                if "events" in message:
+                if "bye" in message:
+                    self.bye = dict(message["bye"] or {})
+                elif "events" in message:
                     events = [Event(**e) for e in message["events"]]
                     for fn in list(self._listeners):
                         fn(events)
@@ -250,6 +253,9 @@ def start_server(data_dir: Path) -> int:
     """Start a detached server for ``data_dir`` and wait until it answers; its pid."""
     import socket as socketlib
 
+    from supervisor.server import preflight
+
+    preflight(data_dir)
     log = log_path(data_dir)
     env = dict(os.environ)
     if data_dir != config.data_dir():
@@ -274,6 +280,8 @@ def start_server(data_dir: Path) -> int:
             if pid:  # another client started one at the same moment: use it
                 return pid
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            if code == 2:  # the person's to fix, and the server said why in one line
+                raise InputError(tail[0].removeprefix("error: "))
             raise SupervisorError(f"the supervisor server failed to start: {tail[0]}")
         with socketlib.socket(socketlib.AF_UNIX) as probe:
             try:

@@ -16,9 +16,11 @@ the real home.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +30,59 @@ from supervisor.errors import ConfigError
 APP = "supervisor"
 
 
+# A value check: None when the value is acceptable, else what it must be ("at least 1").
+Check = Callable[[Any], "str | None"]
+
+PID_MAX = 4_194_304  # Linux's highest possible pid_max: a larger pids limit means "no limit"
+MEMORY_MIN = 6 * 2**20  # Docker refuses a memory limit below 6 MiB
+_MEMORY = re.compile(r"(?i)^\s*(\d+(?:\.\d+)?)\s*([bkmg]?)b?\s*$")
+
+
+def between(low: float, high: float | None = None) -> Check:
+    """A number from ``low`` to ``high`` (inclusive); NaN and infinity never pass."""
+
+    def check(value: Any) -> str | None:
+        if isinstance(value, float) and not math.isfinite(value):
+            return "a finite number"
+        if value < low or (high is not None and value > high):
+            return (
+                f"from {_num(low)} to {_num(high)}" if high is not None else f"at least {_num(low)}"
+            )
+        return None
+
+    return check
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def memory_bytes(text: str) -> int | None:
+    """Docker's memory syntax (``512m``, ``2g``, ``1.5gb``) in bytes, or None."""
+    match = _MEMORY.match(text)
+    if not match:
+        return None
+    scale = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}[match[2].lower()]
+    return int(float(match[1]) * scale)
+
+
+def _memory(value: Any) -> str | None:
+    size = memory_bytes(value)
+    if size is None:
+        return "a size such as 512m or 2g"
+    return "at least 6m" if size < MEMORY_MIN else None
+
+
 @dataclass(frozen=True)
 class Setting:
-    """One declared setting: its dotted key, type, default and a line of help."""
+    """One declared setting: its dotted key, type, default, a line of help, and the
+    bounds a value must keep (a limit that would switch itself off is refused)."""
 
     key: str
     type: type
     default: Any
     help: str
+    check: Check | None = None
 
     @property
     def env(self) -> str:
@@ -49,14 +96,17 @@ SETTINGS: dict[str, Setting] = {
         Setting("sandbox.backend", str, "docker", "Sandbox backend for new agents."),
         Setting("sandbox.image", str, "", "Sandbox image; empty means the built-in default."),
         Setting("sandbox.build", str, "auto", "Image build: auto, online or offline."),
-        Setting("sandbox.memory", str, "2g", "Memory limit per sandbox (Docker syntax)."),
-        Setting("sandbox.cpus", float, 2.0, "CPU limit per sandbox, in cores."),
-        Setting("sandbox.pids", int, 512, "Process limit per sandbox."),
+        Setting("sandbox.memory", str, "2g", "Memory limit per sandbox (Docker syntax).", _memory),
+        Setting(
+            "sandbox.cpus", float, 2.0, "CPU limit per sandbox, in cores.", between(0.01, 1024)
+        ),
+        Setting("sandbox.pids", int, 512, "Process limit per sandbox.", between(16, PID_MAX)),
         Setting(
             "sandbox.pool_size",
             int,
             2,
             "Ready Docker sandboxes kept warm for new agents, from the first one on (0: none).",
+            between(0, 64),
         ),
         Setting(
             "sandbox.network_host",
@@ -65,16 +115,52 @@ SETTINGS: dict[str, Setting] = {
             "Networked sandboxes may also reach services on this machine.",
         ),
         Setting("sandbox.env_allow", list, [], "Host environment variables passed in."),
-        Setting("budget.daily_usd", float, 0.0, "Fleet spend limit per day (0: none)."),
-        Setting("budget.run_usd", float, 0.0, "Default spend limit per run (0: none)."),
-        Setting("budget.agent_usd", float, 0.0, "Default spend limit per agent (0: none)."),
+        Setting("budget.daily_usd", float, 0.0, "Fleet spend limit per day (0: none).", between(0)),
+        Setting("budget.run_usd", float, 0.0, "Default spend limit per run (0: none).", between(0)),
+        Setting(
+            "budget.agent_usd", float, 0.0, "Default spend limit per agent (0: none).", between(0)
+        ),
         Setting("plugins.disabled", list, [], "Plugin names never to load."),
-        Setting("agent.max_steps", int, 100, "Default step limit per agent."),
-        Setting("agent.max_wall_s", float, 0.0, "Default wall-time limit per agent (0: none)."),
-        Setting("agent.max_tokens", int, 0, "Default token limit per agent (0: none)."),
-        Setting("model.max_concurrent", int, 64, "Model calls in flight at once, all models."),
-        Setting("model.retries", int, 6, "Retries of a failed model call (429, 5xx, stalls)."),
-        Setting("model.stall_timeout_s", float, 60.0, "Abort a stream silent this long."),
+        Setting("agent.max_steps", int, 100, "Default step limit per agent.", between(1)),
+        Setting(
+            "agent.max_wall_s",
+            float,
+            0.0,
+            "Default wall-time limit per agent (0: none).",
+            between(0),
+        ),
+        Setting("agent.max_tokens", int, 0, "Default token limit per agent (0: none).", between(0)),
+        Setting(
+            "model.max_concurrent",
+            int,
+            64,
+            "Model calls in flight at once, all models.",
+            between(1),
+        ),
+        Setting(
+            "model.retries",
+            int,
+            6,
+            "Retries of a failed model call (429, 5xx, stalls).",
+            between(0, 100),
+        ),
+        Setting(
+            "model.stall_timeout_s", float, 60.0, "Abort a stream silent this long.", between(1)
+        ),
+        Setting(
+            "team.max_depth",
+            int,
+            2,
+            "How deep agents may lead agents (1: workers cannot start workers).",
+            between(1, 10),
+        ),
+        Setting(
+            "team.max_agents",
+            int,
+            16,
+            "Agents that agents of one run may start, in all.",
+            between(0, 1000),
+        ),
         Setting(
             "server.auto_resume",
             bool,
@@ -97,18 +183,21 @@ SETTINGS: dict[str, Setting] = {
 }
 
 # Tables of settings keyed by a name the user chooses: `models.<alias>.<field>`.
-TABLES: dict[str, dict[str, tuple[type, str]]] = {
+TABLES: dict[str, dict[str, tuple[type, str, Check | None]]] = {
     "models": {
-        "model": (str, "litellm model string, e.g. hosted_vllm/Qwen3-VL-8B"),
-        "api_base": (str, "base URL of an OpenAI-compatible server"),
-        "api_key_env": (str, "environment variable holding the API key"),
-        "input_per_mtok": (float, "price in USD per million input tokens"),
-        "output_per_mtok": (float, "price in USD per million output tokens"),
-        "context_window": (int, "context window in tokens"),
-        "max_concurrent": (int, "calls in flight at once to this model"),
-        "rpm": (int, "requests per minute to this model"),
+        "model": (str, "litellm model string, e.g. hosted_vllm/Qwen3-VL-8B", None),
+        "api_base": (str, "base URL of an OpenAI-compatible server", None),
+        "api_key_env": (str, "environment variable holding the API key", None),
+        "input_per_mtok": (float, "price in USD per million input tokens", between(0)),
+        "output_per_mtok": (float, "price in USD per million output tokens", between(0)),
+        "context_window": (int, "context window in tokens", between(1)),
+        "max_concurrent": (int, "calls in flight at once to this model", between(1)),
+        "rpm": (int, "requests per minute to this model", between(1)),
     }
 }
+
+# The field of each table entry the others need: an alias without it cannot be used.
+TABLE_REQUIRED = {"models": "model"}
 
 
 def setting_for(key: str) -> Setting | None:
@@ -119,9 +208,26 @@ def setting_for(key: str) -> Setting | None:
     name, _, field_name = rest.rpartition(".")
     fields = TABLES.get(table)
     if fields and name and field_name in fields:
-        t, help_text = fields[field_name]
-        return Setting(key, t, None, help_text)
+        t, help_text, check = fields[field_name]
+        return Setting(key, t, None, help_text, check)
     return None
+
+
+def check_tables(values: Mapping[str, Any], where: str) -> None:
+    """Refuse a table entry missing its required field (``models.x.api_base`` without
+    ``models.x.model`` would make every later run fail)."""
+    entries: dict[tuple[str, str], set[str]] = {}
+    for key in values:
+        table, _, rest = key.partition(".")
+        name, _, field_name = rest.rpartition(".")
+        if table in TABLES and name:
+            entries.setdefault((table, name), set()).add(field_name)
+    for (table, name), fields in sorted(entries.items()):
+        required = TABLE_REQUIRED.get(table)
+        if required and required not in fields:
+            raise ConfigError(
+                f"{where}: {table}.{name} has no {required!r} (set {table}.{name}.{required} first)"
+            )
 
 
 def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -168,6 +274,11 @@ def ensure_data_dir(environ: Mapping[str, str] | None = None) -> Path:
         raise ConfigError(f"data directory {path} cannot be created: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"data directory {path} is not writable")
+    # mkdir leaves an existing folder (SUPERVISOR_HOME made beforehand) as it was: the
+    # data directory is owner-only all the same, as documented.
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(0o700)
     return path
 
 
@@ -185,6 +296,9 @@ def coerce(setting: Setting, value: Any, where: str) -> Any:
             f"{where}: {setting.key} must be {_type_name(t)}, got {_type_name(type(value))} "
             f"{value!r}"
         )
+    problem = setting.check(value) if setting.check else None
+    if problem:
+        raise ConfigError(f"{where}: {setting.key} must be {problem}, got {value!r}")
     return value
 
 
@@ -248,6 +362,7 @@ def read_file(path: Path) -> dict[str, Any]:
         if setting is None:
             raise ConfigError(f"{path}: unknown setting {key!r}{_suggest(key)}")
         values[key] = coerce(setting, value, str(path))
+    check_tables(values, str(path))
     return values
 
 
@@ -271,7 +386,10 @@ def write_file(path: Path, values: Mapping[str, Any]) -> None:
         node[leaf] = values[key]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(nested), encoding="utf-8")
+    # Owner-only from the first byte: the file names endpoints and key variables.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(tomli_w.dumps(nested))
     os.replace(tmp, path)
 
 
@@ -314,6 +432,7 @@ def set_value(key: str, text: str, environ: Mapping[str, str] | None = None) -> 
     path = config_path(environ)
     current = read_file(path)
     current[key] = value
+    check_tables(current, key)
     write_file(path, current)
     return value
 
@@ -327,5 +446,6 @@ def unset_value(key: str, environ: Mapping[str, str] | None = None) -> bool:
     if key not in current:
         return False
     del current[key]
+    check_tables(current, f"unset {key}")
     write_file(path, current)
     return True

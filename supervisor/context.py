@@ -88,9 +88,20 @@ class AgentTeam:
         return [a.info() for a in self._engine.children(self._agent)]
 
     def send(self, agent: str, message: str) -> AgentInfo | None:
-        target = self._engine.find_agent(agent)
-        if target is None:
+        # Only agents of the sender's own run, and a shared name is not guessed at.
+        found = [
+            a
+            for a in self._engine.agents.values()
+            if a.run_id == self._agent.run_id and agent in (a.id, a.name)
+        ]
+        if not found:
             return None
+        if len(found) > 1:
+            from supervisor.errors import InputError
+
+            ids = ", ".join(a.id for a in found)
+            raise InputError(f"{len(found)} agents are named {agent!r}; use an id: {ids}")
+        target = found[0]
         target.inbox.put_nowait(f"Message from {self._agent.name}: {message}")
         return target.info()
 

@@ -120,6 +120,8 @@ class Engine:
         self._releasing: set[asyncio.Task[None]] = set()
         self._wrapups: dict[str, asyncio.Task[None]] = {}  # agent id -> saving its work
         self._managed: set[str] = set()
+        self._stopping: set[str] = set()  # runs being stopped: no new agents in them
+        self._settings_stamp: tuple[int, int] = self._config_stamp()
         self._windows: dict[str, int] = {}
         self._paused: dict[str, asyncio.Event] = {}  # agent id -> set when resumed
         self.kept: set[str] = set()  # agents whose sandbox outlives them
@@ -273,8 +275,59 @@ class Engine:
 
     # -- runs and agents
 
+    # Settings a running process cannot take up: they are fixed when it starts.
+    RESTART_SETTINGS = ("model.max_concurrent", "plugins.disabled", "sandbox.pool_size")
+
+    def refresh_settings(self) -> list[str]:
+        """Read the settings file again if it changed since it was last read; returns the
+        keys whose values changed. New runs and agents use the new values; tool-call policy
+        applies to running agents at their next call; what cannot change under agents
+        already running is said in each active run's transcript. Bad settings raise."""
+        if not self._settings_from_config:
+            return []
+        stamp = self._config_stamp()
+        if stamp == self._settings_stamp:
+            return []
+        fresh = config.load().values
+        self._settings_stamp = stamp
+        changed = sorted(
+            k for k in fresh.keys() | self.settings.keys() if fresh.get(k) != self.settings.get(k)
+        )
+        if not changed:
+            return []
+        self.settings = fresh
+        if any(k == "model" or k.startswith("models.") for k in changed):
+            self.models.registry = ModelRegistry.load()
+        self.models.retries = fresh["model.retries"]
+        self.models.stall_timeout_s = fresh["model.stall_timeout_s"]
+        for policy in self._policies.values():
+            policy.ask[:] = fresh["policy.ask"]
+            policy.deny[:] = fresh["policy.deny"]
+        later = [k for k in changed if k in self.RESTART_SETTINGS]
+        note = f"settings changed ({', '.join(changed)}): new agents use them"
+        if any(k.startswith("policy.") for k in changed):
+            note += "; tool-call policy applies from each agent's next call"
+        if any(k.startswith(("sandbox.", "agent.", "model", "budget.agent")) for k in changed):
+            note += "; agents already running keep their sandbox, model and limits"
+        if later:
+            note += f"; {', '.join(later)} apply when the supervisor process restarts"
+        active = {a.run_id for a in self.agents.values() if self.running(a)}
+        for run_id in sorted(active):
+            data = {"settings_changed": changed, "restart_needed": later}
+            self.emit(EventType.LOG, None, data, note, run_id=run_id)
+        return changed
+
+    @staticmethod
+    def _config_stamp() -> tuple[int, int]:
+        try:
+            info = config.config_path().stat()
+        except OSError:
+            return (0, 0)
+        return (info.st_mtime_ns, info.st_size)
+
     async def start_run(self, options: RunOptions) -> str:
         """Create a run and start its agents; returns the run id."""
+        self.refresh_settings()
         model, backend = self._check_options(options)
         run_id = await self.create_run(
             title=options.title or options.task[:200],
@@ -335,6 +388,7 @@ class Engine:
     ) -> str:
         """A new run row. ``managed`` runs (recipes) are finished by their owner, not when
         their agents are."""
+        self.refresh_settings()
         run_id = _new_id("run")
         self.adopt_policy(run_id)
         self._done[run_id] = asyncio.Event()
@@ -453,6 +507,11 @@ class Engine:
         model: str | None = None,
         sandbox: str | None = None,
     ) -> Agent:
+        self._check_team(parent)
+        from supervisor.errors import InputError
+
+        with contextlib.suppress(InputError):  # bad settings: the worker starts on the old
+            self.refresh_settings()
         spec = self.models.registry.resolve(model) if model else parent.model
         check_usable(spec)
         count = len(self.children(parent)) + 1
@@ -464,6 +523,30 @@ class Engine:
             sandbox or parent.sandbox.backend,
             parent=parent,
         )
+
+    def _check_team(self, parent: Agent) -> None:
+        """Refuse a worker beyond the run's bounds (team.max_depth, team.max_agents), or
+        in a run being stopped: workers that start workers must not grow without end."""
+        from supervisor.errors import InputError
+
+        if parent.run_id in self._stopping:
+            raise InputError("the run is being stopped; no new agents start in it")
+        depth, up = 1, self.agents.get(parent.parent_id or "")
+        while up is not None:
+            depth, up = depth + 1, self.agents.get(up.parent_id or "")
+        max_depth = int(self.settings.get("team.max_depth", 2))
+        if depth > max_depth:
+            raise InputError(
+                f"team depth limit reached (team.max_depth = {max_depth}): "
+                "do this part yourself or hand it back to your lead"
+            )
+        spawned = sum(1 for a in self.agents.values() if a.run_id == parent.run_id and a.parent_id)
+        max_agents = int(self.settings.get("team.max_agents", 16))
+        if spawned >= max_agents:
+            raise InputError(
+                f"team size limit reached ({spawned} agents started by agents in this run; "
+                f"team.max_agents = {max_agents}): use the agents you have"
+            )
 
     async def _start_agent(
         self,
@@ -732,22 +815,38 @@ class Engine:
         return str(row.get("status", "done"))
 
     async def stop_run(self, run_id: str) -> None:
-        for agent_id, task in list(self.tasks.items()):
-            if self.agents[agent_id].run_id == run_id and not task.done():
-                task.cancel()
-        await asyncio.gather(
-            *(t for a, t in self.tasks.items() if self.agents[a].run_id == run_id),
-            return_exceptions=True,
-        )
+        """Stop every agent of the run, those started while it stops included."""
+        self._stopping.add(run_id)
+        try:
+            while live := [
+                t for a, t in self.tasks.items() if self.agents[a].run_id == run_id and not t.done()
+            ]:
+                for task in live:
+                    task.cancel()
+                await asyncio.gather(*live, return_exceptions=True)
+        finally:
+            self._stopping.discard(run_id)
+        # An agent whose task ended before it could say so (cancelled while starting) is
+        # stopped too: nothing of a stopped run stays "starting" or "running".
+        for agent in [a for a in self.agents.values() if a.run_id == run_id]:
+            if agent.status not in ("done", "failed", "stopped", "interrupted"):
+                agent.status = "stopped"
+                self.agent_finished(agent, "stopped")
 
     def children(self, lead: Agent) -> list[Agent]:
         return [a for a in self.agents.values() if a.parent_id == lead.id]
 
     def find_agent(self, key: str) -> Agent | None:
-        for agent in self.agents.values():
-            if key in (agent.id, agent.name):
-                return agent
-        return None
+        """A live agent by id, or by a name no other live agent has (else bad input)."""
+        if key in self.agents:
+            return self.agents[key]
+        named = [a for a in self.agents.values() if a.name == key]
+        if len(named) > 1:
+            from supervisor.errors import InputError
+
+            ids = ", ".join(f"{a.id} (run {a.run_id})" for a in named[:8])
+            raise InputError(f"{len(named)} agents are named {key!r}; name one by its id: {ids}")
+        return named[0] if named else None
 
     async def wait_agents(self, waiter: Agent, team: list[Agent], timeout: float) -> list[Agent]:
         waiter.set_status("running", f"waiting for {len(team)} agents")

@@ -8,6 +8,7 @@ JSON-able values; ``text`` is what full-text search sees (message text, a comman
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -185,3 +186,24 @@ class Event:
             data=json.loads(row["data"]) if row["data"] else {},
             text=row["text"] or "",
         )
+
+
+_EXIT_CODE = re.compile(r"\[exit code (-?\d+)\]\s*$")
+
+
+def exit_code(text: str) -> int | None:
+    """The exit code a command's tool output ends with (``[exit code N]``), if any."""
+    match = _EXIT_CODE.search(text[-40:])
+    return int(match[1]) if match else None
+
+
+def tool_failed(event: Event) -> bool:
+    """Did a finished tool call fail: an error, or a command that exited non-zero?
+
+    Events written before ``exit_code`` was recorded are read from their output."""
+    data = event.data
+    if data.get("error") or data.get("denied"):
+        return True
+    if "exit_code" in data:
+        return data["exit_code"] not in (None, 0)
+    return data.get("tool") == "shell" and exit_code(event.text) not in (None, 0)

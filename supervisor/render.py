@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from supervisor.events import Event, EventType
+from supervisor.events import Event, EventType, tool_failed
 
 
 class Printer:
@@ -72,7 +72,11 @@ class Printer:
                 return click.style(f"✗ {d.get('tool')} not run: ", fg="red") + told[:200]
             text = event.text if event else ""
             first = next((ln for ln in text.splitlines() if ln.strip()), "")
-            mark = click.style("←", fg="red" if d.get("error") else "green")
+            if event is not None and tool_failed(event):
+                code = d.get("exit_code")
+                mark = click.style("← ✗" + (f" exit {code}" if code else ""), fg="red")
+            else:
+                mark = click.style("← ✓", fg="green")
             return f"{mark} {d.get('duration_s', 0):.2f}s {first[:160]}"
         if t == EventType.AGENT_STATUS:
             status = d.get("status", "")

@@ -14,6 +14,9 @@ Protocol, version 1 — one JSON object per line, UTF-8, in both directions:
     A command. The answer carries the same id: ``{"id": 7, "ok": true, "result": ...}`` or
     ``{"id": 7, "ok": false, "error": "one line", "code": "input" | "busy" | "error"}``.
     ``input`` is the person's to fix (exit code 2 in the CLI).
+``{"bye": {"reason": "stopped", "pid": ...}}``
+    Sent to every client when the server stops on purpose (``supervisor server stop``, a
+    signal), just before it closes the socket; a connection that ends without it was lost.
 ``{"events": [event, ...]}``
     Pushed after ``subscribe``: committed events (``id, ts, run_id, agent_id, type, data,
     text``) in id order — first those after the client's ``after`` id, read from SQLite,
@@ -64,6 +67,7 @@ HISTORY_CHUNK = 2_000
 SLOW_CLIENT_EVENTS = 200_000  # a client this far behind is dropped; it reconnects from SQLite
 AUTO_RESUME_MAX = 3  # automatic resumes of one run after crashes, then it waits for a person
 SERVER_NICENESS = 5  # the started-on-demand process runs a little below interactive work
+SETTINGS_POLL_S = 1.0  # how soon a changed settings file reaches running agents' policy
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -234,12 +238,20 @@ class Server:
             os.umask(old_umask)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
+        watcher = self.loop.create_task(self._watch_settings())
         log(f"supervisor server {__version__} (pid {os.getpid()}) on {self.socket}")
         try:
             await self.stopping.wait()
         finally:
             log("stopping: interrupting active runs (they resume when it starts again)")
+            watcher.cancel()
             server.close()
+            # Clients hear that this was a deliberate stop, not a crash, before the socket
+            # closes (the TUI then says "stopped" instead of "lost").
+            for conn in list(self.conns):
+                conn.send({"bye": {"reason": "stopped", "pid": os.getpid()}})
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._drained(), 1)
             for conn in list(self.conns):
                 conn.closed = True
                 conn.writer.close()
@@ -252,6 +264,31 @@ class Server:
                 self.socket.unlink()
             log("stopped")
         return 0
+
+    async def _watch_settings(self) -> None:
+        """Take up settings a person changes while this process runs: tool-call policy at
+        once, the rest for new runs and agents (see ``Engine.refresh_settings``)."""
+        said = ""
+        while True:
+            await asyncio.sleep(SETTINGS_POLL_S)
+            try:
+                changed = self.engine.refresh_settings()
+            except InputError as exc:  # said once; new runs are refused with the reason
+                if str(exc) != said:
+                    said = str(exc)
+                    log(f"settings not taken up: {exc}")
+                continue
+            said = ""
+            if changed:
+                log(f"settings changed: {', '.join(changed)}")
+
+    async def _drained(self) -> None:
+        """Wait until every client's outgoing messages are written."""
+        while any(conn.outbox and not conn.closed for conn in self.conns):
+            await asyncio.sleep(0.01)
+        for conn in list(self.conns):
+            with contextlib.suppress(ConnectionError, OSError):
+                await conn.writer.drain()
 
     async def _recover(self) -> None:
         """Take up what a dead server left: interrupted runs resume (a few times at most)."""
@@ -537,6 +574,15 @@ class Server:
             raise InputError(f"bad run options: {exc}") from None
         if not 1 <= options.agents <= 1000:
             raise InputError("agents must be between 1 and 1000")
+        from supervisor.config import between
+
+        for name, value in (
+            ("max_cost_usd", options.max_cost_usd),
+            ("max_steps", options.max_steps),
+        ):
+            problem = between(0)(value)
+            if problem:
+                raise InputError(f"{name} must be {problem}, got {value!r}")
         run_id = await self.engine.start_run(options)
         return {"run_id": run_id}
 
@@ -549,6 +595,9 @@ class Server:
         if not self.engine._row("runs", run_id):
             raise InputError(f"no run {run_id!r}")
         await self.engine.stop_run(run_id)
+        # Answered once every agent's stop is committed: a client reading the database
+        # next sees the run stopped, not agents still "starting".
+        await asyncio.to_thread(self.store.flush)
 
     async def _run_resume(self, conn: _Conn, args: dict[str, Any]) -> dict[str, Any]:
         run_id = str(args.get("run") or "")
@@ -694,9 +743,22 @@ def log(line: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
 
 
+def preflight(data_dir: Path) -> None:
+    """Refuse, before a file is written beside them, settings or a database a supervisor
+    process could not use: the person hears the reason, not that the process died."""
+    from supervisor import config
+    from supervisor.store import check_file, inspect_existing
+
+    config.load()
+    database = data_dir / "supervisor.db"
+    check_file(database)
+    inspect_existing(database)
+
+
 def serve(data_dir: Path) -> int:
     """Run a server in this process until stopped (``supervisor server start --foreground``)."""
     try:
+        preflight(data_dir)
         return asyncio.run(Server(data_dir).main())
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

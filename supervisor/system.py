@@ -21,13 +21,21 @@ def process_owner() -> str:
 
 
 def owner_alive(owner: str | None) -> bool:
+    """Is the process ``owner`` names still running? A killed process whose parent has not
+    reaped it yet (a zombie) keeps its pid and start time, but is dead all the same."""
     pid, _, ticks = (owner or "").partition(":")
     try:
-        return _start_ticks(int(pid)) == ticks
-    except (ValueError, OSError):
+        fields = _stat(int(pid))
+    except (ValueError, OSError, IndexError):
         return False
+    return fields[19] == ticks and fields[0] not in ("Z", "X", "x")
 
 
 def _start_ticks(pid: int) -> str:
+    return _stat(pid)[19]
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name, from the state on."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()

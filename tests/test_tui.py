@@ -240,6 +240,7 @@ async def test_message_reaches_a_running_agent_and_a_question_is_answered(home: 
             assert "waiting for you" in text
             assert "Answer agent: Which branch?" in text
             assert app.query_one(MessageInputType).value == ""
+            await pilot.press("m")  # sending gave the keys back to the fleet
             await type_text(pilot, "use main")
             await pilot.press("enter")
             await until(pilot, lambda: agent.status == "done", "the agent to finish")

@@ -170,6 +170,8 @@ class Store:
         """Open (creating and migrating if needed) the database at ``path``."""
         store = cls(path)
         check_file(store.path)
+        # A file refused here must not get a lock file (or anything else) beside it.
+        inspect_existing(store.path)
         # Two processes opening a new database at once (the CLI beside a running engine)
         # would both see the migrations pending, and the WAL switch does not wait for a
         # busy lock: one process at a time inspects and migrates.
@@ -420,6 +422,11 @@ def open_default() -> Store:
     from supervisor import config
 
     directory = config.ensure_data_dir()
-    store = Store.open(directory / "supervisor.db")
+    path = directory / "supervisor.db"
+    # Created owner-only before SQLite opens it: SQLite gives its -wal and -shm files the
+    # database file's permissions.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    store = Store.open(path)
     os.chmod(store.path, 0o600)
     return store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from supervisor import Tool, ToolContext, hookimpl
+from supervisor import InputError, Tool, ToolContext, hookimpl
 from supervisor.tools import integer, obj, string
 
 
@@ -28,9 +28,13 @@ async def list_agents(ctx: ToolContext) -> str:
 
 
 async def send_message(ctx: ToolContext, agent: str, message: str) -> str:
-    target = ctx.team.send(agent, message)
+    # Only agents of the sender's own run, and a shared name is not guessed at.
+    try:
+        target = ctx.team.send(agent, message)
+    except InputError as exc:
+        return f"error: {exc}"
     if target is None:
-        return f"error: no agent {agent!r}"
+        return f"error: no agent {agent!r} in this run"
     return f"sent to {target.name}"
 
 

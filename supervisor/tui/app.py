@@ -41,6 +41,10 @@ FLUSH_HZ = 15
 SERIES_TYPES = ("metric", "progress")  # events drawn in the Info tab
 RECONNECT_S = 1.0
 FOLLOW_S = 15.0  # how long a new run's first agent is waited for, to move the cursor to it
+STOPPED_BANNER = (
+    "■ The supervisor server was stopped: runs it was driving are interrupted (r on a run "
+    "resumes it once the server runs again)."
+)
 NEWLINE = "↵"  # how a pasted line break shows in the one-line message input
 
 
@@ -83,6 +87,8 @@ class SupervisorApp(App[int]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (70, "-wide")]  # noqa: RUF012 (as textual types it)
     VERTICAL_BREAKPOINTS = [(0, "-short"), (20, "-tall")]  # noqa: RUF012
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "toggle_keys", "Keys"),
+        Binding("f1", "toggle_keys", "Keys", show=False),
         Binding("q", "detach", "Detach"),
         Binding("n", "new_agent", "New"),
         Binding("R", "run_recipe", "Recipe"),
@@ -106,6 +112,11 @@ class SupervisorApp(App[int]):
         ),
     ]
 
+    # The actions of the keys above, by name: they act on the fleet screen only.
+    FLEET_ACTIONS: ClassVar[frozenset[str]] = frozenset(
+        b.action.split("(")[0] for b in BINDINGS if isinstance(b, Binding)
+    )
+
     def __init__(
         self, data_dir: Path | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:
@@ -125,6 +136,7 @@ class SupervisorApp(App[int]):
         self._follow: tuple[str, float] | None = None
         self._notes_timer: Timer | None = None
         self._watched: str | None = None
+        self.server_stopped = False  # it said goodbye: a deliberate stop, not a crash
 
     # -- layout and life
 
@@ -170,11 +182,18 @@ class SupervisorApp(App[int]):
                 break
             except Exception as exc:  # any failure: say so and keep trying
                 attempt += 1
-                lost = "lost" if self.loaded else "not reached"
-                banner.update(
-                    f"⚠ The supervisor server is {lost}: {exc} — retrying every "
-                    f"{RECONNECT_S:g}s (attempt {attempt}). Agents keep running in the server."
-                )
+                if self.server_stopped:
+                    banner.update(
+                        f"{STOPPED_BANNER} Waiting for it to start again "
+                        f"(`supervisor server start`; attempt {attempt})."
+                    )
+                else:
+                    lost = "lost" if self.loaded else "not reached"
+                    banner.update(
+                        f"⚠ The supervisor server is {lost}: {exc} — retrying every "
+                        f"{RECONNECT_S:g}s (attempt {attempt}). Agents keep running in the "
+                        "server."
+                    )
                 banner.display = True
                 await asyncio.sleep(RECONNECT_S)
         try:
@@ -204,6 +223,7 @@ class SupervisorApp(App[int]):
         except SupervisorError:
             return  # it went away again: _lost() has started the next attempt
         banner.display = False
+        self.server_stopped = False
         self._show_fleet()
         if self.selected is None or not self._select(self.selected):
             first = next((k for k in self.query_one(FleetTable).order if k in fleet.agents), None)
@@ -219,10 +239,14 @@ class SupervisorApp(App[int]):
             return
         self.client = None
         banner = self.query_one(Banner)
-        banner.update(
-            "⚠ Connection to the supervisor server lost — reconnecting… "
-            "(agents keep running in the server; q quits)"
-        )
+        self.server_stopped = client.bye is not None
+        if self.server_stopped:
+            banner.update(f"{STOPPED_BANNER} q quits.")
+        else:
+            banner.update(
+                "⚠ Connection to the supervisor server lost — reconnecting… "
+                "(agents keep running in the server; q quits)"
+            )
         banner.display = True
         self.connect(start=False)
 
@@ -294,6 +318,7 @@ class SupervisorApp(App[int]):
             table = self.query_one(FleetTable)
             with self.batch_update():
                 table.refresh_rows(self.fleet, keys, self.clock(), table.depths())
+                self.query_one(DetailPane).transcript.tick(self.clock())
 
     def _alert(self, agents: list[AgentInfo]) -> None:
         """Someone is needed: a notification and the terminal bell."""
@@ -481,8 +506,10 @@ class SupervisorApp(App[int]):
         """Fleet keys work on the fleet screen only; approval keys only when one waits."""
         if action in ("quit", "command_palette", "change_theme"):
             return True
-        if self.screen is not self.screen_stack[0] and action not in ("focus_fleet",):
-            return False
+        if self.screen is not self.screen_stack[0]:
+            # Over a dialog only the fleet's own keys rest; Tab, Shift+Tab and the other
+            # keys every Textual app has still move through the dialog's fields.
+            return action not in self.FLEET_ACTIONS or action in ("focus_fleet", "toggle_keys")
         if action == "approve":
             agent = self.selected_agent
             return bool(agent and agent.pending and agent.pending.get("kind") == "approval")
@@ -499,8 +526,18 @@ class SupervisorApp(App[int]):
         self._detaching = True
         self.exit(0)
 
+    def action_toggle_keys(self) -> None:
+        """Show (or hide) the list of keys for what has focus."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
     def action_focus_fleet(self) -> None:
-        """Back to the fleet (and clear a filter being typed)."""
+        """Back to the fleet (and clear a filter being typed, or close the key list)."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+            return
         box = self.query_one("#filter", Input)
         if box.has_focus:
             box.value = ""
@@ -553,6 +590,8 @@ class SupervisorApp(App[int]):
             )
             return
         self._send_message(agent, text, event.value)
+        # Keys typed next are commands again, not more text for the agent.
+        self.query_one(FleetTable).focus()
 
     @work(group="commands", exit_on_error=False)
     async def _send_message(self, agent: AgentInfo, text: str, typed: str) -> None:
@@ -597,7 +636,26 @@ class SupervisorApp(App[int]):
         """Stop the selected agent (or, on a run's row, the whole run)."""
         if self.selected and self.selected.startswith("run:"):
             run_id = self.selected[4:]
-            self._command("run.stop", f"run {run_id}: stopping", run=run_id)
+            run = self.fleet.runs.get(run_id)
+            live = [
+                a
+                for a in self.fleet.children(run_id)
+                if a.status not in ("done", "failed", "stopped", "interrupted")
+            ]
+            from supervisor.tui.screens.dialogs import ConfirmScreen
+
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self._command("run.stop", f"run {run_id}: stopping", run=run_id)
+
+            title = run.title if run is not None else run_id
+            self.push_screen(
+                ConfirmScreen(
+                    f"Stop the whole run “{title}” ({run_id}) and its {len(live)} working "
+                    f"agent{'s' if len(live) != 1 else ''}?"
+                ),
+                confirmed,
+            )
             return
         agent = self._need_agent()
         if agent is not None:

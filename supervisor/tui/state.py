@@ -56,6 +56,7 @@ class AgentInfo:
     finished_at: float | None = None
     paused: bool = False  # a pause was asked for (the status follows at the next step)
     pending: dict[str, Any] | None = None  # the question or approval it waits on
+    doing_since: float = 0.0  # when it began what ``doing`` says (a long command's clock)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AgentInfo:
@@ -77,6 +78,7 @@ class AgentInfo:
             summary=row.get("summary") or "",
             created_at=float(row.get("created_at") or 0.0),
             finished_at=row.get("finished_at"),
+            doing_since=float(row.get("updated_at") or 0.0),
         )
 
     @property
@@ -262,6 +264,8 @@ class Fleet:
         if status != agent.status and agent.status in ENDED and status not in ENDED:
             agent.finished_at = None  # restarted
         agent.status = status
+        if doing != agent.doing:
+            agent.doing_since = e.ts
         agent.doing = doing
         if status in ENDED or status == "interrupted":
             agent.finished_at = e.ts

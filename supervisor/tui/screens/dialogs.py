@@ -24,6 +24,14 @@ from supervisor.errors import SupervisorError
 Submit = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
+def _form(id: str | None = None) -> VerticalScroll:
+    """The scrolling body of a form: Tab goes from field to field, not to the body (a
+    focused field is scrolled into view)."""
+    form = VerticalScroll(classes="form", id=id)
+    form.can_focus = False
+    return form
+
+
 class Dialog(ModalScreen[str | None]):
     """A form: ctrl+s submits, escape cancels; the result is the new run's id."""
 
@@ -95,7 +103,7 @@ class NewAgentScreen(Dialog):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="new-agent"):
             yield Static("New agent", classes="dialog-title")
-            with VerticalScroll(classes="form"):
+            with _form():
                 yield Label("Task — what the agent should do, in plain English")
                 yield TextArea(id="task", soft_wrap=True)
                 yield Label("Model (empty: the default)")
@@ -177,7 +185,7 @@ class RecipeScreen(Dialog):
             yield Static("Run recipe", classes="dialog-title")
             yield Select[str]([], prompt="choose a recipe", id="recipe")
             yield Static(classes="description")
-            yield VerticalScroll(classes="form", id="params")
+            yield _form(id="params")
             yield Static(classes="error")
             with Horizontal(classes="buttons"):
                 yield Button("Start (ctrl+s)", id="start", variant="primary")
@@ -228,7 +236,11 @@ class RecipeScreen(Dialog):
             default = "" if param.default is None else str(param.default)
             if param.type == "bool":
                 default = "true" if param.default else "false"
-            if param.choices:
+            if param.type == "bool":
+                widgets.append(
+                    Checkbox(name, bool(param.default), id=f"param-{name}", classes="param")
+                )
+            elif param.choices:
                 widgets.append(
                     Select(
                         [(str(c), str(c)) for c in param.choices],
@@ -253,6 +265,43 @@ class RecipeScreen(Dialog):
                 given[name] = widget.value.strip()
             elif isinstance(widget, Select) and isinstance(widget.value, str):
                 given[name] = widget.value
+            elif isinstance(widget, Checkbox):
+                given[name] = "true" if widget.value else "false"
         # Checked here for clear errors, and paths made absolute, before the server sees them.
         values = self.recipe.params(given)
         return "recipe.start", {"path": str(self.recipe.path), "params": self.recipe.texts(values)}
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question before something that cannot be undone: y says yes; n, Escape or
+    Enter (No has focus) say no."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n", "answer(False)", "No"),
+        Binding("escape", "answer(False)", "No", show=False),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="confirm"):
+            yield Static(self.question, classes="dialog-title")
+            with Horizontal(classes="buttons"):
+                yield Button("Yes, stop (y)", id="yes", variant="error")
+                yield Button("No (n / esc)", id="no")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """No is the default: Enter on the focused button keeps the work going."""
+        self.query_one("#no", Button).focus()
+
+    def action_answer(self, yes: bool) -> None:
+        """Close with the answer."""
+        self.dismiss(yes)
+
+    @on(Button.Pressed, "#yes, #no")
+    def pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")

@@ -32,6 +32,19 @@ STATUS_STYLE = {
 }
 
 Cells = tuple[str | Text, ...]
+NARROW = {"status": 9, "steps": 5, "tokens": 6, "cost": 9, "elapsed": 7}
+
+
+def column_widths(total: int) -> dict[str, int]:
+    """Column widths for a table ``total`` cells wide: as designed when it fits, else the
+    numbers keep their room and the name and "doing" columns share what is left."""
+    wide = {key: width for key, _, width in COLUMNS}
+    spacing = 2 * len(COLUMNS) + 2  # cell padding and the scrollbar
+    if not total or sum(wide.values()) + spacing <= total:
+        return wide
+    rest = total - spacing - sum(NARROW.values())
+    agent = max(12, rest * 2 // 5)  # a name stays readable even where nothing else fits
+    return {**NARROW, "agent": agent, "doing": max(8, rest - agent)}
 
 
 class FleetTable(DataTable[str | Text]):
@@ -51,11 +64,29 @@ class FleetTable(DataTable[str | Text]):
         self._order: list[str] = []
         self._cells: dict[str, Cells] = {}
         self._depth: dict[str, int] = {}
+        self._widths: dict[str, int] = {}
 
     def on_mount(self) -> None:
         """Fixed widths: a changed cell never makes the table measure every row again."""
-        for key, label, width in COLUMNS:
-            self.add_column(label, key=key, width=width)
+        self._widths = column_widths(self.size.width)
+        for key, label, _ in COLUMNS:
+            self.add_column(label, key=key, width=self._widths[key])
+
+    def on_resize(self) -> None:
+        """In a narrow terminal the name and "doing" columns give way, so that steps,
+        tokens and cost stay on screen."""
+        widths = column_widths(self.size.width)
+        if widths == self._widths:
+            return
+        self._widths = widths
+        cursor = self.cursor_row
+        self.clear(columns=True)
+        for key, label, _ in COLUMNS:
+            self.add_column(label, key=key, width=widths[key])
+        for key in self._order:
+            self.add_row(*self._cells[key], key=key)
+        if self._order:
+            self.move_cursor(row=min(cursor, len(self._order) - 1), animate=False)
 
     @property
     def order(self) -> list[str]:
@@ -130,15 +161,22 @@ class FleetTable(DataTable[str | Text]):
         word = item.status_text
         if item.paused and item.status == "running":
             word = "pausing…"
+        doing = Text(
+            item.doing or (item.summary if item.status != "running" else ""),
+            no_wrap=True,
+            overflow="ellipsis",
+            style="dim" if not item.doing else "",
+        )
+        busy = now - item.doing_since
+        if item.status == "running" and item.doing and item.doing_since and busy >= 2:
+            # A long command or experiment shows its clock, so it is seen to progress.
+            doing = Text.assemble(
+                (f"{duration(busy)} ", "bold"), doing, no_wrap=True, overflow="ellipsis"
+            )
         return (
             name,
             Text(word, style=STATUS_STYLE.get(item.status, "")),
-            Text(
-                item.doing or (item.summary if item.status != "running" else ""),
-                no_wrap=True,
-                overflow="ellipsis",
-                style="dim" if not item.doing else "",
-            ),
+            doing,
             str(item.steps),
             tokens(item.tokens),
             money(item.cost),

@@ -16,7 +16,7 @@ from textual.containers import VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Collapsible, Static
 
-from supervisor.events import Event
+from supervisor.events import Event, tool_failed
 
 SHOWN_ITEMS = 40  # items mounted when an agent is selected
 KEPT_ITEMS = 120  # items kept while it streams, before the oldest are dropped
@@ -47,8 +47,11 @@ def tool_title(data: dict[str, Any]) -> str:
 class ToolCall(Collapsible):
     """A tool call, folded; its output one key (Enter) away."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
+    def __init__(self, data: dict[str, Any], started: float = 0.0) -> None:
         self.call_id = str(data.get("id") or "")
+        self.started = started  # while it runs, the title shows how long it has run
+        self.running = True
+        self.base_title = tool_title(data)
         self.output = Static(Text("(running…)", style="dim"), classes="tool-output")
         args = json.dumps(data.get("arguments") or {}, indent=1)
         super().__init__(
@@ -58,7 +61,14 @@ class ToolCall(Collapsible):
             collapsed=True,
         )
 
+    def tick(self, now: float) -> None:
+        """A call running for a while shows its clock (a long experiment is seen to move)."""
+        if self.running and self.started and now - self.started >= 2:
+            self.title = f"{self.base_title}  ⋯ {now - self.started:.0f}s"
+
     def finish(self, event: Event) -> None:
+        self.running = False
+        self.title = self.base_title
         text = (
             event.text
             if len(event.text) <= OUTPUT_CHARS
@@ -72,9 +82,10 @@ class ToolCall(Collapsible):
             self.output.update(Text(f"refused by policy ({data['denied']})", style="red"))
             self.title = self.title + "  ✗ refused"
             return
-        style = "red" if data.get("error") else ""
-        self.output.update(Text(text or "(no output)", style=style))
-        mark = "✗" if data.get("error") else "✓"
+        failed = tool_failed(event)
+        self.output.update(Text(text or "(no output)", style="red" if failed else ""))
+        code = data.get("exit_code")
+        mark = ("✗" + (f" exit {code}" if code else "")) if failed else "✓"
         self.title = f"{self.title}  {mark} {float(data.get('duration_s') or 0):.1f}s"
 
 
@@ -160,6 +171,12 @@ class TranscriptView(VerticalScroll):
         if at_end:
             self.scroll_end(animate=False)
 
+    def tick(self, now: float) -> None:
+        """Move the clocks of the calls still running."""
+        for call in self._calls.values():
+            if call.running:
+                call.tick(now)
+
     def _add(self, event: Event, out: list[Widget]) -> None:
         kind = str(event.type)
         data = event.data
@@ -171,7 +188,7 @@ class TranscriptView(VerticalScroll):
                 self._live = None
             out.append(message(event.text))
         elif kind == "tool.started":
-            call = ToolCall(data)
+            call = ToolCall(data, started=event.ts)
             self._calls[call.call_id] = call
             out.append(call)
         elif kind == "tool.finished":
