@@ -15,6 +15,7 @@ import click
 
 from supervisor import __version__
 from supervisor.errors import InputError, SupervisorError
+from supervisor.status import ENDED, FINAL
 
 
 def _usage_error(exc: click.UsageError) -> None:
@@ -589,7 +590,7 @@ def _via_server(
         return 130
 
 
-RUN_ENDED = ("done", "failed", "stopped", "interrupted")
+RUN_ENDED = ENDED
 
 
 async def _run_foreground(options: Any) -> int:
@@ -807,7 +808,7 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
     # An agent still marked active whose run's process has died is not running: say so.
     for r in rows:
         r["orphaned"] = (
-            r["status"] not in ("done", "failed", "stopped", "interrupted")
+            r["status"] not in ENDED
             and r["run_id"] in owners
             and not owner_alive(owners[r["run_id"]])
         )
@@ -836,7 +837,7 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
         tokens = (r["input_tokens"] or 0) + (r["output_tokens"] or 0)
         age = _age((r["finished_at"] or time.time()) - r["created_at"])
         name = ("  " * depth + ("└ " if depth else "") + r["name"])[:24]
-        doing = r["summary"] if r["status"] in ("done", "failed", "stopped") else r["doing"]
+        doing = r["summary"] if r["status"] in FINAL else r["doing"]
         status = r["status"]
         if r["orphaned"]:
             status = "orphaned"
@@ -874,7 +875,7 @@ def logs(agent: str, follow: bool) -> None:
             if not follow:
                 break
             status = store.db.table("agents").get(row["id"])["status"]
-            if status in ("done", "failed", "stopped"):
+            if status in FINAL:
                 for event in store.events(agent_id=row["id"], after=last):
                     printer(event)
                 break

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from supervisor.events import Event, EventType, tool_failed
+from supervisor.status import FINAL
 
 
 class Printer:
@@ -80,7 +81,7 @@ class Printer:
             return f"{mark} {d.get('duration_s', 0):.2f}s {first[:160]}"
         if t == EventType.AGENT_STATUS:
             status = d.get("status", "")
-            if status in ("done", "failed", "stopped"):
+            if status in FINAL:
                 color = {"done": "green", "failed": "red"}.get(status, "yellow")
                 return click.style(f"● {status}", fg=color) + (
                     f": {d.get('summary')}" if d.get("summary") else ""

@@ -32,3 +32,7 @@ class RunStatus(StrEnum):
 ENDED: frozenset[str] = frozenset({"done", "failed", "stopped", "interrupted"})
 # Ended for good: a resume does not take these up again.
 FINAL: frozenset[str] = frozenset({"done", "failed", "stopped"})
+# Being worked on now (a person may be needed): not ended.
+ACTIVE: frozenset[str] = frozenset({"running", "paused", "waiting"})
+# Runs whose sandboxes must stay: active ones, and interrupted ones (they resume in them).
+LIVE: frozenset[str] = ACTIVE | {"interrupted"}

@@ -22,13 +22,13 @@ from supervisor.sandbox.workspace import (
     save_changes,
     saved_changes,
 )
+from supervisor.status import ACTIVE
 from supervisor.system import owner_alive
 from supervisor.types import SandboxRow
 
 Report = Callable[[str], None]
 # Statuses of a run the supervisor process is driving now (or, after interrupt_orphans,
 # another live process is: a --foreground run).
-ACTIVE = ("running", "paused", "waiting")
 
 
 def keep_unsaved(store: Any, client: Any, *, force: bool, report: Report) -> Callable[[Any], bool]:

@@ -29,11 +29,12 @@ from supervisor.sandbox.docker import (
     remove_network,
 )
 from supervisor.sandbox.shell import quote
+from supervisor.status import LIVE
 from supervisor.system import owner_alive, process_owner
 from supervisor.types import SandboxBackend, SandboxRow
 
 # An interrupted run keeps its sandboxes: resuming it picks them up again.
-LIVE_RUN_STATES = ("running", "paused", "waiting", "interrupted")
+LIVE_RUN_STATES = tuple(sorted(LIVE))
 
 
 def backends() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from supervisor.errors import InputError
 from supervisor.sandbox.base import Sandbox
+from supervisor.status import FINAL
 
 BASE_REF = "refs/supervisor/base"
 # Commits supervisor makes itself carry this identity, whatever the sandbox's git config.
@@ -270,7 +271,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 # -- changes kept in the data directory, for review after the agent (and its sandbox) ended
 
-ENDED = ("done", "failed", "stopped")
+ENDED = FINAL  # ended for good: its changes are final
 
 
 def changes_folder(data_dir: Path, run_id: str) -> Path:

@@ -27,6 +27,7 @@ from textual.widgets import Button, DataTable, Footer, Input, TabbedContent
 
 from supervisor.errors import InputError, SupervisorError
 from supervisor.server import MAX_MESSAGE_CHARS
+from supervisor.status import ENDED, FINAL
 from supervisor.tui.commands import FleetCommands
 from supervisor.tui.state import SORT_KEYS, AgentInfo, Fleet, RunInfo
 from supervisor.tui.widgets.bars import Banner, CostBar
@@ -308,11 +309,7 @@ class SupervisorApp(App[int]):
         """Once a second: elapsed times move on."""
         if not self.loaded:
             return
-        keys = {
-            a.id
-            for a in self.fleet.agents.values()
-            if a.status not in ("done", "failed", "stopped")
-        }
+        keys = {a.id for a in self.fleet.agents.values() if a.status not in FINAL}
         keys |= {r.id for r in self.fleet.runs.values() if r.active}
         if keys:
             table = self.query_one(FleetTable)
@@ -637,11 +634,7 @@ class SupervisorApp(App[int]):
         if self.selected and self.selected.startswith("run:"):
             run_id = self.selected[4:]
             run = self.fleet.runs.get(run_id)
-            live = [
-                a
-                for a in self.fleet.children(run_id)
-                if a.status not in ("done", "failed", "stopped", "interrupted")
-            ]
+            live = [a for a in self.fleet.children(run_id) if a.status not in ENDED]
             from supervisor.tui.screens.dialogs import ConfirmScreen
 
             def confirmed(yes: bool | None) -> None:

@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from supervisor.status import FINAL
+
 if TYPE_CHECKING:
     from supervisor.client import Client
     from supervisor.events import Event
 
-ENDED = ("done", "failed", "stopped")
+ENDED = FINAL
 ACTIVE_RUN = ("running", "paused")
 RECENT_FINISHED_RUNS = 20
 OPEN_FINISHED_RUNS = 3  # the newest finished runs start unfolded: recent work stays in view

@@ -17,6 +17,7 @@ from textual.widget import Widget
 from textual.widgets import Collapsible, Static
 
 from supervisor.events import Event, tool_failed
+from supervisor.status import ENDED
 
 SHOWN_ITEMS = 40  # items mounted when an agent is selected
 KEPT_ITEMS = 120  # items kept while it streams, before the oldest are dropped
@@ -209,7 +210,7 @@ class TranscriptView(VerticalScroll):
             out.append(line(f"  you said: {event.text[:500]}", "magenta"))
         elif kind == "agent.status":
             status = data.get("status")
-            if status in ("done", "failed", "stopped", "interrupted"):
+            if status in ENDED:
                 summary = data.get("summary") or ""
                 style = {"done": "green", "failed": "red"}.get(str(status), "yellow")
                 out.append(line(f"● {status}" + (f": {summary}" if summary else ""), style))

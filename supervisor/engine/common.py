@@ -1,0 +1,91 @@
+"""What the engine's rooms share: options, constants, small helpers."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from supervisor.agent import Agent
+from supervisor.events import Event, EventType
+from supervisor.sandbox.base import Sandbox
+from supervisor.system import process_owner
+
+if TYPE_CHECKING:
+    pass
+
+if TYPE_CHECKING:
+    from supervisor.engine import Engine
+
+
+Listener = Callable[[Event], None]
+
+
+DELTA_FLUSH_CHARS = 256
+
+
+DELTA_FLUSH_S = 0.05
+
+
+DEFAULT_CONTEXT = 128_000
+
+
+OWNER = process_owner()  # recorded on the runs this process drives
+
+
+@dataclass
+class RunOptions:
+    task: str
+    model: str = ""
+    workspace: Path | None = None
+    sandbox: str = ""
+    agents: int = 1
+    network: bool = False
+    max_cost_usd: float = 0.0
+    max_steps: int = 0
+    keep_sandboxes: bool = False
+    title: str = ""
+    host: str = ""  # a registered host (`supervisor hosts`): the ssh sandbox backend
+
+
+class _DeltaStream:
+    """Batches text deltas into a few events a second instead of one per token."""
+
+    def __init__(self, engine: Engine, agent: Agent) -> None:
+        self.engine, self.agent = engine, agent
+        self.parts: list[str] = []
+        self.size = 0
+        self.since = 0.0
+
+    def add(self, text: str) -> None:
+        if not self.parts:
+            self.since = time.monotonic()
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size >= DELTA_FLUSH_CHARS or time.monotonic() - self.since >= DELTA_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.engine.emit(EventType.MESSAGE_DELTA, self.agent, {"delta": "".join(self.parts)})
+            self.parts, self.size = [], 0
+
+
+async def sandbox_alive(sandbox: Sandbox) -> bool:
+    """Does the sandbox still answer a command?"""
+    try:
+        return (await sandbox.exec("true", timeout=10)).exit_code == 0
+    except Exception:
+        return False
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")[:40] or "x"

@@ -1,0 +1,595 @@
+"""The engine's room for runs and agents: create, start, register, finish; teams and
+sandboxes.
+
+Functions of the engine, bound as :class:`supervisor.engine.Engine`'s methods."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from supervisor.agent import Agent, Limits, Policy
+from supervisor.events import EventType
+from supervisor.models import check_usable
+from supervisor.sandbox.base import Sandbox, SandboxSpec
+from supervisor.status import ENDED, FINAL
+from supervisor.types import ModelSpec
+
+if TYPE_CHECKING:
+    pass
+from supervisor.engine.common import OWNER, RunOptions, _new_id, _slug
+
+if TYPE_CHECKING:
+    from supervisor.engine import Engine
+
+
+async def start_run(engine: Engine, options: RunOptions) -> str:
+    """Create a run and start its agents; returns the run id."""
+    engine.refresh_settings()
+    model, backend = engine._check_options(options)
+    run_id = await engine.create_run(
+        title=options.title or options.task[:200],
+        kind="task",
+        workspace=options.workspace,
+        budget_usd=options.max_cost_usd,
+        params={
+            "model": model.alias,
+            "agents": options.agents,
+            "sandbox": backend,
+            "network": options.network,
+            "host": options.host,
+        },
+        text=options.task,
+    )
+    await engine._start_agents(run_id, options, model, backend)
+    return run_id
+
+
+def _check_options(engine: Engine, options: RunOptions) -> tuple[ModelSpec, str]:
+    model = engine.models.registry.resolve(options.model or engine.settings["model"])
+    check_usable(model)
+    backend = options.sandbox or engine.settings["sandbox.backend"]
+    if options.host:
+        backend = engine._check_host(options)
+    if backend not in engine.backends:
+        from supervisor.errors import InputError
+
+        raise InputError(
+            f"unknown sandbox backend {backend!r} (have: {', '.join(sorted(engine.backends))})"
+        )
+    if options.workspace is not None:
+        from supervisor.sandbox.workspace import check
+
+        options.workspace = check(options.workspace)
+    return model, backend
+
+
+def _check_host(engine: Engine, options: RunOptions) -> str:
+    """``--host NAME``: the host must be registered; its agents use the ssh backend."""
+    from supervisor.errors import InputError
+    from supervisor.hosts import get_host
+
+    if options.sandbox not in ("", "ssh"):
+        raise InputError(f"--host runs agents in ssh sandboxes, not {options.sandbox!r}")
+    get_host(options.host, engine.store)
+    return "ssh"
+
+
+async def create_run(
+    engine: Engine,
+    *,
+    title: str,
+    kind: str = "task",
+    recipe: str | None = None,
+    workspace: Path | None = None,
+    budget_usd: float = 0.0,
+    params: dict[str, Any] | None = None,
+    text: str = "",
+    managed: bool = False,
+) -> str:
+    """A new run row. ``managed`` runs (recipes) are finished by their owner, not when
+    their agents are."""
+    engine.refresh_settings()
+    run_id = _new_id("run")
+    engine.adopt_policy(run_id)
+    engine._done[run_id] = asyncio.Event()
+    if managed or kind == "recipe":
+        engine._managed.add(run_id)
+    now = time.time()
+    row = {
+        "id": run_id,
+        "title": title,
+        "kind": kind,
+        "recipe": recipe,
+        "workspace": str(workspace or ""),
+        "status": "running",
+        "created_at": now,
+        "updated_at": now,
+        "budget_usd": budget_usd or engine.settings["budget.run_usd"] or None,
+        "params": json.dumps(params or {}, default=str),
+        "owner": OWNER,
+    }
+    engine.store.write(lambda db: db.table("runs").insert(engine.redactor.value(row)))
+    engine._limits_usd[run_id] = float(row["budget_usd"] or 0.0)
+    engine.emit(
+        EventType.RUN_CREATED,
+        None,
+        {"title": title, "kind": kind},
+        text or title,
+        run_id=run_id,
+    )
+    return run_id
+
+
+def adopt_policy(engine: Engine, run_id: str) -> None:
+    engine._policies.setdefault(
+        run_id,
+        Policy(ask=list(engine.settings["policy.ask"]), deny=list(engine.settings["policy.deny"])),
+    )
+
+
+async def adopt_run(engine: Engine, run_id: str) -> None:
+    """Take up an existing run again (``recipe resume``) in this engine."""
+    engine.adopt_policy(run_id)
+    engine._managed.add(run_id)
+    engine._reopen_run(run_id)
+
+
+async def _start_agents(
+    engine: Engine, run_id: str, options: RunOptions, model: ModelSpec, backend: str
+) -> list[Agent]:
+    engine.runs[run_id] = options
+    started = []
+    for i in range(options.agents):
+        base = options.title or "agent"
+        name = base if options.agents == 1 else f"{base}-{i + 1}"
+        started.append(
+            await engine._start_agent(run_id, options.task, name, model, backend, parent=None)
+        )
+    return started
+
+
+async def run_agents(engine: Engine, run_id: str, options: RunOptions) -> list[str]:
+    """Start agents in an existing run and wait for them; their final statuses."""
+    model, backend = engine._check_options(options)
+    agents = await engine._start_agents(run_id, options, model, backend)
+    await asyncio.gather(*(engine.tasks[a.id] for a in agents), return_exceptions=True)
+    return [a.status for a in agents]
+
+
+def finish_run(engine: Engine, run_id: str, status: str) -> None:
+    now = time.time()
+    engine.store.write(
+        lambda db: db.table("runs").update(
+            run_id, {"status": status, "finished_at": now, "updated_at": now}
+        )
+    )
+    engine.emit(EventType.RUN_STATUS, None, {"status": status}, run_id=run_id)
+    engine._done.setdefault(run_id, asyncio.Event()).set()
+
+
+async def run_in_sandbox(
+    engine: Engine,
+    run_id: str,
+    task: str,
+    sandbox: Sandbox,
+    *,
+    name: str,
+    model: str | None = None,
+    exclude_tools: tuple[str, ...] = (),
+    max_steps: int = 0,
+) -> Agent:
+    """Run one agent in a sandbox someone else owns (a recipe step's), until it
+    finishes; the sandbox is left as it is."""
+    spec = engine.models.registry.resolve(model or engine.settings["model"])
+    check_usable(spec)
+    engine.adopt_policy(run_id)
+    agent = Agent(
+        engine,
+        id=_new_id(_slug(name)),
+        run_id=run_id,
+        name=name,
+        task=task,
+        model=spec,
+        sandbox=sandbox,
+        tools={n: t for n, t in engine.tools.items() if n not in exclude_tools},
+        limits=engine._limits(max_steps),
+        policy=engine._policies[run_id],
+        role="worker",
+        scope_key=sandbox.spec.labels.get("scope", ""),
+    )
+    agent.owns_sandbox = False
+    engine._register(agent, sandbox.backend, sandbox_id=sandbox.id)
+    task_handle = asyncio.get_running_loop().create_task(agent.run())
+    engine.tasks[agent.id] = task_handle
+    await asyncio.gather(task_handle, return_exceptions=True)
+    return agent
+
+
+async def spawn(
+    engine: Engine,
+    parent: Agent,
+    task: str,
+    *,
+    name: str | None = None,
+    model: str | None = None,
+    sandbox: str | None = None,
+) -> Agent:
+    engine._check_team(parent)
+    from supervisor.errors import InputError
+
+    with contextlib.suppress(InputError):  # bad settings: the worker starts on the old
+        engine.refresh_settings()
+    spec = engine.models.registry.resolve(model) if model else parent.model
+    check_usable(spec)
+    count = len(engine.children(parent)) + 1
+    return await engine._start_agent(
+        parent.run_id,
+        task,
+        name or f"{parent.name}.{count}",
+        spec,
+        sandbox or parent.sandbox.backend,
+        parent=parent,
+    )
+
+
+def _check_team(engine: Engine, parent: Agent) -> None:
+    """Refuse a worker beyond the run's bounds (team.max_depth, team.max_agents), or
+    in a run being stopped: workers that start workers must not grow without end."""
+    from supervisor.errors import InputError
+
+    if parent.run_id in engine._stopping:
+        raise InputError("the run is being stopped; no new agents start in it")
+    depth, up = 1, engine.agents.get(parent.parent_id or "")
+    while up is not None:
+        depth, up = depth + 1, engine.agents.get(up.parent_id or "")
+    max_depth = int(engine.settings.get("team.max_depth", 2))
+    if depth > max_depth:
+        raise InputError(
+            f"team depth limit reached (team.max_depth = {max_depth}): "
+            "do this part yourself or hand it back to your lead"
+        )
+    spawned = sum(1 for a in engine.agents.values() if a.run_id == parent.run_id and a.parent_id)
+    max_agents = int(engine.settings.get("team.max_agents", 16))
+    if spawned >= max_agents:
+        raise InputError(
+            f"team size limit reached ({spawned} agents started by agents in this run; "
+            f"team.max_agents = {max_agents}): use the agents you have"
+        )
+
+
+async def _start_agent(
+    engine: Engine,
+    run_id: str,
+    task: str,
+    name: str,
+    model: ModelSpec,
+    backend: str,
+    parent: Agent | None,
+) -> Agent:
+    options = engine.runs[run_id]
+    agent_id = _new_id(_slug(name))
+    sandbox = engine._new_sandbox(run_id, agent_id, options, backend)
+    limits = engine._limits(options.max_steps)
+    agent = Agent(
+        engine,
+        id=agent_id,
+        run_id=run_id,
+        name=name,
+        task=task,
+        model=model,
+        sandbox=sandbox,
+        tools=dict(engine.tools),
+        limits=limits,
+        policy=engine._policies[run_id],
+        role="lead" if parent is None and options.agents == 1 else "worker",
+        parent_id=parent.id if parent else None,
+        scope_key=options.workspace.name if options.workspace else "",
+    )
+    engine._register(agent, backend)
+    engine.tasks[agent_id] = asyncio.get_running_loop().create_task(engine._run_agent(agent))
+    return agent
+
+
+def _new_sandbox(
+    engine: Engine, run_id: str, agent_id: str, options: RunOptions, backend: str
+) -> Sandbox:
+    """A sandbox object (not started) for an agent of a run, from the settings."""
+    return engine._make_sandbox(
+        run_id,
+        agent_id,
+        backend,
+        workspace=options.workspace,
+        network=options.network,
+        host=options.host,
+    )
+
+
+def step_sandbox(
+    engine: Engine,
+    run_id: str,
+    name: str,
+    *,
+    workspace: Path | None = None,
+    network: bool = False,
+    gpus: list[str] | None = None,
+    labels: dict[str, str] | None = None,
+    backend: str = "",
+    image: str = "",
+) -> Sandbox:
+    """A sandbox (not started) for a recipe step, from the person's settings."""
+    backend = backend or engine.settings["sandbox.backend"]
+    if backend not in engine.backends:
+        from supervisor.errors import InputError
+
+        raise InputError(
+            f"unknown sandbox backend {backend!r} (have: {', '.join(sorted(engine.backends))})"
+        )
+    return engine._make_sandbox(
+        run_id,
+        f"{_slug(name)}-{secrets.token_hex(2)}",
+        backend,
+        workspace=workspace,
+        network=network,
+        gpus=gpus,
+        labels=labels,
+        image=image,
+    )
+
+
+def _make_sandbox(
+    engine: Engine,
+    run_id: str,
+    agent_id: str,
+    backend: str,
+    *,
+    workspace: Path | None,
+    network: bool,
+    gpus: list[str] | None = None,
+    labels: dict[str, str] | None = None,
+    image: str = "",
+    host: str = "",
+) -> Sandbox:
+    """The one place a sandbox is made from the person's settings: limits, image,
+    environment allow-list, network grants; refused early if its backend cannot give
+    what the spec asks."""
+    from supervisor.sandbox.manager import check_spec
+
+    spec = SandboxSpec(
+        run_id=run_id,
+        agent_id=agent_id,
+        workspace=workspace,
+        network=network,
+        network_host=engine.settings.get("sandbox.network_host", False),
+        gpus=list(gpus or []),
+        memory=engine.settings["sandbox.memory"],
+        cpus=engine.settings["sandbox.cpus"],
+        pids=engine.settings["sandbox.pids"],
+        image=image or engine.settings["sandbox.image"],
+        env=engine._sandbox_env(),
+        labels={**(labels or {}), **({"supervisor.host": host} if host else {})},
+        host=host,
+    )
+    check_spec(engine.backends[backend], spec)
+    sandbox: Sandbox = engine.backends[backend].factory(
+        spec, **engine.sandbox_kwargs.get(backend, {})
+    )
+    return sandbox
+
+
+def _limits(engine: Engine, max_steps: int = 0) -> Limits:
+    return Limits(
+        max_steps=max_steps or engine.settings["agent.max_steps"],
+        max_tokens=engine.settings["agent.max_tokens"],
+        max_cost_usd=engine.settings["budget.agent_usd"],
+        max_wall_s=engine.settings["agent.max_wall_s"],
+    )
+
+
+def _register(engine: Engine, agent: Agent, backend: str, sandbox_id: str = "") -> None:
+    """Make an agent known: in memory, as a row, and as an event."""
+    engine.agents[agent.id] = agent
+    now = time.time()
+    row = {
+        "id": agent.id,
+        "run_id": agent.run_id,
+        "parent_id": agent.parent_id,
+        "name": agent.name,
+        "role": agent.role,
+        "task": agent.task,
+        "model": agent.model.alias,
+        "sandbox": backend,
+        "sandbox_id": sandbox_id or None,
+        "status": "starting",
+        "created_at": now,
+        "updated_at": now,
+    }
+    engine.store.write(lambda db: db.table("agents").insert(engine.redactor.value(row)))
+    data = {
+        "name": agent.name,
+        "parent_id": agent.parent_id,
+        "model": agent.model.alias,
+        "sandbox": backend,
+    }
+    engine.emit(EventType.AGENT_CREATED, agent, data, agent.task)
+
+
+async def _run_agent(engine: Engine, agent: Agent) -> str:
+    try:
+        agent.set_status("starting", "starting its sandbox")
+        await engine._start_sandbox(agent)
+        sandbox_id = agent.sandbox.id
+        engine.store.write(
+            lambda db: db.table("agents").update(agent.id, {"sandbox_id": sandbox_id})
+        )
+    except Exception as exc:
+        agent.summary = f"sandbox failed to start: {exc}"
+        agent.status = "failed"
+        engine.agent_finished(agent, "failed")
+        return "failed"
+    note = agent.sandbox.describe().get("note")
+    if note:  # where the agent works and how isolated, said plainly (remote hosts)
+        agent.set_status("starting", f"working {note}")
+    return await agent.run()
+
+
+async def _start_sandbox(engine: Engine, agent: Agent) -> None:
+    """Start the agent's sandbox; a failed start is tried once more, and said so."""
+    from supervisor.sandbox.manager import start_sandbox
+
+    def retrying(why: str) -> None:
+        engine.emit(
+            EventType.LOG,
+            agent,
+            {"sandbox_retry": why},
+            f"sandbox start failed, trying once more: {why}",
+        )
+
+    if engine._pool is None:
+        from supervisor.sandbox.manager import warm_pool
+
+        engine._pool = warm_pool(engine.settings, engine.sandbox_kwargs)
+    if engine._pool is not None and agent.sandbox.backend == engine._pool.backend:
+        warm = await engine._pool.take(agent.sandbox.spec)  # refills in the background
+        if warm is not None:
+            agent.sandbox = warm
+            engine.emit(EventType.LOG, agent, {"warm_sandbox": warm.name}, "warm sandbox")
+            return
+    await start_sandbox(agent.sandbox, on_retry=retrying)
+
+
+def _sandbox_env(engine: Engine) -> dict[str, str]:
+
+    return {k: os.environ[k] for k in engine.settings["sandbox.env_allow"] if k in os.environ}
+
+
+def agent_status(engine: Engine, agent: Agent, status: str, doing: str) -> None:
+    values = {
+        "status": status,
+        "doing": engine.redactor.text(doing)[:200],
+        "steps": agent.steps,
+        "updated_at": time.time(),
+    }
+    engine.store.write(lambda db: db.table("agents").update(agent.id, values))
+    engine.emit(EventType.AGENT_STATUS, agent, {"status": status, "doing": doing})
+
+
+def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
+    if engine.closing and status == "stopped":
+        # The process is going away under the agent, not a person stopping it: it
+        # continues when its run is resumed.
+        status = agent.status = "interrupted"
+    now = time.time()
+    values = {
+        "status": status,
+        "summary": engine.redactor.text(agent.summary),
+        "steps": agent.steps,
+        "finished_at": now,
+        "updated_at": now,
+        "doing": "",
+    }
+    engine.store.write(lambda db: db.table("agents").update(agent.id, values))
+    engine.emit(
+        EventType.AGENT_STATUS,
+        agent,
+        {"status": status, "summary": agent.summary},
+        agent.summary,
+    )
+    options = engine.runs.get(agent.run_id)
+    if agent.owns_sandbox and options is not None and not engine.closing:
+        engine._wrap_up_later(agent, keep=agent.id in engine.kept or options.keep_sandboxes)
+    engine._check_run_done(agent.run_id)
+
+
+async def _release(engine: Engine, agent: Agent) -> None:
+    with contextlib.suppress(Exception):
+        await agent.sandbox.destroy()
+
+
+def _check_run_done(engine: Engine, run_id: str) -> None:
+    if run_id in engine._managed or engine.closing:
+        return
+    members = [a for a in engine.agents.values() if a.run_id == run_id]
+    if any(a.status not in FINAL for a in members):
+        return
+    status = (
+        "done"
+        if all(a.status == "done" for a in members)
+        else "failed"
+        if any(a.status == "failed" for a in members)
+        else "stopped"
+    )
+    now = time.time()
+    engine.store.write(
+        lambda db: db.table("runs").update(
+            run_id, {"status": status, "finished_at": now, "updated_at": now}
+        )
+    )
+    engine.emit(EventType.RUN_STATUS, None, {"status": status}, run_id=run_id)
+    engine._done.setdefault(run_id, asyncio.Event()).set()  # also a run taken up again
+
+
+async def wait_run(engine: Engine, run_id: str) -> str:
+    await engine._done[run_id].wait()
+    # Sandboxes are released in the background; let them go before the caller exits.
+    if engine._releasing:
+        await asyncio.gather(*engine._releasing, return_exceptions=True)
+    row = engine.store.db.table("runs").get(run_id) if engine.store.flush(10) else {}
+    return str(row.get("status", "done"))
+
+
+async def stop_run(engine: Engine, run_id: str) -> None:
+    """Stop every agent of the run, those started while it stops included."""
+    engine._stopping.add(run_id)
+    try:
+        while live := [
+            t for a, t in engine.tasks.items() if engine.agents[a].run_id == run_id and not t.done()
+        ]:
+            for task in live:
+                task.cancel()
+            await asyncio.gather(*live, return_exceptions=True)
+    finally:
+        engine._stopping.discard(run_id)
+    # An agent whose task ended before it could say so (cancelled while starting) is
+    # stopped too: nothing of a stopped run stays "starting" or "running".
+    for agent in [a for a in engine.agents.values() if a.run_id == run_id]:
+        if agent.status not in ENDED:
+            agent.status = "stopped"
+            engine.agent_finished(agent, "stopped")
+
+
+def children(engine: Engine, lead: Agent) -> list[Agent]:
+    return [a for a in engine.agents.values() if a.parent_id == lead.id]
+
+
+def find_agent(engine: Engine, key: str) -> Agent | None:
+    """A live agent by id, or by a name no other live agent has (else bad input)."""
+    if key in engine.agents:
+        return engine.agents[key]
+    named = [a for a in engine.agents.values() if a.name == key]
+    if len(named) > 1:
+        from supervisor.errors import InputError
+
+        ids = ", ".join(f"{a.id} (run {a.run_id})" for a in named[:8])
+        raise InputError(f"{len(named)} agents are named {key!r}; name one by its id: {ids}")
+    return named[0] if named else None
+
+
+async def wait_agents(
+    engine: Engine, waiter: Agent, team: list[Agent], timeout: float
+) -> list[Agent]:
+    waiter.set_status("running", f"waiting for {len(team)} agents")
+    tasks = [engine.tasks[a.id] for a in team]
+    await asyncio.wait(tasks, timeout=timeout)
+    return team
+
+
+def _row(engine: Engine, table: str, key: str) -> dict[str, Any]:
+    rows = list(engine.store.db.query(f"SELECT * FROM {table} WHERE id = ?", [key]))
+    return dict(rows[0]) if rows else {}
