@@ -790,15 +790,12 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
     """Every agent: run, status, what it does now, steps, tokens, cost; workers under leads."""
     import time
 
+    from supervisor.store import queries
     from supervisor.system import owner_alive
 
     store = _open_store()
     try:
-        where, args = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
-        rows = [
-            dict(r)
-            for r in store.db.query(f"SELECT * FROM agents {where} ORDER BY created_at", args)
-        ]
+        rows = queries.agents(store.db.conn, [run_id] if run_id else None)
         owners = {
             r["id"]: r["owner"]
             for r in store.db.query("SELECT id, owner FROM runs WHERE status = 'running'")
@@ -1005,9 +1002,10 @@ def notes_export(fmt: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def costs(by: str, as_json: bool) -> None:
     """Spend per agent, run, model or day, and the fleet total against budgets."""
-    import time
 
     from supervisor import config as cfg
+    from supervisor.store import queries
+    from supervisor.system import start_of_day
 
     group = {
         "agent": "agent_id",
@@ -1025,11 +1023,9 @@ def costs(by: str, as_json: bool) -> None:
                 f"GROUP BY {group} ORDER BY cost_usd DESC"
             )
         ]
-        start = time.mktime((*time.localtime()[:3], 0, 0, 0, 0, 0, -1))
-        today = store.db.execute(
-            "SELECT coalesce(sum(cost_usd), 0) FROM costs WHERE ts >= ?", [start]
-        ).fetchone()[0]
-        total = store.db.execute("SELECT coalesce(sum(cost_usd), 0) FROM costs").fetchone()[0]
+        # The same numbers as the TUI's cost bar (supervisor.store.queries).
+        today = queries.spent_since(store.db.conn, start_of_day())
+        total = queries.spent_since(store.db.conn, 0.0)
     finally:
         store.close()
     daily = cfg.load()["budget.daily_usd"]
