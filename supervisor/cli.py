@@ -717,7 +717,8 @@ def approve(agent: str, verdict: str | None) -> None:
 
 
 def _send_answer(agent: str, text: str) -> None:
-    _server_call("agent.answer", start=False, agent=agent, text=text)
+    key = _agent_key(agent)  # a name several agents share is refused here, with their ids
+    _server_call("agent.answer", start=False, agent=key, text=text)
     click.echo(f"sent to {agent}")
 
 
