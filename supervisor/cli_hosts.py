@@ -200,6 +200,9 @@ def hosts_forward(name: str, remote_port: int, local_port: int) -> None:
     conn = h.connect(host)
     try:
         with conn.forward_local(local, remote_port, "127.0.0.1", "127.0.0.1"):
+            # Fabric binds the listener in a thread of its own: say "forwarding" only once
+            # the local port answers, so whoever reads the line can connect at once.
+            _wait_listening(local, deadline_s=10)
             click.echo(f"forwarding 127.0.0.1:{local} -> {name}:{remote_port} (Ctrl-C stops)")
             sys.stdout.flush()
             h.watch(conn)
@@ -207,3 +210,20 @@ def hosts_forward(name: str, remote_port: int, local_port: int) -> None:
         pass
     finally:
         conn.close()
+
+
+def _wait_listening(port: int, deadline_s: float) -> None:
+    import socket
+    import time
+
+    from supervisor.errors import InputError
+
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > end:
+                raise InputError(f"127.0.0.1:{port}: the forward did not start listening") from None
+            time.sleep(0.05)
