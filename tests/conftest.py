@@ -88,9 +88,8 @@ def run_cli(
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.run(
-        [*SUPERVISOR, *args], capture_output=True, text=True, env=full_env, timeout=120, **kw
-    )  # type: ignore[call-overload]
+    kw.setdefault("timeout", 120)
+    return subprocess.run([*SUPERVISOR, *args], capture_output=True, text=True, env=full_env, **kw)  # type: ignore[call-overload]
 
 
 def docker_available() -> bool:

@@ -52,12 +52,14 @@ async def test_fault_in_a_run_of_20_agents(kind: str, sandbox_image: str, home: 
             run_id = await eng.start_run(
                 RunOptions(task="compute", agents=AGENTS, sandbox="docker")
             )
-            status = await asyncio.wait_for(eng.wait_run(run_id), 120)
+            # A deadline, not a benchmark (bench/agents.py measures speed): 20 sandboxes
+            # start, work through the fault and keep their changes on two loaded cores.
+            status = await asyncio.wait_for(eng.wait_run(run_id), 240)
             wall = time.monotonic() - start
             summaries = [(a.status, a.summary) for a in eng.agents.values()]
     assert status == "done", [s for s in summaries if s[0] != "done"]
     assert all(s == ("done", "ok") for s in summaries)
-    assert wall < 90
+    assert wall < 240
     # Each agent saw the answer of its first command despite the fault.
     second_turns = [
         r for r in server.requests if sum(m["role"] == "assistant" for m in r["messages"]) == 1
@@ -88,7 +90,7 @@ async def test_malformed_tool_json_in_20_agents(sandbox_image: str, home: Path) 
     with scripted(script):
         async with engine() as eng:
             run_id = await eng.start_run(RunOptions(task="t", agents=AGENTS, sandbox="docker"))
-            assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
+            assert await asyncio.wait_for(eng.wait_run(run_id), 240) == "done"
 
 
 async def test_planted_secret_leaves_no_trace(

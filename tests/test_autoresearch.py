@@ -238,7 +238,7 @@ def test_agent_proposer_edits_the_code(toy: Path, home: Path, sandbox_image: str
     with scripted(script) as server:
         result = run_cli(
             "recipe", "run", "autoresearch", "-p", f"target={toy}", "-p", "experiments=4",
-            "-p", "baseline_runs=1",
+            "-p", "baseline_runs=1", timeout=300,
         )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     rows = results(home, run_id_of(result.stdout))
