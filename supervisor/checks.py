@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 
 from supervisor import Check, CheckResult, hookimpl
-from supervisor.models import PROVIDER_KEYS
+from supervisor.types import PROVIDER_KEYS
 
 # Environment variables litellm reads for each provider's credentials.
 

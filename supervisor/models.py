@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from supervisor.errors import InputError, SupervisorError
-from supervisor.types import ModelSpec
+from supervisor.types import PROVIDER_KEYS, ModelSpec
 
 if TYPE_CHECKING:
     from supervisor.plugins import Plugins
@@ -117,22 +117,6 @@ class RetryInfo:
 
 
 # -- the registry of models
-
-
-# Which environment variables hold each provider's credentials.
-PROVIDER_KEYS: dict[str, tuple[str, ...]] = {
-    "anthropic": ("ANTHROPIC_API_KEY",),
-    "openai": ("OPENAI_API_KEY",),
-    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-    "mistral": ("MISTRAL_API_KEY",),
-    "groq": ("GROQ_API_KEY",),
-    "deepseek": ("DEEPSEEK_API_KEY",),
-    "openrouter": ("OPENROUTER_API_KEY",),
-    "xai": ("XAI_API_KEY",),
-    "together_ai": ("TOGETHERAI_API_KEY", "TOGETHER_API_KEY"),
-    "bedrock": ("AWS_ACCESS_KEY_ID",),
-    "azure": ("AZURE_API_KEY",),
-}
 
 
 @dataclass

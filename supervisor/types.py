@@ -136,3 +136,20 @@ class PluginInfo:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+# Which environment variables hold each provider's credentials (the model boundary and the
+# doctor's check both read it; kept here, where importing costs nothing).
+PROVIDER_KEYS: dict[str, tuple[str, ...]] = {
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "openai": ("OPENAI_API_KEY",),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "mistral": ("MISTRAL_API_KEY",),
+    "groq": ("GROQ_API_KEY",),
+    "deepseek": ("DEEPSEEK_API_KEY",),
+    "openrouter": ("OPENROUTER_API_KEY",),
+    "xai": ("XAI_API_KEY",),
+    "together_ai": ("TOGETHERAI_API_KEY", "TOGETHER_API_KEY"),
+    "bedrock": ("AWS_ACCESS_KEY_ID",),
+    "azure": ("AZURE_API_KEY",),
+}
