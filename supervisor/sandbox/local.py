@@ -135,7 +135,9 @@ class HostReaper:
     at (orphans on the host are not the agent's to judge: the backend is not isolated)."""
 
     async def mark(self) -> str:
-        return await asyncio.to_thread(_mark)
+        # Two tiny reads of /proc: cheaper inline than a hop to the default thread pool,
+        # where a fleet's commands would queue behind the model calls' own work.
+        return _mark()
 
     async def kill(self, mark: str, shell_pid: int) -> int:
         return await asyncio.to_thread(_kill_descendants, mark, shell_pid)
