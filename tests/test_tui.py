@@ -934,4 +934,4 @@ async def test_the_first_frame_comes_before_the_connection(home: Path) -> None:
         assert "Connecting to the supervisor server" in screen_text(app) or app.loaded
         first = time.monotonic() - started
         await loaded(pilot)
-    assert first < 1.0
+    assert first < 3.0  # a deadline on a loaded 2-core machine; bench/tui.py measures it
