@@ -91,13 +91,20 @@ async def test_an_agent_whose_sandbox_hangs_fails_and_the_engine_goes_on(
 
 
 async def _processes(box) -> list[str]:  # type: ignore[no-untyped-def]
-    """The sandbox's processes other than its own machinery and this listing."""
-    r = await box.exec("ps -eo pid=,args=")
-    return [
-        line
-        for line in r.stdout.splitlines()
-        if not any(k in line for k in ("docker-init", "sandbox-idle", "bash --noprofile", "ps -eo"))
-    ]
+    """The sandbox's live processes other than its own machinery and this listing: its
+    init and idle process, and the shells the engine started (their parent is outside
+    the sandbox, pid 0). A fork of the agent's shell has the shell's command line, so
+    shells are told apart by parent, not by name; the dead (zombies) are not running."""
+    r = await box.exec("ps -eo pid=,ppid=,stat=,args=")
+    left = []
+    for line in r.stdout.splitlines():
+        pid, ppid, stat, args = line.split(None, 3)
+        if pid == "1" or ppid == "0" or stat.startswith("Z"):
+            continue
+        if args.startswith(("sandbox-idle", "ps -eo")):
+            continue
+        left.append(f"{pid} {args}")
+    return left
 
 
 async def test_a_builtin_loop_in_the_shell_itself_is_stopped(sandbox_factory) -> None:  # type: ignore[no-untyped-def]

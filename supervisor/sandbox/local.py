@@ -152,8 +152,8 @@ def _mark() -> str:
     return f"{int(up)} {int(Path('/proc/sys/kernel/ns_last_pid').read_text())}"
 
 
-def _processes() -> dict[int, tuple[int, int]]:
-    """Every process: pid -> (parent pid, start tick)."""
+def _processes() -> dict[int, tuple[int, int, bool]]:
+    """Every process: pid -> (parent pid, start tick, whether it is still alive)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -162,7 +162,7 @@ def _processes() -> dict[int, tuple[int, int]]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        found[int(entry.name)] = (int(fields[1]), int(fields[19]))
+        found[int(entry.name)] = (int(fields[1]), int(fields[19]), fields[0] not in ('Z', 'X'))
     return found
 
 
@@ -174,8 +174,9 @@ def _kill_descendants(mark: str, shell_pid: int) -> int:
     for _ in range(500):
         procs = _processes()
         new = False
-        for pid, (_, tick) in procs.items():
-            if pid in stopped or not (tick > since or (tick == since and pid > lastpid)):
+        for pid, (_, tick, alive) in procs.items():
+            after = tick > since or (tick == since and pid > lastpid)
+            if not alive or pid in stopped or not after:
                 continue
             parent = procs[pid][0]
             while parent not in (shell_pid, 0, 1) and parent in procs:

@@ -93,7 +93,9 @@ class Reaper(Protocol):
 # and its parents lead to the agent's shell or to PID 1 (orphans, setsid). Processes of
 # other execs (file copies, a person's `sandbox shell`) lead to PID 0 and are spared.
 # On a machine others share (orphans=0) only the shell's own descendants are taken.
-# Everything found is stopped first, again until no new one appears, then killed.
+# Everything found is stopped first, again until no new one appears, then killed. A killed
+# process takes a moment to die (longer on a loaded machine); the caller calls again until
+# none is left alive, so that the command's processes are gone when its result returns.
 REAPER_FUNCTIONS = r"""
 __sv_mark() {
   local up x lp
@@ -111,6 +113,7 @@ __sv_kill() {
       read -r line <"$d/stat" 2>/dev/null || continue
       set -f; f=(${line##*) }); set +f
       parent[$p]=${f[1]}
+      [[ ${f[0]} == [ZX] ]] && continue  # already dead, waiting to be reaped
       if (( f[19] > since || (f[19] == since && p > lastpid) )); then cands+=("$p"); fi
     done
     new=0
@@ -417,9 +420,9 @@ class PersistentShell:
         if self._reaper is not None and mark:
             try:
                 try:
-                    await self._reaper.kill(mark, self.pid)
+                    await self._kill_until_gone(mark)
                 except SandboxError:
-                    await self._reaper.kill(mark, self.pid)  # the reaper starts afresh once
+                    await self._kill_until_gone(mark)  # the reaper starts afresh once
                 return await asyncio.wait_for(self._collect(out, err), KILL_GRACE_S), ""
             except SandboxError as exc:
                 raise Unstoppable(f"cannot stop the timed-out command: {exc}") from None
@@ -429,6 +432,14 @@ class PersistentShell:
                     await self._reaper.kill_shell(self.pid)
         await self._reset("its command could not be stopped alone")
         return None, "the command kept the sandbox shell busy, so the shell was killed too"
+
+    async def _kill_until_gone(self, mark: str) -> None:
+        """Kill the command's processes, and again until none is left alive (dying ones
+        included), within :data:`KILL_GRACE_S`."""
+        assert self._reaper is not None
+        deadline = time.monotonic() + KILL_GRACE_S
+        while await self._reaper.kill(mark, self.pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def _collect(self, out: _Scanner, err: _Scanner) -> int | None:
         """Read frames until both end markers arrived; the exit status, or None at EOF."""
