@@ -134,7 +134,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     ):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
-        report.longrepr = f"skipped where every test must run (SUPERVISOR_REQUIRE_DOCKER=1): {reason}"
+        report.longrepr = (
+            f"skipped where every test must run (SUPERVISOR_REQUIRE_DOCKER=1): {reason}"
+        )
 
 
 @pytest.fixture

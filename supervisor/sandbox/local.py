@@ -162,7 +162,7 @@ def _processes() -> dict[int, tuple[int, int, bool]]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        found[int(entry.name)] = (int(fields[1]), int(fields[19]), fields[0] not in ('Z', 'X'))
+        found[int(entry.name)] = (int(fields[1]), int(fields[19]), fields[0] not in ("Z", "X"))
     return found
 
 
