@@ -193,8 +193,21 @@ async def test_a_finished_agents_work_can_be_reviewed_and_applied(
                 what="the agent",
             )
             agent_id = agent_id[0]["id"]
-            await wait_for(lambda: saved_diff(home, agent_id), 120, "the changes to be kept")
-            await wait_for(lambda: not containers(run_id), 60, "the sandbox to be released")
+            # Once the run reads done, its work is kept and its sandbox gone: nothing of the
+            # run happens after its end.
+            await wait_for(
+                lambda: db_rows(
+                    home, "SELECT 1 FROM runs WHERE id = ? AND status = 'done'", (run_id,)
+                ),
+                120,
+                "the run to end",
+            )
+            assert saved_diff(home, agent_id)
+            assert not containers(run_id)
+            last = db_rows(
+                home, "SELECT type FROM events WHERE run_id = ? ORDER BY id DESC LIMIT 1", (run_id,)
+            )
+            assert last == [{"type": "run.status"}]
 
             # The TUI's Changes tab asks the supervisor process.
             shown = await client.call("agent.diff", agent=agent_id)

@@ -518,6 +518,17 @@ def _check_run_done(engine: Engine, run_id: str) -> None:
     members = [a for a in engine.agents.values() if a.run_id == run_id]
     if any(a.status not in FINAL for a in members):
         return
+    saving = [
+        t for a in members if (t := engine._wrapups.get(a.id)) is not None and not t.done()
+    ]
+    if saving:
+        # The run ends once its agents' changes are kept: whoever reads "run done" (a
+        # person, `wait_run`, a late subscriber) finds every change saved, and no event of
+        # the run follows its end.
+        task = asyncio.get_running_loop().create_task(_done_after(engine, run_id, saving))
+        engine._releasing.add(task)
+        task.add_done_callback(engine._releasing.discard)
+        return
     status = (
         "done"
         if all(a.status == "done" for a in members)
@@ -525,14 +536,12 @@ def _check_run_done(engine: Engine, run_id: str) -> None:
         if any(a.status == "failed" for a in members)
         else "stopped"
     )
-    now = time.time()
-    engine.store.write(
-        lambda db: db.table("runs").update(
-            run_id, {"status": status, "finished_at": now, "updated_at": now}
-        )
-    )
-    engine.emit(EventType.RUN_STATUS, None, {"status": status}, run_id=run_id)
-    engine._done.setdefault(run_id, asyncio.Event()).set()  # also a run taken up again
+    finish_run(engine, run_id, status)  # also a run taken up again
+
+
+async def _done_after(engine: Engine, run_id: str, saving: list[asyncio.Task[None]]) -> None:
+    await asyncio.gather(*saving, return_exceptions=True)
+    engine._check_run_done(run_id)  # again: an agent may have been restarted meanwhile
 
 
 async def wait_run(engine: Engine, run_id: str) -> str:
