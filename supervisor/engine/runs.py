@@ -518,9 +518,7 @@ def _check_run_done(engine: Engine, run_id: str) -> None:
     members = [a for a in engine.agents.values() if a.run_id == run_id]
     if any(a.status not in FINAL for a in members):
         return
-    saving = [
-        t for a in members if (t := engine._wrapups.get(a.id)) is not None and not t.done()
-    ]
+    saving = [t for a in members if (t := engine._wrapups.get(a.id)) is not None and not t.done()]
     if saving:
         # The run ends once its agents' changes are kept: whoever reads "run done" (a
         # person, `wait_run`, a late subscriber) finds every change saved, and no event of
