@@ -39,6 +39,7 @@ async def _wrap_up(engine: Engine, agent: Agent, *, keep: bool) -> None:
     agent, stop it with its files, so a restart picks it up again. A sandbox whose
     changes could not be copied is kept for review."""
     if not await engine.save_changes(agent) or keep:
+        engine.kept.add(agent.id)  # closing the engine must not remove it either
         return
     if agent.status == "stopped":
         with contextlib.suppress(Exception):

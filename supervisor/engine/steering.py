@@ -301,8 +301,11 @@ async def close(engine: Engine, *, interrupt: bool = False) -> None:
             engine.emit(EventType.RUN_STATUS, None, {"status": "interrupted"}, run_id=run_id)
     else:
         await asyncio.gather(*list(engine._releasing), return_exceptions=True)
+        # Sandboxes kept on purpose (--keep-sandboxes, `k`) or for review (their changes
+        # could not be copied out) outlive the engine too.
         await asyncio.gather(
-            *(engine._release(a) for a in engine.agents.values()), return_exceptions=True
+            *(engine._release(a) for a in engine.agents.values() if a.id not in engine.kept),
+            return_exceptions=True,
         )
     if engine._pool is not None:
         await engine._pool.close()
