@@ -229,13 +229,20 @@ class ModelClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._global = asyncio.Semaphore(max_concurrent)
+        # alias -> the (concurrent, rpm) its gate and semaphore were made for
+        self._made_for: dict[str, tuple[int, int]] = {}
         self._per_model: dict[str, asyncio.Semaphore] = {}
         self._gates: dict[str, _RateGate] = {}
 
     def _limits(self, spec: ModelSpec) -> tuple[asyncio.Semaphore | None, _RateGate]:
-        concurrent, rpm = self.registry.limits.get(spec.alias, (0, 0))
-        if spec.alias not in self._gates:
+        limits = self.registry.limits.get(spec.alias, (0, 0))
+        if self._made_for.get(spec.alias) != limits:
+            # New, or the person changed the model's limits (the registry is reloaded on a
+            # settings change): later calls obey the new ones; calls in flight finish.
+            concurrent, rpm = limits
+            self._made_for[spec.alias] = limits
             self._gates[spec.alias] = _RateGate(rpm)
+            self._per_model.pop(spec.alias, None)
             if concurrent > 0:
                 self._per_model[spec.alias] = asyncio.Semaphore(concurrent)
         return self._per_model.get(spec.alias), self._gates[spec.alias]

@@ -48,6 +48,8 @@ def refresh_settings(engine: Engine) -> list[str]:
         note += "; tool-call policy applies from each agent's next call"
     if any(k.startswith(("sandbox.", "agent.", "model", "budget.agent")) for k in changed):
         note += "; agents already running keep their sandbox, model and limits"
+    if any(k.startswith("models.") and k.endswith((".max_concurrent", ".rpm")) for k in changed):
+        note += "; model call limits apply from each next call"
     if later:
         note += f"; {', '.join(later)} apply when the supervisor process restarts"
     active = {a.run_id for a in engine.agents.values() if engine.running(a)}
