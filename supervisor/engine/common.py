@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from supervisor.agent import Agent
 from supervisor.events import Event, EventType
@@ -26,6 +27,17 @@ Listener = Callable[[Event], None]
 
 
 DELTA_FLUSH_CHARS = 256
+
+
+async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended. The cancel is repeated each
+    second: on Python 3.11 ``asyncio.wait_for`` can swallow a cancellation that arrives
+    just as its inner call completes (fixed in 3.12), and a stopped agent would run on."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
 
 
 DELTA_FLUSH_S = 0.05

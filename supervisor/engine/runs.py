@@ -23,7 +23,7 @@ from supervisor.types import ModelSpec
 
 if TYPE_CHECKING:
     pass
-from supervisor.engine.common import OWNER, RunOptions, _new_id, _slug
+from supervisor.engine.common import OWNER, RunOptions, _new_id, _slug, cancel_and_wait
 
 if TYPE_CHECKING:
     from supervisor.engine import Engine
@@ -558,9 +558,7 @@ async def stop_run(engine: Engine, run_id: str) -> None:
         while live := [
             t for a, t in engine.tasks.items() if engine.agents[a].run_id == run_id and not t.done()
         ]:
-            for task in live:
-                task.cancel()
-            await asyncio.gather(*live, return_exceptions=True)
+            await cancel_and_wait(live)
     finally:
         engine._stopping.discard(run_id)
     # An agent whose task ended before it could say so (cancelled while starting) is

@@ -18,7 +18,7 @@ from supervisor.system import owner_alive
 
 if TYPE_CHECKING:
     pass
-from supervisor.engine.common import OWNER, RunOptions, sandbox_alive
+from supervisor.engine.common import OWNER, RunOptions, cancel_and_wait, sandbox_alive
 
 if TYPE_CHECKING:
     from supervisor.engine import Engine
@@ -90,9 +90,8 @@ async def stop(engine: Engine, key: str) -> None:
     agent = engine.agent(key)
     engine._paused.pop(agent.id, None)
     task = engine.tasks.get(agent.id)
-    if task is not None and not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    if task is not None:
+        await cancel_and_wait([task])
     await engine._settled(agent)  # its changes are kept before the person hears "stopped"
 
 
@@ -110,9 +109,8 @@ def restart(engine: Engine, key: str) -> Agent:
     task = engine.tasks.get(agent.id)
 
     async def go() -> str:
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        if task is not None:
+            await cancel_and_wait([task])
         return await engine._resume_agent(agent)
 
     engine.tasks[agent.id] = asyncio.get_running_loop().create_task(go())
@@ -287,9 +285,7 @@ async def close(engine: Engine, *, interrupt: bool = False) -> None:
     where they were; otherwise sandboxes are released."""
     engine.closing = interrupt
     active = {a.run_id for a in engine.agents.values() if engine.running(a)}
-    for task in engine.tasks.values():
-        task.cancel()
-    await asyncio.gather(*engine.tasks.values(), return_exceptions=True)
+    await cancel_and_wait(list(engine.tasks.values()))
     if interrupt:
         now = time.time()
         for run_id in active - engine._managed:  # recipe runs record it themselves
