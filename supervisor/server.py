@@ -659,12 +659,17 @@ class Server:
         return True
 
     async def _budget_set(self, conn: _Conn, args: dict[str, Any]) -> str:
+        usd: float | None = None
+        tokens: int | None = None
         try:
-            usd = float(args.get("usd"))  # type: ignore[arg-type]
+            if args.get("usd") is not None:
+                usd = float(args["usd"])
+            if args.get("tokens") is not None:
+                tokens = int(args["tokens"])
         except (TypeError, ValueError):
-            raise InputError("give the limit in USD as a number") from None
+            raise InputError("give the limit in USD, or in tokens, as a number") from None
         return await self.engine.set_budget(
-            str(args.get("scope") or ""), str(args.get("target") or ""), usd
+            str(args.get("scope") or ""), str(args.get("target") or ""), usd, tokens
         )
 
     async def _note_add(self, conn: _Conn, args: dict[str, Any]) -> int:

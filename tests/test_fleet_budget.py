@@ -1,0 +1,238 @@
+"""A fleet budget brakes, it does not crash: a warning once at the threshold, fewer agents
+stepping at once as the budget runs low, and at the limit no new agent starts while the
+running ones finish the step they are in — in dollars, and in tokens for a $0 model.
+
+Real parts: the scripted OpenAI-compatible server over real HTTP through litellm (which
+reports usage and prices it), local sandboxes running real commands, the real store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_kit import engine, scripted
+from conftest import run_cli
+
+from supervisor import config
+from supervisor.engine import RunOptions
+from supervisor.testing import Reply
+
+
+def _events(home: Path, *kinds: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(home / "supervisor.db")
+    try:
+        marks = ",".join("?" * len(kinds))
+        rows = conn.execute(
+            f"SELECT id, type, run_id, agent_id, data, text FROM events WHERE type IN ({marks}) "
+            "ORDER BY id",
+            kinds,
+        ).fetchall()
+    finally:
+        conn.close()
+    return [
+        {"id": i, "type": t, "run_id": r, "agent_id": a, "data": json.loads(d or "{}"), "text": x}
+        for i, t, r, a, d, x in rows
+    ]
+
+
+async def _until(check: Any, seconds: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {seconds}s: {check}")
+        await asyncio.sleep(0.05)
+
+
+def _task(messages: list[dict[str, Any]]) -> str:
+    return str(messages[1]["content"])
+
+
+def _turns(messages: list[dict[str, Any]]) -> int:
+    return sum(m["role"] == "assistant" for m in messages)
+
+
+async def test_fleet_budget_holds_new_agents_while_running_ones_finish_their_step(
+    home: Path,
+) -> None:
+    """$1 over all live runs, agents stop at the limit: each running agent's step that
+    crossed it ends with its command run to the end, no model call follows, and an agent
+    dispatched after the brake never starts."""
+
+    def script(messages: list[dict[str, Any]]) -> Reply:
+        # $1 per million input tokens: each first step costs $0.60, so the second crosses $1.
+        if _turns(messages) == 0:
+            command = "sleep 1; echo finished-its-step"
+            return Reply(tool_calls=[("shell", {"command": command})], usage=(600_000, 0))
+        return Reply(tool_calls=[("finish", {"summary": "all done"})], usage=(10, 0))
+
+    with scripted(script, budget__fleet_usd="1", budget__at_limit="stop") as server:
+        async with engine() as eng:
+            braked = asyncio.Event()
+            eng.listen(lambda e: braked.set() if e.type == "budget.brake" else None)
+            first = await eng.start_run(RunOptions(task="build it", sandbox="local", agents=2))
+            await asyncio.wait_for(braked.wait(), 60)
+            # Dispatched while the running agents are still in their step.
+            late = await eng.start_run(RunOptions(task="late task", sandbox="local"))
+            assert await asyncio.wait_for(eng.wait_run(late), 60) == "stopped"
+            assert await asyncio.wait_for(eng.wait_run(first), 60) == "stopped"
+            calls_at_brake = len(server.requests)
+            agents = {a.id: a for a in eng.agents.values()}
+
+    # No model call after the brake: two first steps, nothing more, not even the late run's.
+    assert calls_at_brake == 2 and len(server.requests) == 2
+    assert not any(_task(r["messages"]) == "late task" for r in server.requests)
+    events = _events(
+        home, "budget.brake", "budget.held", "agent.status", "tool.started", "tool.finished"
+    )
+    brakes = [e for e in events if e["type"] == "budget.brake"]
+    assert brakes and {e["data"]["scope"] for e in brakes} == {"fleet"}
+    assert brakes[0]["data"]["spent"] == pytest.approx(1.2)
+    assert "no new agents start" in brakes[0]["text"]
+    brake_id = brakes[0]["id"]
+    # No agent began work after the brake was said.
+    began = [
+        e
+        for e in events
+        if e["type"] == "agent.status" and e["data"].get("doing") == "reading the task"
+    ]
+    assert all(e["id"] < brake_id for e in began) and len(began) == 2
+    # The running agents' commands ran to the end and their results were recorded.
+    started = {e["data"]["id"] for e in events if e["type"] == "tool.started"}
+    finished = [e for e in events if e["type"] == "tool.finished"]
+    assert started == {e["data"]["id"] for e in finished} and len(started) == 2
+    assert all("finished-its-step" in e["text"] for e in finished)
+    workers = [a for a in agents.values() if a.run_id == first]
+    for agent in workers:
+        assert agent.status == "stopped" and agent.steps == 1
+        assert "fleet budget $1 (all live runs) reached" in agent.summary
+        assert "supervisor budget fleet USD" in agent.summary
+    # The agent dispatched after the brake was held, said so, and never started.
+    (held_agent,) = [a for a in agents.values() if a.run_id == late]
+    assert held_agent.status == "stopped" and held_agent.steps == 0
+    assert held_agent.summary.startswith("not started: fleet budget $1")
+    held = [e for e in events if e["type"] == "budget.held"]
+    assert [e["agent_id"] for e in held] == [held_agent.id]
+    assert held[0]["id"] > brake_id
+
+
+async def test_run_budget_warns_once_shrinks_concurrency_and_lands_on_its_limit(
+    home: Path,
+) -> None:
+    """Four agents, $0.125 a step, a $1 run budget, warning at half: one warning; as the
+    budget runs low fewer agents may step at once (3, 2, 1), so the run stops at exactly
+    $1 rather than four steps past it; agents pause, and go on when the budget is raised."""
+
+    def script(messages: list[dict[str, Any]]) -> Reply:
+        usage = (125_000, 0)  # $0.125, exact in binary: the sum meets $1 exactly
+        if _turns(messages) < 3:
+            return Reply(tool_calls=[("shell", {"command": "true"})], usage=usage)
+        return Reply(tool_calls=[("finish", {"summary": "done"})], usage=usage)
+
+    with scripted(script, budget__warn_at="0.5"):
+        async with engine() as eng:
+            statuses: list[str] = []
+            eng.listen(
+                lambda e: (
+                    statuses.append(str(e.data.get("doing"))) if e.type == "agent.status" else None
+                )
+            )
+            run_id = await eng.start_run(
+                RunOptions(task="step", sandbox="local", agents=4, max_cost_usd=1.0)
+            )
+            team = [a for a in eng.agents.values() if a.run_id == run_id]
+            await _until(lambda: all(a.status == "paused" for a in team) and len(team) == 4)
+            spent_at_brake = sum(a.cost_usd for a in team)
+            report = run_cli("budget")
+            assert report.returncode == 0, report.stderr
+            await eng.set_budget("run", run_id, 0)  # no limit: the paused agents go on
+            assert await asyncio.wait_for(eng.wait_run(run_id), 60) == "done"
+
+    assert spent_at_brake == 1.0
+    events = _events(home, "budget.warning", "budget.shrink", "budget.brake")
+    warnings = [e for e in events if e["type"] == "budget.warning"]
+    assert len(warnings) == 1 and warnings[0]["data"]["spent"] == 0.5
+    assert "50% spent ($0.5 of $1; $0.5 left)" in warnings[0]["text"]
+    shrinks = [e["data"]["allowed"] for e in events if e["type"] == "budget.shrink"]
+    assert shrinks == [3, 2, 1], shrinks
+    assert [e["type"] for e in events][-1] == "budget.brake"
+    assert any(s.startswith("waiting for a step: run budget lets") for s in statuses)
+    assert any(
+        s.startswith(f"run budget $1 reached; raise it with `supervisor budget run {run_id}")
+        for s in statuses
+    )
+    # `supervisor budget` showed the run spent, with its agents paused by the budget.
+    shown = report.stdout
+    assert f"run {run_id} 'step': $1.0000 of $1 (spent)" in shown, shown
+    assert "4 agents paused or held by budget" in shown, shown
+
+
+async def test_token_budget_brakes_a_free_model(home: Path) -> None:
+    """A self-hosted model costs $0; a fleet token budget still warns and brakes."""
+
+    def script(messages: list[dict[str, Any]]) -> Reply:
+        return Reply(tool_calls=[("shell", {"command": "echo step"})], usage=(900, 100))
+
+    with scripted(
+        script,
+        price_in=0.0,
+        price_out=0.0,
+        budget__fleet_tokens="2500",
+        budget__at_limit="stop",
+    ) as server:
+        async with engine() as eng:
+            run_id = await eng.start_run(RunOptions(task="loop", sandbox="local"))
+            assert await asyncio.wait_for(eng.wait_run(run_id), 60) == "stopped"
+            (agent,) = eng.agents.values()
+    assert agent.cost_usd == 0.0 and len(server.requests) == 3  # 1000 tokens a step
+    assert agent.summary == (
+        "stopped: fleet token budget 2,500 tokens (all live runs) reached; "
+        "raise it with `supervisor budget fleet --tokens N`"
+    )
+    events = _events(home, "budget.warning", "budget.brake")
+    assert [(e["type"], e["data"]["unit"], e["data"]["spent"]) for e in events] == [
+        ("budget.warning", "tokens", 2000),
+        ("budget.brake", "tokens", 3000),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("config", "set", "budget.warn_at", "1.5"), "budget.warn_at must be from 0 to 1"),
+        (("config", "set", "budget.warn_at", "nan"), "budget.warn_at must be a finite number"),
+        (("config", "set", "budget.fleet_usd", "-1"), "budget.fleet_usd must be at least 0"),
+        (("config", "set", "budget.fleet_usd", "inf"), "budget.fleet_usd must be a finite"),
+        (("config", "set", "budget.fleet_tokens", "lots"), "must be an integer, got 'lots'"),
+        (("config", "set", "budget.run_tokens", "-3"), "budget.run_tokens must be at least 0"),
+        (("config", "set", "budget.at_limit", "crash"), "budget.at_limit must be pause or stop"),
+        (("budget", "fleet", "nan"), "a budget must be 0 (none) or more, not nan"),
+        (("budget", "fleet", "lots"), "give the limit in USD as the last argument"),
+        (("budget", "fleet", "--tokens", "-5"), "a token budget must be 0 (none) or more"),
+        (("budget", "fleet", "--tokens", "x"), "'x' is not a valid integer"),
+        (("budget", "daily", "--tokens", "5"), "--tokens limits a run or the fleet"),
+    ],
+)
+def test_settings_that_would_disable_a_budget_are_refused_in_one_line(
+    home: Path, args: tuple[str, ...], needle: str
+) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert not (home / "config.toml").exists()  # nothing changed
+
+
+def test_fleet_budget_set_from_the_cli_is_shown(home: Path) -> None:
+    assert run_cli("budget", "fleet", "25").returncode == 0
+    assert run_cli("budget", "fleet", "--tokens", "1000000").returncode == 0
+    values = config.load()
+    assert values["budget.fleet_usd"] == 25.0 and values["budget.fleet_tokens"] == 1_000_000
+    shown = run_cli("budget")
+    assert shown.returncode == 0, shown.stderr
+    assert "fleet (0 live runs): $0.0000 of $25 (ok), 0 of 1,000,000 tokens (ok)" in shown.stdout
+    state = json.loads(run_cli("budget", "--json").stdout)
+    assert state["fleet"]["budget_usd"] == 25.0 and state["at_limit"] == "pause"
