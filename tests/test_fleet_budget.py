@@ -236,3 +236,34 @@ def test_fleet_budget_set_from_the_cli_is_shown(home: Path) -> None:
     assert "fleet (0 live runs): $0.0000 of $25 (ok), 0 of 1,000,000 tokens (ok)" in shown.stdout
     state = json.loads(run_cli("budget", "--json").stdout)
     assert state["fleet"]["budget_usd"] == 25.0 and state["at_limit"] == "pause"
+
+
+async def test_the_tui_cost_bar_shows_the_warning_then_the_brake(home: Path) -> None:
+    """A person sees a budget's warning and then its brake in the status bar, without
+    opening a transcript."""
+    from supervisor.tui.app import SupervisorApp
+    from supervisor.tui.widgets.bars import CostBar
+
+    script = [  # the first step's command gives the warning time on screen
+        Reply(tool_calls=[("shell", {"command": "sleep 1.5"})], usage=(850_000, 0)),
+        Reply(tool_calls=[("shell", {"command": "true"})], usage=(850_000, 0)),
+        Reply(tool_calls=[("finish", {"summary": "done"})], usage=(10, 0)),
+    ]
+    with scripted(script, sandbox__backend="local"):
+        app = SupervisorApp()
+        async with app.run_test(size=(160, 40)) as pilot:
+
+            async def bar_says(words: str) -> str:
+                deadline = asyncio.get_running_loop().time() + 30
+                while words not in (text := str(app.query_one(CostBar).render())):
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise AssertionError(f"the cost bar never said {words!r}: {text}")
+                    await pilot.pause(0.05)
+                return text
+
+            await bar_says("running")  # connected and loaded
+            assert app.client is not None
+            await app.client.call("run.start", task="spend", title="spender", max_cost_usd=1.0)
+            await bar_says("⚠ run spender budget 85% spent")
+            text = await bar_says("■ run spender budget spent: no new agents")
+            assert "⚠" not in text  # the brake replaced the warning

@@ -222,7 +222,8 @@ def _limit_tokens(engine: Engine, run_id: str) -> int:
     outlives the supervisor process without a column of its own."""
     known = engine._brakes.tokens
     if run_id not in known:
-        engine.store.flush()
+        # No flush: a limit set in this process is already in ``known``; one set before
+        # a restart was committed long ago.
         row = engine.store.db.execute(
             "SELECT data FROM events WHERE run_id = ? AND type = 'budget.set' "
             "AND json_extract(data, '$.tokens') IS NOT NULL ORDER BY id DESC LIMIT 1",
