@@ -31,7 +31,8 @@ max_cost_usd, max_steps, keep_sandboxes, title]``, ``run.stop [run]``, ``run.res
 [run]``, ``recipe.start [path, params]``, ``agent.message [agent, text]``, ``agent.answer
 [agent, text]`` (an answer, or ``approve | deny | always`` for a pending tool call),
 ``agent.pause | agent.resume | agent.stop | agent.restart | agent.keep [agent]``,
-``agent.diff [agent]``, ``shutdown [force]``.
+``agent.diff [agent]``, ``budget.set [scope, target, usd, tokens]``, ``shutdown
+[force]``.
 
 One server per data directory: it holds an exclusive lock on ``server.lock`` for its whole
 life, so a second one refuses to start, and a socket file whose lock is free belongs to a
