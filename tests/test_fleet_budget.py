@@ -267,3 +267,49 @@ async def test_the_tui_cost_bar_shows_the_warning_then_the_brake(home: Path) -> 
             await bar_says("⚠ run spender budget 85% spent")
             text = await bar_says("■ run spender budget spent: no new agents")
             assert "⚠" not in text  # the brake replaced the warning
+
+
+def test_a_held_agent_starts_when_the_fleet_budget_is_raised(home: Path) -> None:
+    """Through the supervisor process, as a person does it: the fleet budget is spent, the
+    running agent pauses after its step, a new run's agent is held before its sandbox
+    starts; `supervisor budget` shows it; raising the budget lets both go on to the end."""
+    import time
+
+    def rows() -> dict[str, dict[str, Any]]:
+        """The agents' rows, as `supervisor agents ls` shows them (read without a process
+        start per poll)."""
+        conn = sqlite3.connect(home / "supervisor.db")
+        conn.row_factory = sqlite3.Row
+        try:
+            return {r["run_id"]: dict(r) for r in conn.execute("SELECT * FROM agents")}
+        finally:
+            conn.close()
+
+    def wait_for(check: Any, seconds: float = 60) -> Any:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if value := check():
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"not within {seconds}s")
+
+    script = [
+        Reply(tool_calls=[("shell", {"command": "true"})], usage=(1_500_000, 0)),  # $1.50
+        Reply(tool_calls=[("finish", {"summary": "done"})], usage=(10, 0)),
+    ]
+    with scripted(script, sandbox__backend="local"):
+        assert run_cli("budget", "fleet", "1").returncode == 0
+        first = run_cli("run", "-d", "first").stdout.strip().splitlines()[-1]
+        wait_for(lambda: rows().get(first, {}).get("status") == "paused")
+        second = run_cli("run", "-d", "second").stdout.strip().splitlines()[-1]
+        held = wait_for(lambda: (r := rows().get(second)) and r["status"] == "paused" and r)
+        assert held["doing"].startswith("held before start: fleet budget $1 (all live runs)")
+        shown = run_cli("budget").stdout
+        assert "fleet (2 live runs): $1.5000 of $1 (spent)" in shown, shown
+        assert f"run {second} 'second': $0.0000; 1 agents paused or held by budget" in shown
+        raised = run_cli("budget", "fleet", "10")
+        assert raised.returncode == 0 and raised.stdout.strip() == "fleet budget $10"
+        wait_for(lambda: all(rows().get(r, {}).get("status") == "done" for r in (first, second)))
+    held_events = _events(home, "budget.held")
+    assert [e["run_id"] for e in held_events] == [second]
+    assert held_events[0]["data"]["at_limit"] == "pause"
