@@ -304,12 +304,19 @@ def test_a_held_agent_starts_when_the_fleet_budget_is_raised(home: Path) -> None
         second = run_cli("run", "-d", "second").stdout.strip().splitlines()[-1]
         held = wait_for(lambda: (r := rows().get(second)) and r["status"] == "paused" and r)
         assert held["doing"].startswith("held before start: fleet budget $1 (all live runs)")
+        tokens = run_cli("budget", "run", second, "--tokens", "9000000")
+        assert tokens.stdout.strip() == f"run {second} budget 9,000,000 tokens", tokens.stderr
         shown = run_cli("budget").stdout
         assert "fleet (2 live runs): $1.5000 of $1 (spent)" in shown, shown
-        assert f"run {second} 'second': $0.0000; 1 agents paused or held by budget" in shown
+        assert (
+            f"run {second} 'second': $0.0000, 0 of 9,000,000 tokens (ok); "
+            "1 agents paused or held by budget"
+        ) in shown, shown
         raised = run_cli("budget", "fleet", "10")
         assert raised.returncode == 0 and raised.stdout.strip() == "fleet budget $10"
         wait_for(lambda: all(rows().get(r, {}).get("status") == "done" for r in (first, second)))
+    (token_limit,) = _events(home, "budget.set")
+    assert token_limit["data"] == {"scope": "run", "target": second, "tokens": 9_000_000}
     held_events = _events(home, "budget.held")
     assert [e["run_id"] for e in held_events] == [second]
     assert held_events[0]["data"]["at_limit"] == "pause"
