@@ -243,6 +243,7 @@ async def test_the_tui_cost_bar_shows_the_warning_then_the_brake(home: Path) -> 
     opening a transcript."""
     from supervisor.tui.app import SupervisorApp
     from supervisor.tui.widgets.bars import CostBar
+    from supervisor.tui.widgets.transcript import TranscriptView
 
     script = [  # the first step's command gives the warning time on screen
         Reply(tool_calls=[("shell", {"command": "sleep 1.5"})], usage=(850_000, 0)),
@@ -263,10 +264,22 @@ async def test_the_tui_cost_bar_shows_the_warning_then_the_brake(home: Path) -> 
 
             await bar_says("running")  # connected and loaded
             assert app.client is not None
-            await app.client.call("run.start", task="spend", title="spender", max_cost_usd=1.0)
+            started = await app.client.call(
+                "run.start", task="spend", title="spender", max_cost_usd=1.0
+            )
             await bar_says("⚠ run spender budget 85% spent")
             text = await bar_says("■ run spender budget spent: no new agents")
             assert "⚠" not in text  # the brake replaced the warning
+            # The run's own transcript says both, in order.
+            deadline = asyncio.get_running_loop().time() + 30
+            while not app._select(f"run:{started['run_id']}"):
+                assert asyncio.get_running_loop().time() < deadline, "the run's row"
+                await pilot.pause(0.05)
+            view = app.query_one(TranscriptView)
+            while "run budget spent ($1.7 of $1)" not in (shown := _widget_text(view)):
+                assert asyncio.get_running_loop().time() < deadline, shown
+                await pilot.pause(0.05)
+            assert shown.index("$ run budget 85% spent") < shown.index("$ run budget spent")
 
 
 def test_a_held_agent_starts_when_the_fleet_budget_is_raised(home: Path) -> None:
@@ -312,6 +325,8 @@ def test_a_held_agent_starts_when_the_fleet_budget_is_raised(home: Path) -> None
             f"run {second} 'second': $0.0000, 0 of 9,000,000 tokens (ok); "
             "1 agents paused or held by budget"
         ) in shown, shown
+        logs = run_cli("logs", held["id"]).stdout
+        assert "$ held before start: fleet budget $1 (all live runs) reached" in logs, logs
         raised = run_cli("budget", "fleet", "10")
         assert raised.returncode == 0 and raised.stdout.strip() == "fleet budget $10"
         wait_for(lambda: all(rows().get(r, {}).get("status") == "done" for r in (first, second)))
@@ -320,3 +335,10 @@ def test_a_held_agent_starts_when_the_fleet_budget_is_raised(home: Path) -> None
     held_events = _events(home, "budget.held")
     assert [e["run_id"] for e in held_events] == [second]
     assert held_events[0]["data"]["at_limit"] == "pause"
+
+
+def _widget_text(widget: Any) -> str:
+    """The text a widget's children show, one per line."""
+    from textual.widgets import Static
+
+    return "\n".join(str(w.render()) for w in widget.query(Static))
