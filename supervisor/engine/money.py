@@ -6,13 +6,14 @@ dollars or in tokens (a self-hosted model costs $0 but still burns GPU hours). A
 grows under one:
 
 1. at ``budget.warn_at`` of it (80%) a ``budget.warning`` is said once;
-2. fewer agents may take a step at once (``budget.shrink``): a step in flight cannot be
-   called back, so when the limit is crossed every step then in flight still spends
-   about one step's cost. Allowing at most ``floor(left / spent per model call so far)``
-   agents to be inside a step keeps what those steps are expected to spend within what is
-   left, so the fleet lands near its limit instead of one step per agent past it. With
-   plenty left the number is above the fleet's size and nothing waits; it never goes
-   below 1, so work goes on until the limit;
+2. fewer agents may take a step at once (``budget.shrink``): a model call in flight cannot
+   be called back, so when the limit is crossed every call then in flight still spends
+   about one call's cost. Allowing at most ``floor(left / spent per model call so far)``
+   agents to be between the start of a step and the cost of its model call keeps what
+   those calls are expected to spend within what is left, so the fleet lands near its
+   limit instead of one step per agent past it. An agent running its step's tools holds
+   no place (its step's cost is known). With plenty left the number is above the fleet's
+   size and nothing waits; it never goes below 1, so work goes on until the limit;
 3. at the limit (``budget.brake``) no new agent starts under it (``budget.held``), and
    agents already running finish the step they are in — tool calls included — and then
    pause until the limit is raised, or stop (``budget.at_limit``), which frees their
@@ -85,6 +86,9 @@ def record_cost(engine: Engine, agent: Agent, completion: Completion) -> None:
     )
     brakes = engine._brakes
     brakes.calls[agent.run_id] = brakes.calls.get(agent.run_id, 0) + 1
+    # What its step spends is known now (its tools cost nothing): the place goes to the
+    # next agent waiting to ask the model.
+    brakes.stepping.discard(agent.id)
     _watch(engine, agent)
 
 
@@ -143,7 +147,7 @@ class Budget:
         return [a for a in self.members if a.status not in ENDED]
 
     def allowed(self) -> int | None:
-        """How many agents under this budget may be inside a step at once (None: any).
+        """How many agents under this budget may have a model call in flight (None: any).
         See the module's docstring for the rule and why."""
         if self.scope not in ("run", "fleet") or not self.calls or self.spent_out:
             return None
@@ -163,7 +167,7 @@ class Brakes:
     shrunk: dict[Key, int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)  # run id -> model calls
     tokens: dict[str, int] = field(default_factory=dict)  # run id -> token limit, once read
-    stepping: set[str] = field(default_factory=set)  # agents inside a step
+    stepping: set[str] = field(default_factory=set)  # agents whose model call is in flight
     waiting: list[str] = field(default_factory=list)  # agents waiting for a step, in order
 
 
@@ -414,7 +418,7 @@ async def _until_within(engine: Engine, agent: Agent) -> None:
 async def wait_within_budget(engine: Engine, agent: Agent) -> None:
     """At a step boundary: pause (status ``paused``, no model calls) or stop while a
     budget is spent, then wait for a place among the agents that may step at once."""
-    engine._brakes.stepping.discard(agent.id)  # its last step is over
+    engine._brakes.stepping.discard(agent.id)  # its last step is over (a call that failed)
     while True:
         reason = engine.over_budget(agent)
         if reason:
