@@ -1055,25 +1055,109 @@ def costs(by: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("scope", type=click.Choice(["run", "agent", "daily"]))
+@click.argument("scope", required=False, type=click.Choice(["run", "agent", "fleet", "daily"]))
 @click.argument("args", nargs=-1)
-def budget(scope: str, args: tuple[str, ...]) -> None:
-    """Raise or set a spend limit: `budget run RUN USD`, `budget agent AGENT USD`,
-    `budget daily USD`. Paused agents continue once their limit allows."""
+@click.option("--tokens", type=int, default=None, help="A token limit (runs, fleet), 0: none.")
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON for scripts.")
+def budget(scope: str | None, args: tuple[str, ...], tokens: int | None, as_json: bool) -> None:
+    """Show where budgets stand (no arguments), or raise or set a limit: `budget run RUN
+    USD`, `budget run RUN --tokens N`, `budget agent AGENT USD`, `budget fleet USD`,
+    `budget fleet --tokens N`, `budget daily USD`. Paused and held agents continue once
+    their limit allows."""
+    import math
+
     from supervisor import config as cfg
 
-    try:
-        usd = float(args[-1])
-    except (IndexError, ValueError):
-        raise InputError("give the limit in USD as the last argument") from None
-    if scope == "daily":
-        cfg.set_value("budget.daily_usd", str(usd))
-        click.echo(f"daily budget ${usd:g}")
+    if scope is None:
+        _show_budgets(as_json)
         return
-    if len(args) != 2:
+    if tokens is not None and scope not in ("run", "fleet"):
+        raise InputError(f"--tokens limits a run or the fleet, not {scope}")
+    usd: float | None = None
+    if tokens is None or len(args) == (2 if scope in ("run", "agent") else 1):
+        try:
+            usd = float(args[-1])
+        except (IndexError, ValueError):
+            raise InputError("give the limit in USD as the last argument, or --tokens N") from None
+        if not math.isfinite(usd) or usd < 0:
+            raise InputError(f"a budget must be 0 (none) or more, not {args[-1]}")
+    if tokens is not None and tokens < 0:
+        raise InputError(f"a token budget must be 0 (none) or more, not {tokens}")
+    if scope in ("fleet", "daily"):
+        if len(args) != (1 if usd is not None else 0):
+            raise InputError(f"usage: supervisor budget {scope} USD")
+        if usd is not None:
+            key = "budget.fleet_usd" if scope == "fleet" else "budget.daily_usd"
+            cfg.set_value(key, str(usd))
+            click.echo(f"{scope} budget ${usd:g}")
+        if tokens is not None:
+            cfg.set_value("budget.fleet_tokens", str(tokens))
+            click.echo(f"fleet token budget {tokens:,}")
+        return
+    if len(args) != (2 if usd is not None else 1):
         raise InputError(f"usage: supervisor budget {scope} ID USD")
-    key = _server_call("budget.set", scope=scope, target=args[0], usd=usd)
-    click.echo(f"{scope} {key} budget ${usd:g}")
+    key = _server_call("budget.set", scope=scope, target=args[0], usd=usd, tokens=tokens)
+    said = [f"${usd:g}"] if usd is not None else []
+    said += [f"{tokens:,} tokens"] if tokens is not None else []
+    click.echo(f"{scope} {key} budget {', '.join(said)}")
+
+
+def _show_budgets(as_json: bool) -> None:
+    """Where the fleet, the day and each live run stand against their budgets."""
+    from supervisor import config as cfg
+    from supervisor.engine.money import report
+
+    store = _open_store()
+    try:
+        state = report(store.db.conn, cfg.load().values)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+
+    def line(
+        usd: float, limit: float, st: str, tok: int = 0, tok_limit: int = 0, ts: str = ""
+    ) -> str:
+        out = f"${usd:.4f}" + (f" of ${limit:g} ({st})" if limit else "")
+        if tok_limit:
+            out += f", {tok:,} of {tok_limit:,} tokens ({ts})"
+        elif tok:
+            out += f", {tok:,} tokens"
+        return out
+
+    fleet, daily = state["fleet"], state["daily"]
+    click.echo(
+        f"fleet ({fleet['live_runs']} live runs): "
+        + line(
+            fleet["usd"],
+            fleet["budget_usd"],
+            fleet["usd_state"],
+            fleet["tokens"],
+            fleet["budget_tokens"],
+            fleet["tokens_state"],
+        )
+    )
+    click.echo(f"today: {line(daily['usd'], daily['budget_usd'], daily['usd_state'])}")
+    for run in state["runs"]:
+        extra = f"; {run['allowed']} agents may step at once" if run["allowed"] else ""
+        extra += f"; {run['held']} agents paused or held by budget" if run["held"] else ""
+        click.echo(
+            f"run {run['id']} {str(run['title'])[:30]!r}: "
+            + line(
+                run["usd"],
+                run["budget_usd"],
+                run["usd_state"],
+                run["tokens"],
+                run["budget_tokens"],
+                run["tokens_state"],
+            )
+            + extra
+        )
+    click.echo(
+        f"at a spent budget agents {state['at_limit']} after their step (budget.at_limit); "
+        f"warning at {state['warn_at']:.0%} (budget.warn_at)"
+    )
 
 
 @cli.group()

@@ -120,6 +120,42 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "budget.agent_usd", float, 0.0, "Default spend limit per agent (0: none).", between(0)
         ),
+        Setting(
+            "budget.run_tokens",
+            int,
+            0,
+            "Default token limit per run, input and output (0: none); for $0 self-hosted models.",
+            between(0),
+        ),
+        Setting(
+            "budget.fleet_usd",
+            float,
+            0.0,
+            "Spend limit over all live runs together (0: none).",
+            between(0),
+        ),
+        Setting(
+            "budget.fleet_tokens",
+            int,
+            0,
+            "Token limit over all live runs together (0: none).",
+            between(0),
+        ),
+        Setting(
+            "budget.warn_at",
+            float,
+            0.8,
+            "Share of a budget at which a warning is given, once (0 to 1).",
+            between(0, 1),
+        ),
+        Setting(
+            "budget.at_limit",
+            str,
+            "pause",
+            "What agents do at a spent budget, after their current step: pause (wait for a "
+            "raise) or stop (end, freeing sandboxes and GPU slots).",
+            lambda v: None if v in ("pause", "stop") else "pause or stop",
+        ),
         Setting("plugins.disabled", list, [], "Plugin names never to load."),
         Setting("agent.max_steps", int, 100, "Default step limit per agent.", between(1)),
         Setting(

@@ -37,6 +37,10 @@ class EventType(StrEnum):
     HUMAN_ANSWERED = "human.answered"
     HUMAN_MESSAGE = "human.message"
     BUDGET_SET = "budget.set"
+    BUDGET_WARNING = "budget.warning"
+    BUDGET_BRAKE = "budget.brake"
+    BUDGET_HELD = "budget.held"
+    BUDGET_SHRINK = "budget.shrink"
     ARTIFACT = "artifact"
     STEP = "step"
     PROGRESS = "progress"
@@ -115,7 +119,50 @@ CATALOGUE: dict[str, tuple[str, dict[str, str]]] = {
     "human.message": ("a person told an agent something", {"from": "person"}),
     "budget.set": (
         "a person set a spending limit",
-        {"scope": "run|agent", "target": "id", "usd": "float (0: none)"},
+        {
+            "scope": "run|agent",
+            "target": "id",
+            "usd": "float (0: none)",
+            "tokens": "int (0: none; when a token limit was set)",
+        },
+    ),
+    "budget.warning": (
+        "spend reached budget.warn_at of a budget (once per limit); text says how much is left",
+        {
+            "scope": "agent|run|fleet|daily",
+            "target": "id (agent, run) or empty",
+            "unit": "usd|tokens",
+            "spent": "float",
+            "limit": "float",
+        },
+    ),
+    "budget.brake": (
+        "a budget is spent: no new agent starts under it, running agents finish their step "
+        "and then pause or stop (budget.at_limit)",
+        {
+            "scope": "agent|run|fleet|daily",
+            "target": "id or empty",
+            "unit": "usd|tokens",
+            "spent": "float",
+            "limit": "float",
+            "at_limit": "pause|stop",
+        },
+    ),
+    "budget.held": (
+        "an agent was not started because a budget is spent (it waits, or ends unstarted)",
+        {"scope": "run|fleet|daily", "reason": "str", "at_limit": "pause|stop"},
+    ),
+    "budget.shrink": (
+        "fewer agents may take a step at once as a budget runs low",
+        {
+            "scope": "run|fleet|daily",
+            "target": "id or empty",
+            "unit": "usd|tokens",
+            "allowed": "int (agents stepping at once)",
+            "live": "int (agents under the budget)",
+            "left": "float",
+            "per_step": "float (spent per model call so far)",
+        },
     ),
     "artifact": ("a report or big output was kept", {"kind": "str", "name": "str", "path": "str"}),
     "step": ("a recipe step's progress; text is what it says", {"step": "step id"}),

@@ -123,6 +123,10 @@ class Printer:
             return click.style(f"≡ {event.text if event else ''}", dim=True)
         if t in (EventType.NOTE_REMOVED, EventType.BUDGET_SET):
             return click.style(f"· {event.text if event else ''}", dim=True)
+        if t in (EventType.BUDGET_WARNING, EventType.BUDGET_SHRINK, EventType.BUDGET_HELD):
+            return click.style(f"$ {event.text if event else ''}", fg="yellow")
+        if t == EventType.BUDGET_BRAKE:
+            return click.style(f"$ {event.text if event else ''}", fg="red", bold=True)
         if t == EventType.RUN_STATUS:
             return click.style(f"run {event.run_id if event else ''}: {d.get('status')}", bold=True)
         return ""

@@ -31,7 +31,8 @@ max_cost_usd, max_steps, keep_sandboxes, title]``, ``run.stop [run]``, ``run.res
 [run]``, ``recipe.start [path, params]``, ``agent.message [agent, text]``, ``agent.answer
 [agent, text]`` (an answer, or ``approve | deny | always`` for a pending tool call),
 ``agent.pause | agent.resume | agent.stop | agent.restart | agent.keep [agent]``,
-``agent.diff [agent]``, ``shutdown [force]``.
+``agent.diff [agent]``, ``budget.set [scope, target, usd, tokens]``, ``shutdown
+[force]``.
 
 One server per data directory: it holds an exclusive lock on ``server.lock`` for its whole
 life, so a second one refuses to start, and a socket file whose lock is free belongs to a
@@ -659,12 +660,17 @@ class Server:
         return True
 
     async def _budget_set(self, conn: _Conn, args: dict[str, Any]) -> str:
+        usd: float | None = None
+        tokens: int | None = None
         try:
-            usd = float(args.get("usd"))  # type: ignore[arg-type]
+            if args.get("usd") is not None:
+                usd = float(args["usd"])
+            if args.get("tokens") is not None:
+                tokens = int(args["tokens"])
         except (TypeError, ValueError):
-            raise InputError("give the limit in USD as a number") from None
+            raise InputError("give the limit in USD, or in tokens, as a number") from None
         return await self.engine.set_budget(
-            str(args.get("scope") or ""), str(args.get("target") or ""), usd
+            str(args.get("scope") or ""), str(args.get("target") or ""), usd, tokens
         )
 
     async def _note_add(self, conn: _Conn, args: dict[str, Any]) -> int:

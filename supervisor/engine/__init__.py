@@ -86,6 +86,7 @@ class Engine:
         self._policies: dict[str, Policy] = {}
         self._spent_today = self._spent_since(start_of_day())
         self._limits_usd: dict[str, float] = {}  # agent or run id -> budget, once read
+        self._brakes = money.Brakes()  # budget warnings, brakes and who may step
         self._releasing: set[asyncio.Task[None]] = set()
         self._wrapups: dict[str, asyncio.Task[None]] = {}  # agent id -> saving its work
         self._managed: set[str] = set()
@@ -152,6 +153,7 @@ class Engine:
     set_budget = money.set_budget
     _agent_row_by_name = money._agent_row_by_name
     wait_within_budget = money.wait_within_budget
+    admit = money.admit
 
     # -- memory: memory notes and artifacts.
     add_note = memory.add_note

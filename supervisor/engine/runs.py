@@ -421,6 +421,8 @@ def _register(engine: Engine, agent: Agent, backend: str, sandbox_id: str = "") 
 
 
 async def _run_agent(engine: Engine, agent: Agent) -> str:
+    if not await engine.admit(agent):  # a spent budget holds new agents back
+        return str(agent.status)
     try:
         agent.set_status("starting", "starting its sandbox")
         await engine._start_sandbox(agent)

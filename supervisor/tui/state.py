@@ -152,6 +152,9 @@ class Fleet:
     agents: dict[str, AgentInfo] = field(default_factory=dict)
     spent_today: float = 0.0
     last_event_id: int = 0
+    # What each budget last said ("fleet", "daily" or a run id -> (words, level)); the
+    # cost bar shows them so a brake is seen without opening a transcript.
+    budgets: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     # -- loading
 
@@ -237,6 +240,11 @@ class Fleet:
         run.status = str(e.data.get("status") or run.status)
         run.finished_at = None if run.active else e.ts
         ch.rows.add(run.id)
+        if not run.active:
+            self.budgets.pop(run.id, None)
+            if not any(r.active for r in self.runs.values()):
+                self.budgets.pop("fleet", None)  # the fleet budget covers live runs only
+            ch.spent = True
 
     def _agent_created(self, e: Event, ch: Changes) -> None:
         if e.agent_id is None or e.run_id is None:
@@ -313,9 +321,40 @@ class Fleet:
         if agent is not None and "paused" in e.data:
             agent.paused = bool(e.data["paused"])
             ch.rows.add(agent.id)
+        if any(str(k).startswith("budget.") for k in e.data.get("settings_changed") or ()):
+            self.budgets.pop("fleet", None)  # a fleet or daily limit was changed
+            self.budgets.pop("daily", None)
+            ch.spent = True
 
     def _note(self, e: Event, ch: Changes) -> None:
         ch.notes = True
+
+    def _budget(self, e: Event, ch: Changes) -> None:
+        """A budget warned, braked, held an agent, shrank or was set: the cost bar says it."""
+        d = e.data
+        scope = str(d.get("scope") or "")
+        if scope == "agent" or e.type == "budget.held":
+            return  # the agent's own row says it is paused or was not started
+        if e.type == "budget.set":  # raised or lowered: what it says next is news again
+            self.budgets.pop(e.run_id or "", None)
+            ch.spent = True
+            return
+        key, name = scope, scope
+        if scope not in ("fleet", "daily"):
+            run = self.runs.get(e.run_id or "")
+            key, name = e.run_id or "", f"run {run.title[:16] if run else e.run_id}"
+        unit = " tokens" if d.get("unit") == "tokens" else ""
+        if e.type == "budget.brake":
+            words, level = f"■ {name}{unit} budget spent: no new agents", "brake"
+        elif e.type == "budget.shrink":
+            words, level = f"⇣ {name}{unit} budget: {d.get('allowed')} step at once", "shrink"
+        else:
+            share = float(d.get("spent") or 0) / float(d.get("limit") or 1)
+            words, level = f"⚠ {name}{unit} budget {share:.0%} spent", "warning"
+        if self.budgets.get(key, ("", ""))[1] == "brake" and level != "brake":
+            return  # a later warning from another run does not hide a brake
+        self.budgets[key] = (words, level)
+        ch.spent = True
 
     # -- reading
 
@@ -433,6 +472,10 @@ _HANDLERS: dict[str, Callable[[Fleet, Event, Changes], None]] = {
     "approval.resolved": Fleet._answered,
     "log": Fleet._log,
     "note.written": Fleet._note,
+    "budget.warning": Fleet._budget,
+    "budget.brake": Fleet._budget,
+    "budget.shrink": Fleet._budget,
+    "budget.set": Fleet._budget,
 }
 
 

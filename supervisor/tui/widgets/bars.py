@@ -44,6 +44,8 @@ class CostBar(Static):
                 f"   {run.title[:16]} {money(run.cost)}/{money(run.budget_usd)}",
                 style="red" if run.budget_usd and run.cost >= run.budget_usd else "",
             )
+        for words, level in list(fleet.budgets.values())[:3]:
+            text.append(f"   {words}", style="bold red" if level == "brake" else "yellow")
         text.append(f"   sort: {sort}", style="dim")
         if query:
             text.append(f"   filter: {query}", style="dim")

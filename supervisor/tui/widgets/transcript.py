@@ -21,6 +21,8 @@ from supervisor.status import ENDED
 
 SHOWN_ITEMS = 40  # items mounted when an agent is selected
 KEPT_ITEMS = 120  # items kept while it streams, before the oldest are dropped
+# A budget's warning, brake, held agent and shrink: said in the transcripts they cover.
+BUDGET_TYPES = ("budget.warning", "budget.brake", "budget.held", "budget.shrink")
 TRANSCRIPT_TYPES = (
     "message",
     "tool.started",
@@ -32,8 +34,9 @@ TRANSCRIPT_TYPES = (
     "agent.status",
     "log",
     "note.written",
+    *BUDGET_TYPES,
 )
-RUN_TYPES = ("run.created", "run.status", "step", "log")
+RUN_TYPES = ("run.created", "run.status", "step", "log", *BUDGET_TYPES)
 OUTPUT_CHARS = 20_000  # of one tool's output shown inline
 
 
@@ -227,3 +230,5 @@ class TranscriptView(VerticalScroll):
             out.append(line(f"· {event.text}", "dim"))
         elif kind == "note.written":
             out.append(line(f"✎ note ({data.get('scope')}): {event.text[:200]}", "dim"))
+        elif kind in BUDGET_TYPES:
+            out.append(line(f"$ {event.text}", "bold red" if kind == "budget.brake" else "yellow"))
