@@ -313,11 +313,15 @@ class Agent:
         finally:
             stream.flush()
         self._last_prompt_tokens = completion.input_tokens
+        self._charge(completion)
+        return completion
+
+    def _charge(self, completion: Completion) -> None:
+        """Count a model call's tokens and cost against the agent, its run and budgets."""
         self.input_tokens += completion.input_tokens
         self.output_tokens += completion.output_tokens
         self.cost_usd += completion.cost_usd
         self.runtime.record_cost(self, completion)
-        return completion
 
     async def compact(self) -> None:
         """Replace older turns by a summary the model writes, keeping the recent ones."""
@@ -338,6 +342,7 @@ class Agent:
             },
         ]
         summary = await self.runtime.complete(self, request, None)
+        self._charge(summary)  # a summary is a model call like any other: budgets count it
         self.messages = [
             self.messages[0],
             self.messages[1],

@@ -250,6 +250,10 @@ async def test_older_turns_are_compacted_before_the_window_fills(home: Path) -> 
         async with engine() as eng:
             run_id = await eng.start_run(RunOptions(task="many steps", sandbox="local"))
             assert await eng.wait_run(run_id) == "done"
+            eng.store.flush()
+            charged = eng.store.db.execute("SELECT count(*) FROM costs").fetchone()[0]
+    # Every model call is charged, the summaries' included (budgets count them).
+    assert charged == len(server.requests)
     summaries = [
         r for r in server.requests if "Summarize this work log" in r["messages"][-1]["content"]
     ]
