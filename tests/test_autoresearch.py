@@ -256,6 +256,31 @@ def test_agent_proposer_edits_the_code(toy: Path, home: Path, sandbox_image: str
     assert "agents on scripted" in report
 
 
+def test_a_spent_budget_ends_the_loop_instead_of_churning(
+    toy: Path, home: Path, sandbox_image: str
+) -> None:
+    """With budget.at_limit = stop, the editing agent that meets the run's token limit is
+    stopped; the loop ends and says why, rather than running unproposed experiments."""
+    edit = {"path": "train.py", "old_text": "WIDTH = 4", "new_text": "WIDTH = 2"}
+
+    def script(messages: list[dict]) -> Reply:
+        turns = sum(m["role"] == "assistant" for m in messages)
+        return Reply(tool_calls=[("edit_file", edit)], usage=(600, 100)) if turns < 9 else finish()
+
+    def finish() -> Reply:
+        return Reply(tool_calls=[("finish", {"summary": "done"})], usage=(600, 100))
+
+    with scripted(script, budget__run_tokens="1000", budget__at_limit="stop"):
+        result = run_cli(
+            "recipe", "run", "autoresearch", "-p", f"target={toy}", "-p", "experiments=6",
+            "-p", "baseline_runs=1", timeout=300,
+        )  # fmt: skip
+    out = result.stdout + result.stderr
+    rows = results(home, run_id_of(result.stdout))
+    assert [r[3] for r in rows] == ["keep"], out  # the baseline only: nothing unproposed ran
+    assert "the editing agent stopped" in out and "this loop ends" in out, out
+
+
 def test_resume_after_kill(toy: Path, home: Path, sandbox_image: str) -> None:
     slow = toy / "train.py"
     slow.write_text(TRAIN.replace("time.sleep(min(budget, 0.3))", "time.sleep(budget)"))

@@ -406,6 +406,7 @@ class Loop:
         self.image = image  # the target's environment ('' : the configured sandbox image)
         self.pool = pool or SlotPool.detect(1)
         self.spec = board.spec
+        self.ended = ""  # why this loop stops before its limit (said to the person)
         self.sandbox: Sandbox | None = None
         self.branch = f"autoresearch/{ctx.outputs['prepare']['tag']}-{index}"
         # Only the editable files are ever committed: logs and data stay untracked.
@@ -587,7 +588,7 @@ class Loop:
             )
         proposal = await self._propose(proposer)
         if proposal is None:
-            self.ctx.emit(f"{self.label}: nothing left to try")
+            self.ctx.emit(self.ended or f"{self.label}: nothing left to try")
             return {"status": "exhausted"}
         description = proposal.description
         row.update(params=proposal.params, files=await self._files())
@@ -730,6 +731,16 @@ class Loop:
             max_steps=30,
             exclude_tools=("ask_human", "spawn_agent", "wait_for", "send_message"),
         )
+        if agent.status in ("stopped", "failed"):
+            # Stopped (a spent budget, a person) or failed (the model gave up): running its
+            # half-made edit would record a result nobody proposed, and the next agent
+            # would most likely end the same way, experiment after experiment.
+            await self._sh(f"git checkout -q -- {self._editable}")
+            self.ended = (
+                f"{self.label}: the editing agent {agent.status} ({agent.summary or 'no reason'}); "
+                "this loop ends"
+            )
+            return None
         params = proposers.read_params(await self._files(), list(self.spec.hyperparameters))
         return proposers.Proposal(
             agent.summary.strip().splitlines()[0][:200] if agent.summary else "an edit", {}, params
