@@ -1,0 +1,170 @@
+"""The recipe's Markdown report and its bench chart."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from supervisor_video_dashboard.recipe import Layout
+
+COLUMNS = (
+    ("max_concurrency", "concurrency"),
+    ("request_throughput", "req/s"),
+    ("output_throughput", "output tok/s"),
+    ("mean_ttft_ms", "TTFT mean"),
+    ("median_ttft_ms", "TTFT median"),
+    ("p99_ttft_ms", "TTFT p99"),
+    ("mean_tpot_ms", "TPOT mean"),
+    ("median_tpot_ms", "TPOT median"),
+    ("p99_tpot_ms", "TPOT p99"),
+    ("mean_itl_ms", "ITL mean"),
+    ("median_itl_ms", "ITL median"),
+    ("p99_itl_ms", "ITL p99"),
+    ("mean_e2el_ms", "E2EL mean"),
+    ("median_e2el_ms", "E2EL median"),
+    ("p99_e2el_ms", "E2EL p99"),
+)
+
+
+def chart(figures: dict[str, Any], path: Path, *, title: str) -> Path | None:
+    """Output tokens/s and median TTFT by concurrency, as a PNG (None without figures)."""
+    levels = figures.get("levels") or []
+    if not levels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write a file
+    import matplotlib.pyplot as plt
+
+    x = [f["max_concurrency"] for f in levels]
+    fig, left = plt.subplots(figsize=(7, 3.6), dpi=110)
+    left.plot(
+        x, [f["output_throughput"] for f in levels], "o-", color="#2b6cb0", label="output tok/s"
+    )
+    left.set_xlabel("concurrent requests")
+    left.set_ylabel("output tokens/s", color="#2b6cb0")
+    left.set_xticks(x)
+    right = left.twinx()
+    right.plot(
+        x, [f["median_ttft_ms"] for f in levels], "s--", color="#c05621", label="TTFT median"
+    )
+    right.set_ylabel("median TTFT (ms)", color="#c05621")
+    left.set_title(title)
+    left.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def bench_table(figures: dict[str, Any]) -> str:
+    levels = figures.get("levels") or []
+    if not levels:
+        return "_No bench: no model server of ours on this host._\n"
+    head = "| " + " | ".join(name for _, name in COLUMNS) + " |"
+    rule = "|" + "---|" * len(COLUMNS)
+    rows = ["| " + " | ".join(str(f.get(key, "")) for key, _ in COLUMNS) + " |" for f in levels]
+    return (
+        "\n".join([head, rule, *rows])
+        + "\n\nLatencies in ms. "
+        + (
+            f"Measured with {figures.get('tool', 'our load generator')} "
+            f"({sum(f.get('completed', 0) for f in levels)} requests, "
+            f"{sum(f.get('failed', 0) for f in levels)} failed).\n"
+        )
+    )
+
+
+def write_report(
+    lay: Layout,
+    *,
+    host_out: dict[str, Any],
+    model_out: dict[str, Any],
+    bench_figures: dict[str, Any],
+    checks: list[dict[str, Any]],
+    chart_name: str,
+    supervisor: str,
+) -> str:
+    facts = host_out.get("facts") or {}
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        f"# Video dashboard on {lay.host}",
+        "",
+        f"Set up {when} by `supervisor recipe run video-dashboard`.",
+        "",
+    ]
+    if host_out.get("test_run"):
+        lines += [
+            "> **Test run.** Vision requests were answered by a scripted test server, not a "
+            "vision model; the events it made are marked `test_run`.",
+            "",
+        ]
+    gpus = ", ".join(facts.get("gpus") or []) or "no GPU"
+    lines += [
+        "## What was set up",
+        "",
+        f"- **Host:** {lay.host} — {facts.get('os', '')} {facts.get('arch', '')}, "
+        f"{facts.get('cpus', '?')} CPUs, {round((facts.get('ram_mb') or 0) / 1024, 1)} GiB RAM, {gpus}.",
+        f"- **Path taken:** {lay.gpu_note}.",
+    ]
+    if lay.engine in ("vllm", "llama.cpp"):
+        lines.append(
+            f"- **Model server:** {lay.engine} {model_out.get('version', '')} serving "
+            f"`{lay.served_name}` ({lay.model}) on `127.0.0.1:{lay.model_port}` as unit "
+            f"`video-model` — {model_out.get('manager_note', '')}."
+        )
+    lines += [
+        f"- **Video service and dashboard:** `127.0.0.1:{lay.port}`, unit `video-dashboard`, "
+        f"started after the model server.",
+        f"- **Files:** everything under `{lay.prefix}` (`service/`, `venv/`, `model-venv/`, "
+        f"`config.json`, `data/` with `events.db`, `clips/`).",
+        "",
+        "## URLs",
+        "",
+        "Both services listen on the host's loopback only. Reach the dashboard from your machine with:",
+        "",
+        "```sh",
+        f"{Path(supervisor).name} hosts forward {lay.host} {lay.port}",
+        "```",
+        "",
+        "then open the printed `http://127.0.0.1:PORT/` — the dashboard; `/api/events` the "
+        "events, `/summary.md` today's summary, `/health` the health panel's data.",
+        "",
+        "## Checks",
+        "",
+        *(f"- {'✓' if c['ok'] else '✗'} {c['name']} — {c['detail'][:140]}" for c in checks),
+        "",
+        "## Bench",
+        "",
+        bench_table(bench_figures),
+    ]
+    if chart_name:
+        lines += [f"![output tokens/s and TTFT by concurrency]({chart_name})", ""]
+    restart = "systemctl restart" if model_out.get("manager", "systemd") != "fallback" else ""
+    lines += [
+        "## Operate",
+        "",
+        "- Status and logs: `systemctl status video-dashboard video-model`, "
+        "`journalctl -u video-dashboard -n 100` (without systemd: the log files under "
+        "`~/.local/state/supervisor-deploy/NAME/`).",
+        f"- Restart: `{restart or 'supervisor recipe run video-dashboard -p host=' + lay.host + ' again (it restarts only what changed); or'} "
+        f"systemctl restart video-model video-dashboard`.",
+        f"- Configuration: edit `{lay.path('config.json')}` (cameras, frames per analysis), "
+        "then restart `video-dashboard`.",
+        "- Uninstall: `systemctl disable --now video-dashboard video-model`, remove their unit "
+        f"files, then `rm -rf {lay.prefix}`.",
+        "",
+        "## Troubleshooting",
+        "",
+        "- Dashboard says the model server does not answer: check `video-model`'s log; a vLLM "
+        "server still loading weights answers `/health` only when ready.",
+        "- Out of GPU memory at start: lower `--gpu-memory-utilization` or `--max-num-seqs`, or "
+        "choose a smaller model with `-p model=`.",
+        "- A camera is `offline`: check its URL from the host (`ffmpeg -i URL -frames:v 1 x.jpg`).",
+        "- Events come from `detector`, not the model: the service has no vision endpoint "
+        "(CPU path) or the endpoint failed; `/health` names the reason.",
+        "",
+    ]
+    return "\n".join(lines)
