@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 import sshd_kit
 from conftest import SUPERVISOR, run_cli
-
 from test_video_service import answer
 
 from supervisor.testing import Reply, ScriptedModelServer
@@ -77,7 +76,9 @@ def wheelhouse() -> Path:
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sshd_kit.SSHServer, list[sshd_kit.User]]]:
+def hosts(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[sshd_kit.SSHServer, list[sshd_kit.User]]]:
     """One sshd with a CPU-only user and a user whose nvidia-smi shows an RTX 4090."""
     with sshd_kit.sshd(tmp_path_factory.mktemp("sshd"), "", "one") as (server, users):
         yield server, users

@@ -126,6 +126,11 @@ def host_facts(host: str) -> dict[str, Any]:
     raise InputError(f"video-dashboard: host {host!r} is not registered")
 
 
+def free_gib(gpu: dict[str, Any]) -> float:
+    """A GPU's free memory (unified memory: the host's available RAM, as the facts say)."""
+    return float((gpu.get("memory_total_mb") or 0) - (gpu.get("memory_used_mb") or 0)) / 1024
+
+
 def choose_model(gpus: list[dict[str, Any]]) -> tuple[str, str]:
     """The largest Qwen3-VL whose weights fit the free memory of the freest GPU, and why."""
     free = [((g.get("memory_total_mb") or 0) - (g.get("memory_used_mb") or 0)) / 1024 for g in gpus]
@@ -158,7 +163,7 @@ def layout(params: dict[str, Any], facts: dict[str, Any]) -> Layout:
                       int(params["port"]), note)  # fmt: skip
     if engine in ("auto", "vllm") and gpus:
         note = ", ".join(
-            f"{g['name']} ({((g.get('memory_total_mb') or 0) - (g.get('memory_used_mb') or 0)) / 1024:.1f} GiB free"
+            f"{g['name']} ({free_gib(g):.1f} GiB free"
             f"{', unified memory' if g.get('memory_unified') else ''})"
             for g in gpus
         )
@@ -421,7 +426,8 @@ def _model_plan(params: dict[str, Any]) -> list[str]:
     ]
     if lay.engine == "vllm":
         lines.append(
-            f"weights: {params.get('weights') or 'fetched from Hugging Face into ' + lay.path('hf')}"
+            "weights: "
+            + (params.get("weights") or f"fetched from Hugging Face into {lay.path('hf')}")
         )
     lines.append(f"unit {MODEL_UNIT} (systemd, else the deploy API's fallback supervisor):")
     lines += ["  " + x for x in systemd_unit(svc).splitlines()]
@@ -533,7 +539,8 @@ async def _checks(d: Deployer, lay: Layout) -> list[tuple[str, bool, str]]:
     results.append(("video service /health", healthy, text[:300]))
     clip = lay.path("clips/recipe-check.mp4")
     made = await d.run(
-        f"cd {shlex.quote(lay.prefix)} && {py} -m service --config {shlex.quote(lay.path('config.json'))} "
+        f"cd {shlex.quote(lay.prefix)} && {py} -m service "
+        f"--config {shlex.quote(lay.path('config.json'))} "
         f"--make-test-clip {shlex.quote(clip)}"
     )
     results.append(("test clip generated", made.ok, (made.stdout + made.stderr)[-300:]))
@@ -543,8 +550,8 @@ async def _checks(d: Deployer, lay: Layout) -> list[tuple[str, bool, str]]:
         )
         event = json.loads(text) if ok else {}
         analysed = ok and not event.get("error") and bool(event.get("frames"))
-        results.append(("end-to-end analysis", analysed,
-                        f"{event.get('source')}: {event.get('title')!r}" if ok else text[-300:]))  # fmt: skip
+        said = f"{event.get('source')}: {event.get('title')!r}" if ok else text[-300:]
+        results.append(("end-to-end analysis", analysed, said))
     ok, page = await fetch(lay.service_url + "/")
     results.append(("dashboard loads", ok and "<html" in page.lower(), page[:120]))
     ok, text = await fetch(lay.service_url + "/api/events")
@@ -568,13 +575,15 @@ async def test(ctx: StepContext) -> dict[str, Any]:
                 f"- {n}: {'ok' if ok else 'FAILED'} ({why})" for n, ok, why in results
             )
             ctx.emit(
-                f"checks failed: {', '.join(r[0] for r in failed)}; an agent gets the playbook and logs"
+                f"checks failed: {', '.join(r[0] for r in failed)}; "
+                "an agent gets the playbook and logs"
             )
             ctx.check_model()  # no usable model: the person reads the failure (InputError)
             task = (
                 f"The video-dashboard checks failed on host {lay.host} (install under "
                 f"{lay.prefix}; services {MODEL_UNIT} and {SERVICE_UNIT}).\n\nChecks:\n{report}\n\n"
-                f"Logs:\n{logs}\n\nFind the cause and fix it on the host, then finish with what you did."
+                f"Logs:\n{logs}\n\nFind the cause and fix it on the host, then finish with "
+                "what you did."
             )
             agent = await ctx.run_agent(task, box, name="video-fixer", max_steps=40)
             fixes.append(agent.summary if hasattr(agent, "summary") else str(agent.status))
@@ -646,9 +655,9 @@ async def report(ctx: StepContext) -> dict[str, Any]:
     return {"report": str(path), "chart": str(png) if png else ""}
 
 
-report.plan = lambda params: [
+report.plan = lambda params: [  # type: ignore[attr-defined]
     "write report.md, bench.png and memory notes (ports, paths, versions)"
-]  # type: ignore[attr-defined]
+]
 
 STEPS: dict[str, Callable[..., Any]] = {
     "video.host": host,

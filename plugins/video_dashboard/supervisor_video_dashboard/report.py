@@ -106,7 +106,8 @@ def write_report(
         "## What was set up",
         "",
         f"- **Host:** {lay.host} — {facts.get('os', '')} {facts.get('arch', '')}, "
-        f"{facts.get('cpus', '?')} CPUs, {round((facts.get('ram_mb') or 0) / 1024, 1)} GiB RAM, {gpus}.",
+        f"{facts.get('cpus', '?')} CPUs, "
+        f"{round((facts.get('ram_mb') or 0) / 1024, 1)} GiB RAM, {gpus}.",
         f"- **Path taken:** {lay.gpu_note}.",
     ]
     if lay.engine in ("vllm", "llama.cpp"):
@@ -123,7 +124,8 @@ def write_report(
         "",
         "## URLs",
         "",
-        "Both services listen on the host's loopback only. Reach the dashboard from your machine with:",
+        "Both services listen on the host's loopback only. Reach the dashboard from your "
+        "machine with:",
         "",
         "```sh",
         f"{Path(supervisor).name} hosts forward {lay.host} {lay.port}",
@@ -142,15 +144,21 @@ def write_report(
     ]
     if chart_name:
         lines += [f"![output tokens/s and TTFT by concurrency]({chart_name})", ""]
-    restart = "systemctl restart" if model_out.get("manager", "systemd") != "fallback" else ""
+    if model_out.get("manager") == "fallback":
+        restart = (
+            f"supervisor recipe run video-dashboard -p host={lay.host}` again (it restarts "
+            "what changed), or kill the service's process: the fallback supervisor starts it "
+            "again; `systemctl restart video-model video-dashboard` where systemd runs them"
+        )
+    else:
+        restart = "systemctl restart video-model video-dashboard"
     lines += [
         "## Operate",
         "",
         "- Status and logs: `systemctl status video-dashboard video-model`, "
         "`journalctl -u video-dashboard -n 100` (without systemd: the log files under "
         "`~/.local/state/supervisor-deploy/NAME/`).",
-        f"- Restart: `{restart or 'supervisor recipe run video-dashboard -p host=' + lay.host + ' again (it restarts only what changed); or'} "
-        f"systemctl restart video-model video-dashboard`.",
+        f"- Restart: `{restart}`.",
         f"- Configuration: edit `{lay.path('config.json')}` (cameras, frames per analysis), "
         "then restart `video-dashboard`.",
         "- Uninstall: `systemctl disable --now video-dashboard video-model`, remove their unit "

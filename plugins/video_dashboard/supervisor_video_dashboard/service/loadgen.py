@@ -11,12 +11,13 @@ TTFT (time to the first token), TPOT (time per output token after the first), IT
 between tokens) and E2EL (the whole request), each as mean, median and p99 in ms. Output
 tokens are the server's ``usage`` when it sends one, else the streamed chunks that carry
 text (llama.cpp's server sends one token a chunk). Prints one JSON object: ``levels``, a
-list of per-level figures. Standard library only: it runs in any Python 3.9+.
+list of per-level figures. Standard library only: it runs in any Python 3.10+.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -99,7 +100,7 @@ def _one(base_url: str, model: str, max_tokens: int, seed: int, timeout: float) 
         "ttft": ttft,
         "e2el": end - start,
         "tpot": (end - stamps[0]) / (tokens - 1) if tokens > 1 else 0.0,
-        "itl": [b - a for a, b in zip(stamps, stamps[1:])],
+        "itl": [b - a for a, b in itertools.pairwise(stamps)],
         "tokens": tokens,
     }
 
