@@ -460,6 +460,7 @@ async def bench(ctx: StepContext) -> dict[str, Any]:
             figures = {"tool": "vllm bench serve", "levels": levels}
         else:
             figures = json.loads(result.stdout.strip().splitlines()[-1])
+        await d.run(f"mkdir -p {shlex.quote(lay.path('data'))}")
         await box.write_file(lay.path("data/bench.json"), json.dumps(figures).encode())
         return dict(figures)
 
