@@ -247,6 +247,31 @@ def test_whole_recipe_on_a_cpu_host_resumes_after_kill_9(
     assert "deploy API's fallback supervisor" in report
     notes = run_cli("notes", "ls")
     assert f"127.0.0.1:{port}" in notes.stdout + notes.stderr
-    keep = os.environ.get("VIDEO_RECIPE_KEEP")  # the guide's example is copied from here
+    keep = os.environ.get("VIDEO_RECIPE_KEEP")  # the guide's example is made from here
     if keep:
         shutil.copytree(run_dir, keep, dirs_exist_ok=True)
+        screenshot(f"http://127.0.0.1:{port}/", Path(keep) / "dashboard.png", tmp_path)
+
+
+def screenshot(url: str, path: Path, tmp_path: Path) -> None:
+    """The dashboard as a person sees it, once its pictures have loaded."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            viewport={"width": 1400, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("#events li.event")
+            page.wait_for_function(
+                "[...document.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
+            page.screenshot(path=str(path), full_page=True)
+        finally:
+            browser.close()
