@@ -634,9 +634,14 @@ async def report(ctx: StepContext) -> dict[str, Any]:
     )
     path = ctx.run_dir / "report.md"
     path.write_text(text)
-    memory = ctx.memory(f"video-dashboard-{lay.host}")
+    memory = ctx.memory(lay.host)
+
+    async def note(text: str) -> None:
+        # Host notes: what any later work on this host recalls.
+        await memory.remember(text, scope="host")
+
     model = ctx.outputs.get("model_server") or {}
-    await memory.remember(
+    await note(
         f"video-dashboard on host {lay.host}: installed under {lay.prefix}; dashboard "
         f"127.0.0.1:{lay.port} (unit {SERVICE_UNIT}); model server {lay.engine} "
         f"{model.get('version', '')} serving {lay.served_name} on 127.0.0.1:{lay.model_port} "
@@ -645,13 +650,13 @@ async def report(ctx: StepContext) -> dict[str, Any]:
     levels = bench_figures.get("levels") or []
     if levels:
         best = max(levels, key=lambda f: f.get("output_throughput", 0))
-        await memory.remember(
+        await note(
             f"video-dashboard bench on {lay.host} ({lay.served_name}): best "
             f"{best['output_throughput']} output tok/s at concurrency {best['max_concurrency']}; "
             f"median TTFT {levels[0].get('median_ttft_ms')} ms at concurrency 1."
         )
     for fix in (ctx.outputs.get("test") or {}).get("fixes", []):
-        await memory.remember(f"video-dashboard on {lay.host}: a failed check was fixed: {fix}")
+        await note(f"video-dashboard on {lay.host}: a failed check was fixed: {fix}")
     ctx.emit(f"report: {path}")
     return {"report": str(path), "chart": str(png) if png else ""}
 
