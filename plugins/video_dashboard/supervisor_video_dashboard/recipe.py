@@ -529,7 +529,7 @@ async def _checks(d: Deployer, lay: Layout) -> list[tuple[str, bool, str]]:
             "sys.stdout.write(r.read().decode('utf-8','replace'))"
         )
         out = await d.run(f"{py} -c {shlex.quote(script)}", timeout=660, op="check")
-        return out.ok, (out.stdout if out.ok else out.stderr)[-2000:]
+        return out.ok, out.stdout if out.ok else out.stderr[-2000:]
 
     if lay.engine in ("vllm", "llama.cpp"):
         path = "/health" if lay.engine == "vllm" else "/v1/models"
@@ -631,6 +631,7 @@ async def report(ctx: StepContext) -> dict[str, Any]:
         checks=(ctx.outputs.get("test") or {}).get("checks", []),
         chart_name=png.name if png else "",
         supervisor=" ".join(supervisor_command()),
+        manager=str((ctx.outputs.get("service") or {}).get("manager", "")),
     )
     path = ctx.run_dir / "report.md"
     path.write_text(text)

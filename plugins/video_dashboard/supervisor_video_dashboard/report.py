@@ -86,7 +86,10 @@ def write_report(
     checks: list[dict[str, Any]],
     chart_name: str,
     supervisor: str,
+    manager: str = "",
 ) -> str:
+    """The report; ``manager`` is what keeps the services running (systemd or the deploy
+    API's fallback), as the service step found it."""
     facts = host_out.get("facts") or {}
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
@@ -144,25 +147,35 @@ def write_report(
     ]
     if chart_name:
         lines += [f"![output tokens/s and TTFT by concurrency]({chart_name})", ""]
-    if model_out.get("manager") == "fallback":
-        restart = (
-            f"supervisor recipe run video-dashboard -p host={lay.host}` again (it restarts "
-            "what changed), or kill the service's process: the fallback supervisor starts it "
-            "again; `systemctl restart video-model video-dashboard` where systemd runs them"
-        )
+    if (manager or model_out.get("manager")) == "fallback":
+        # The deploy API's fallback supervisor: a setsid loop per service, its files under
+        # the login user's ~/.local/state/supervisor-deploy/NAME/ (pid, child.pid, log).
+        state = "~/.local/state/supervisor-deploy"
+        operate = [
+            f"- Status and logs: `tail -n 100 {state}/video-dashboard/log` (and "
+            f"`{state}/video-model/log`); the loop's pid is in `pid`, the service's in "
+            "`child.pid`.",
+            f"- Restart: `kill $(cat {state}/video-dashboard/child.pid)` — the fallback "
+            "supervisor starts it again within seconds (same for `video-model`). Nothing starts "
+            f"after a reboot: run `supervisor recipe run video-dashboard -p host={lay.host}` "
+            "again (it changes only what differs and starts what is not running).",
+            "- Uninstall: `for s in video-dashboard video-model; do "
+            f"kill -- -$(cat {state}/$s/pid); rm -rf {state}/$s; done; rm -rf {lay.prefix}`.",
+        ]
     else:
-        restart = "systemctl restart video-model video-dashboard"
+        operate = [
+            "- Status and logs: `systemctl status video-dashboard video-model`, "
+            "`journalctl -u video-dashboard -n 100`.",
+            "- Restart: `systemctl restart video-model video-dashboard`.",
+            "- Uninstall: `systemctl disable --now video-dashboard video-model`, remove their "
+            f"unit files, then `rm -rf {lay.prefix}`.",
+        ]
     lines += [
         "## Operate",
         "",
-        "- Status and logs: `systemctl status video-dashboard video-model`, "
-        "`journalctl -u video-dashboard -n 100` (without systemd: the log files under "
-        "`~/.local/state/supervisor-deploy/NAME/`).",
-        f"- Restart: `{restart}`.",
+        *operate,
         f"- Configuration: edit `{lay.path('config.json')}` (cameras, frames per analysis), "
         "then restart `video-dashboard`.",
-        "- Uninstall: `systemctl disable --now video-dashboard video-model`, remove their unit "
-        f"files, then `rm -rf {lay.prefix}`.",
         "",
         "## Troubleshooting",
         "",
