@@ -219,6 +219,9 @@ def model_service(lay: Layout, params: dict[str, Any]) -> Service:
             "--model", lay.model, "--model_alias", lay.served_name,
             "--host", "127.0.0.1", "--port", str(lay.model_port),
             "--n_ctx", str(params.get("max_model_len") or 4096),
+            # By default a new request interrupts the one streaming: concurrent clients
+            # (the bench, the service beside a person's tests) would see dropped replies.
+            "--interrupt_requests", "false",
         ]  # fmt: skip
         if params.get("chat_format"):
             command += ["--chat_format", str(params["chat_format"])]
