@@ -244,6 +244,7 @@ def test_whole_recipe_on_a_cpu_host_resumes_after_kill_9(
     rows = [r for r in report.splitlines() if r.startswith("| 1 |") or r.startswith("| 2 |")]
     assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 for r in rows), rows
     assert (run_dir / "bench.png").stat().st_size > 10_000
+    assert " 0 failed)" in report  # concurrent requests are queued, never interrupted
     assert "deploy API's fallback supervisor" in report
     notes = run_cli("notes", "ls")
     assert f"127.0.0.1:{port}" in notes.stdout + notes.stderr

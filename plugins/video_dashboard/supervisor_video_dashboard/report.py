@@ -66,8 +66,11 @@ def bench_table(figures: dict[str, Any]) -> str:
     head = "| " + " | ".join(name for _, name in COLUMNS) + " |"
     rule = "|" + "---|" * len(COLUMNS)
     rows = ["| " + " | ".join(str(f.get(key, "")) for key, _ in COLUMNS) + " |" for f in levels]
+    errors = sorted({e for f in levels for e in f.get("errors", [])})
+    failed = "".join(f"\n- failed: {e}" for e in errors[:5])
     return (
         "\n".join([head, rule, *rows])
+        + failed
         + "\n\nLatencies in ms. "
         + (
             f"Measured with {figures.get('tool', 'our load generator')} "
