@@ -214,7 +214,8 @@ def llamacpp(workdir: Path, llama_python: str, requests: int) -> dict[str, Any]:
     port = kit.free_port()
     server = subprocess.Popen(
         [llama_python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "gemma",
-         "--host", "127.0.0.1", "--port", str(port), "--chat_format", "gemma", "--n_ctx", "2048"],
+         "--host", "127.0.0.1", "--port", str(port), "--chat_format", "gemma", "--n_ctx", "2048",
+         "--interrupt_requests", "false"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
