@@ -59,6 +59,13 @@ def chart(figures: dict[str, Any], path: Path, *, title: str) -> Path | None:
     return path
 
 
+def _detail(text: str, limit: int = 140) -> str:
+    """A check's detail as one code span: replies and pages hold newlines and HTML tags
+    that would break the list or be rendered."""
+    one = " ".join(text.replace("`", "'").split())
+    return f"`{one[:limit]}{'…' if len(one) > limit else ''}`" if one else ""
+
+
 def bench_table(figures: dict[str, Any]) -> str:
     levels = figures.get("levels") or []
     if not levels:
@@ -142,7 +149,7 @@ def write_report(
         "",
         "## Checks",
         "",
-        *(f"- {'✓' if c['ok'] else '✗'} {c['name']} — {c['detail'][:140]}" for c in checks),
+        *(f"- {'✓' if c['ok'] else '✗'} {c['name']} — {_detail(c['detail'])}" for c in checks),
         "",
         "## Bench",
         "",
