@@ -179,6 +179,7 @@ def test_whole_recipe_on_a_cpu_host_resumes_after_kill_9(
         "recipe", "run", "video-dashboard", "-p", "host=cpubox", "-p", f"gguf={gguf}",
         "-p", "chat_format=gemma", "-p", f"wheels={wheelhouse}",
         "-p", f"model_port={model_port}", "-p", f"port={port}",
+        "-p", f"cameras=porch={cpu_user.home}/video-dashboard/clips",
         "-p", "bench_concurrency=1,2", "-p", "bench_requests=3", "-p", "bench_max_tokens=32",
     ]  # fmt: skip
     with ScriptedModelServer(lambda _m: Reply(answer()), require_vision=True) as vision:

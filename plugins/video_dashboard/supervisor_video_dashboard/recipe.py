@@ -318,6 +318,26 @@ def bench_command(lay: Layout, params: dict[str, Any]) -> str:
     )
 
 
+def dashboard_bench(lay: Layout, figures: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """The bench as the dashboard's health panel shows it: a few columns per level."""
+    return {
+        "model": lay.served_name,
+        "engine": f"{lay.engine} {model.get('version', '')}".strip(),
+        "tool": figures.get("tool", ""),
+        "levels": [
+            {
+                "concurrency": f.get("max_concurrency"),
+                "req_per_s": f.get("request_throughput"),
+                "out_tok_per_s": f.get("output_throughput"),
+                "ttft_ms_p50": f.get("median_ttft_ms"),
+                "tpot_ms_p50": f.get("median_tpot_ms"),
+                "e2el_ms_p99": f.get("p99_e2el_ms"),
+            }
+            for f in figures.get("levels", [])
+        ],
+    }
+
+
 # -- the steps
 
 
@@ -464,7 +484,8 @@ async def bench(ctx: StepContext) -> dict[str, Any]:
         else:
             figures = json.loads(result.stdout.strip().splitlines()[-1])
         await d.run(f"mkdir -p {shlex.quote(lay.path('data'))}")
-        await box.write_file(lay.path("data/bench.json"), json.dumps(figures).encode())
+        summary = dashboard_bench(lay, figures, (ctx.outputs.get("model_server") or {}))
+        await box.write_file(lay.path("data/bench.json"), json.dumps(summary).encode())
         return dict(figures)
 
     figures: dict[str, Any] = await _on_host(ctx, work)

@@ -38,21 +38,29 @@ def chart(figures: dict[str, Any], path: Path, *, title: str) -> Path | None:
     matplotlib.use("Agg")  # no display: write a file
     import matplotlib.pyplot as plt
 
-    x = [f["max_concurrency"] for f in levels]
-    fig, left = plt.subplots(figsize=(7, 3.6), dpi=110)
-    left.plot(
-        x, [f["output_throughput"] for f in levels], "o-", color="#2b6cb0", label="output tok/s"
-    )
+    x = [str(f["max_concurrency"]) for f in levels]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4), dpi=110)
+    bars = left.bar(x, [f["output_throughput"] for f in levels], color="#2b6cb0")
+    left.bar_label(bars, fmt="%.1f")
+    left.set_title("output tokens/s")
     left.set_xlabel("concurrent requests")
-    left.set_ylabel("output tokens/s", color="#2b6cb0")
-    left.set_xticks(x)
-    right = left.twinx()
-    right.plot(
-        x, [f["median_ttft_ms"] for f in levels], "s--", color="#c05621", label="TTFT median"
-    )
-    right.set_ylabel("median TTFT (ms)", color="#c05621")
-    left.set_title(title)
-    left.grid(alpha=0.3)
+    width = 0.38
+    pos = range(len(levels))
+    for shift, key, colour, label in (
+        (-width / 2, "median_ttft_ms", "#dd6b20", "TTFT median"),
+        (width / 2, "p99_e2el_ms", "#718096", "E2EL p99"),
+    ):
+        right.bar(
+            [p + shift for p in pos], [f[key] for f in levels], width, color=colour, label=label
+        )
+    right.set_xticks(list(pos), x)
+    right.set_title("latency (ms)")
+    right.set_xlabel("concurrent requests")
+    right.legend(frameon=False, fontsize=8)
+    for axis in (left, right):
+        axis.grid(axis="y", alpha=0.3)
+        axis.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
