@@ -153,6 +153,21 @@ def test_dry_run_on_a_gpu_host_plans_vllm_and_changes_nothing(
     )  # fmt: skip
     assert "serve Qwen/Qwen3-VL-2B-Instruct" in named.stdout, named.stdout + named.stderr
 
+    # An existing endpoint is used as is; llama.cpp asked for without a GGUF: the CPU path.
+    endpoint = run_cli(
+        "recipe", "run", "video-dashboard", "-p", "host=gpubox", "--dry-run",
+        "-p", "inference=http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    assert "used as is; no model server" in endpoint.stdout, endpoint.stdout + endpoint.stderr
+    assert '"base_url": "http://127.0.0.1:9/v1"' in endpoint.stdout
+    cpu = run_cli(
+        "recipe", "run", "video-dashboard", "-p", "host=gpubox", "--dry-run",
+        "-p", "engine=llama.cpp",
+    )  # fmt: skip
+    assert "the CPU path (motion + OpenCV's people detector) alone" in cpu.stdout, cpu.stdout
+    assert "vllm" not in cpu.stdout.lower().replace("vllm bench", "")
+    assert home_listing(gpu_user) == before
+
 
 def test_bad_host_is_one_line(hosts: tuple[sshd_kit.SSHServer, list[sshd_kit.User]]) -> None:
     out = run_cli("recipe", "run", "video-dashboard", "-p", "host=nowhere", "--dry-run")
