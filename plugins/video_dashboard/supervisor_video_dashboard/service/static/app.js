@@ -103,6 +103,9 @@ async function showEvent(id) {
 
 function benchTable(bench) {
   const rows = [];
+  // A key's value spans the columns of the widest per-level table, so it is not squeezed.
+  const widest = Math.max(2, ...Object.values(bench).map((v) => (Array.isArray(v) && v.length && typeof v[0] === "object" ? Object.keys(v[0]).length : 0)));
+  const span = String(widest - 1);
   for (const [key, value] of Object.entries(bench)) {
     if (Array.isArray(value) && value.length && typeof value[0] === "object") {
       const columns = Object.keys(value[0]);
@@ -110,9 +113,9 @@ function benchTable(bench) {
       rows.push(el("tr", {}, ...columns.map((c) => el("th", { text: c }))));
       for (const item of value) rows.push(el("tr", {}, ...columns.map((c) => el("td", { text: String(item[c] ?? "") }))));
     } else if (value === null || typeof value !== "object") {
-      rows.push(el("tr", {}, el("th", { text: key }), el("td", { text: String(value) })));
+      rows.push(el("tr", {}, el("th", { text: key }), el("td", { colspan: span, text: String(value) })));
     } else {
-      for (const [k, v] of Object.entries(value)) rows.push(el("tr", {}, el("th", { text: `${key}.${k}` }), el("td", { text: typeof v === "object" ? JSON.stringify(v) : String(v) })));
+      for (const [k, v] of Object.entries(value)) rows.push(el("tr", {}, el("th", { text: `${key}.${k}` }), el("td", { colspan: span, text: typeof v === "object" ? JSON.stringify(v) : String(v) })));
     }
   }
   return rows;
