@@ -27,6 +27,7 @@ from supervisor.engine.common import OWNER, RunOptions, _new_id, _slug
 
 if TYPE_CHECKING:
     from supervisor.engine import Engine
+    from supervisor.fleet import Pool
 
 
 async def start_run(engine: Engine, options: RunOptions) -> str:
@@ -44,6 +45,7 @@ async def start_run(engine: Engine, options: RunOptions) -> str:
             "sandbox": backend,
             "network": options.network,
             "host": options.host,
+            "hosts": options.hosts,
         },
         text=options.task,
     )
@@ -57,6 +59,8 @@ def _check_options(engine: Engine, options: RunOptions) -> tuple[ModelSpec, str]
     backend = options.sandbox or engine.settings["sandbox.backend"]
     if options.host:
         backend = engine._check_host(options)
+    if options.hosts:
+        backend = _check_pool(engine, options)
     if backend not in engine.backends:
         from supervisor.errors import InputError
 
@@ -79,6 +83,82 @@ def _check_host(engine: Engine, options: RunOptions) -> str:
         raise InputError(f"--host runs agents in ssh sandboxes, not {options.sandbox!r}")
     get_host(options.host, engine.store)
     return "ssh"
+
+
+def _check_pool(engine: Engine, options: RunOptions) -> str:
+    """``--hosts a,b,c|all|POOL``: every host registered, and room for every agent now."""
+    from supervisor import fleet
+    from supervisor.errors import InputError
+    from supervisor.hosts import list_hosts
+
+    if options.host:
+        raise InputError("--host and --hosts: give one (--hosts a,b places over several)")
+    if options.sandbox not in ("", "ssh"):
+        raise InputError(f"--hosts runs agents in ssh sandboxes, not {options.sandbox!r}")
+    known = list_hosts(engine.store)
+    pools = {
+        key.split(".")[1]: value
+        for key, value in engine.settings.items()
+        if key.startswith("pools.") and key.endswith(".hosts")
+    }
+    names = fleet.resolve(options.hosts, [h.name for h in known], pools)
+    options.hosts = ",".join(names)
+    pool = _pool(engine, names)
+    room = {h.name: h.cap - len(h.running) for h in pool.hosts.values() if not h.why_not()}
+    if options.agents > sum(room.values()):
+        shut = {h.name: h.why_not() for h in pool.hosts.values() if h.why_not()}
+        raise InputError(
+            f"--hosts {options.hosts}: {options.agents} agents but room for "
+            f"{sum(room.values())} now (hosts.max_sandboxes = "
+            f"{engine.settings['hosts.max_sandboxes']}"
+            + "".join(f"; {n} {why}" for n, why in sorted(shut.items()))
+            + ")"
+        )
+    return "ssh"
+
+
+def _pool(engine: Engine, names: list[str]) -> Pool:
+    """The pool of these hosts as the store holds them (facts, cordon state)."""
+    from supervisor.fleet import HostSlots, Pool
+    from supervisor.hosts import list_hosts
+
+    cap = int(engine.settings["hosts.max_sandboxes"])
+    hosts = {h.name: h for h in list_hosts(engine.store)}
+    return Pool(
+        HostSlots.from_facts(
+            n, hosts[n].facts, cap=cap, cordoned=hosts[n].cordoned, reachable=hosts[n].reachable
+        )
+        for n in names
+    )
+
+
+def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> str:
+    """Put an agent's sandbox on a host of the run's pool; the choice (or why none could
+    take it) is an event in the transcript."""
+    from supervisor.errors import InputError
+    from supervisor.fleet import NoRoom
+    from supervisor.hosts import list_hosts
+
+    names = options.hosts.split(",")
+    pool = engine.pools.get(run_id)
+    if pool is None:
+        pool = engine.pools[run_id] = _pool(engine, names)
+    else:  # a cordon set since the last placement counts for this one
+        for h in list_hosts(engine.store):
+            if h.name in pool.hosts:
+                pool.hosts[h.name].cordoned = h.cordoned
+    try:
+        placed = pool.place(agent_id)
+    except NoRoom as exc:
+        engine.emit(
+            EventType.PLACEMENT,
+            None,
+            {"phase": "refused", "agent_id": agent_id, "reasons": exc.reasons},
+            str(exc),
+            run_id=run_id,
+        )
+        raise InputError(str(exc)) from None
+    return placed.host
 
 
 async def create_run(
@@ -307,7 +387,7 @@ def _new_sandbox(
         backend,
         workspace=options.workspace,
         network=options.network,
-        host=options.host,
+        host=_place(engine, run_id, agent_id, options) if options.hosts else options.host,
     )
 
 
@@ -420,7 +500,30 @@ def _register(engine: Engine, agent: Agent, backend: str, sandbox_id: str = "") 
     engine.emit(EventType.AGENT_CREATED, agent, data, agent.task)
 
 
+def _said_placed(engine: Engine, agent: Agent) -> None:
+    """The placement, in the agent's own transcript (it had no id when it was placed)."""
+    pool = engine.pools.get(agent.run_id)
+    placed = pool.placed.get(agent.id) if pool else None
+    if pool is None or placed is None:
+        return
+    host = pool.hosts[placed.host]
+    engine.emit(
+        EventType.PLACEMENT,
+        agent,
+        {
+            "phase": "placed",
+            "host": placed.host,
+            "gpus": list(placed.gpus),
+            "compared": list(placed.compared),
+        },
+        f"placed on host {placed.host} ({len(host.running)}/{host.cap} sandboxes there"
+        + (f", GPU {','.join(map(str, placed.gpus))}" if placed.gpus else "")
+        + f"; compared {', '.join(placed.compared)})",
+    )
+
+
 async def _run_agent(engine: Engine, agent: Agent) -> str:
+    _said_placed(engine, agent)
     try:
         agent.set_status("starting", "starting its sandbox")
         await engine._start_sandbox(agent)
@@ -501,6 +604,9 @@ def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
         {"status": status, "summary": agent.summary},
         agent.summary,
     )
+    pool = engine.pools.get(agent.run_id)
+    if pool is not None:  # its slot frees for the next agent placed
+        pool.release(agent.id, failed=status == "failed")
     options = engine.runs.get(agent.run_id)
     if agent.owns_sandbox and options is not None and not engine.closing:
         engine._wrap_up_later(agent, keep=agent.id in engine.kept or options.keep_sandboxes)

@@ -203,6 +203,7 @@ async def resume_task_run(engine: Engine, run_id: str) -> list[Agent]:
         agents=int(params.get("agents", 1)),
         network=bool(params.get("network")),
         host=params.get("host", ""),
+        hosts=params.get("hosts", ""),
     )
     engine.runs[run_id] = options
     engine.adopt_policy(run_id)
