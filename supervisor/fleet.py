@@ -36,6 +36,7 @@ class HostSlots:
     running: set[str] = field(default_factory=set)  # agent ids
     gpu_owner: dict[int, str] = field(default_factory=dict)  # device index -> agent id
     failures: list[float] = field(default_factory=list)  # when sandboxes failed here
+    down: str = ""  # why the host was found dead during this run ("" : alive)
 
     @classmethod
     def from_facts(cls, name: str, facts: Mapping[str, Any], **kw: Any) -> HostSlots:
@@ -51,6 +52,8 @@ class HostSlots:
         """Why no sandbox may go here now, or ""."""
         if self.cordoned:
             return "cordoned"
+        if self.down:
+            return f"down ({self.down})"
         if self.reachable is False:
             return "unreachable at its last check"
         if len(self.running) >= self.cap:
@@ -101,6 +104,9 @@ class Pool:
         self.hosts = {h.name: h for h in hosts}
         self.k = k
         self.placed: dict[str, Placement] = {}  # agent id -> where it went, until released
+        self.lost: dict[str, str] = {}  # agent id -> why its host was lost under it
+        self.sync_s: list[float] = []  # seconds each step's workspace sync took
+        self.watcher: Any = None  # the engine's task watching the hosts in use
         self._rng = random.Random(seed)
 
     def place(self, agent_id: str, *, gpus: int = 0) -> Placement:

@@ -7,8 +7,11 @@ fastest the ssh backend has), so `whoami` in an agent's shell says which host it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +183,73 @@ async def test_a_cordoned_host_gets_no_agents_and_a_full_pool_is_refused(
     assert h.get_host("h1").cordoned is False
     unknown = run_cli("run", "--foreground", "--hosts", "h0,nope", "do it")
     assert unknown.returncode == 2 and "no host named 'nope'" in unknown.stderr
+
+
+def lost_host_script(doomed: str):
+    """Step 1 writes a line; step 2 waits on the doomed host only; then (after the
+    resume, elsewhere) it reads the line back and says who it runs as, until it can."""
+
+    def script(messages: list[dict]) -> Reply:
+        turns = sum(m["role"] == "assistant" for m in messages)
+        last = next((m for m in reversed(messages) if m["role"] == "tool"), {"content": ""})
+        if turns == 0:
+            return Reply(tool_calls=[("shell", {"command": "echo kept >> notes.txt"})])
+        if turns == 1:
+            command = f'[ "$(whoami)" = {doomed} ] && sleep 120; true'
+            return Reply(tool_calls=[("shell", {"command": command})])
+        if str(last["content"]).startswith("first"):
+            return Reply(tool_calls=[("finish", {"summary": last["content"].replace("\n", " ")})])
+        # The host died under the previous command (or it was the wait): look again.
+        return Reply(tool_calls=[("shell", {"command": "cat notes.txt; whoami"})])
+
+    return script
+
+
+def sleeping(user: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-u", user, "-x", "sleep"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+@pytestmark_ssh
+async def test_a_lost_host_interrupts_its_agents_and_resume_finishes_them_elsewhere(
+    servers: list[sshd_kit.SSHServer], home: Path, tmp_path: Path
+) -> None:
+    users = register(servers)
+    doomed_srv = servers[1]
+    (doomed,) = doomed_srv.users
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.txt").write_text("first\n")
+    with scripted(lost_host_script(doomed.name)) as model:
+        async with engine(**{"hosts.max_sandboxes": 2}) as eng:
+            run_id = await eng.start_run(
+                RunOptions(task="t", agents=6, hosts="all", workspace=ws, title="w")
+            )
+            on_doomed = lambda: [  # noqa: E731
+                a for a in eng.agents.values() if eng.pools[run_id].where(a.id) == "h1"
+            ]
+            deadline = time.monotonic() + 60
+            while len(model.requests) < 20 or len(sleeping(doomed.name)) < 2:
+                assert time.monotonic() < deadline, "the agents never reached the wait"
+                await asyncio.sleep(0.2)
+            victims = on_doomed()
+            assert len(victims) == 2
+            doomed_srv.stop()
+            killed = time.monotonic()
+            try:
+                while any(a.status != "interrupted" for a in victims):
+                    assert time.monotonic() - killed < 30, "the lost host was not noticed"
+                    await asyncio.sleep(0.2)
+                assert await eng.wait_run(run_id) == "interrupted"
+                assert all("host h1 was lost" in a.summary for a in victims)
+                assert h.get_host("h1").reachable is False
+                await eng.resume_task_run(run_id)
+                assert await eng.wait_run(run_id) == "done"
+            finally:
+                doomed_srv.start()
+            for a in victims:
+                # The line of its first step survived the host; it ran on another one.
+                assert a.summary.startswith("first kept svt"), a.summary
+                ran_as = a.summary.split()[2]
+                assert users[ran_as] in ("h0", "h2")
+            assert sum(eng.pools[run_id].sync_s) / len(eng.pools[run_id].sync_s) < 1.0

@@ -198,6 +198,7 @@ class Engine:
     agent_status = runs.agent_status
     agent_finished = runs.agent_finished
     _release = runs._release
+    sync_step = runs.sync_step
     _check_run_done = runs._check_run_done
     wait_run = runs.wait_run
     stop_run = runs.stop_run

@@ -18,7 +18,7 @@ from supervisor.agent import Agent, Limits, Policy
 from supervisor.events import EventType
 from supervisor.models import check_usable
 from supervisor.sandbox.base import Sandbox, SandboxSpec
-from supervisor.status import ENDED, FINAL
+from supervisor.status import ENDED
 from supervisor.types import ModelSpec
 
 if TYPE_CHECKING:
@@ -147,6 +147,8 @@ def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> s
         for h in list_hosts(engine.store):
             if h.name in pool.hosts:
                 pool.hosts[h.name].cordoned = h.cordoned
+    if pool.watcher is None or pool.watcher.done():
+        pool.watcher = asyncio.get_running_loop().create_task(_watch_pool(engine, run_id))
     try:
         placed = pool.place(agent_id)
     except NoRoom as exc:
@@ -159,6 +161,56 @@ def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> s
         )
         raise InputError(str(exc)) from None
     return placed.host
+
+
+POOL_WATCH_S = 2.0  # how often the hosts running a pool's agents are asked if they live
+
+
+async def _watch_pool(engine: Engine, run_id: str) -> None:
+    """Find a host of the pool that died under its agents: they become ``interrupted``
+    with the reason, and the host takes no more placements this run (``resume``
+    re-places them on live hosts). Ends when no agent of the pool runs."""
+    from supervisor.sandbox.ssh import host_down
+
+    pool = engine.pools[run_id]
+    await asyncio.sleep(POOL_WATCH_S)
+    while engine.pools.get(run_id) is pool and any(h.running for h in pool.hosts.values()):
+        for host in [h for h in pool.hosts.values() if h.running and not h.down]:
+            why = await host_down(host.name)
+            if why:
+                await _host_lost(engine, run_id, host.name, why)
+        await asyncio.sleep(POOL_WATCH_S)
+
+
+async def _host_lost(engine: Engine, run_id: str, name: str, why: str) -> None:
+    from supervisor.hosts import find_host, save_host
+
+    pool = engine.pools[run_id]
+    host = pool.hosts[name]
+    host.down = why
+    reason = f"host {name} was lost ({why}); `supervisor resume {run_id}` moves it to a live host"
+    recorded = find_host(name, engine.store)
+    if recorded is not None:  # `hosts ls` says so too, until `hosts check` finds it back
+        recorded.reachable, recorded.error = False, why
+        save_host(recorded, engine.store)
+    lost = [engine.agents[a] for a in sorted(host.running) if a in engine.agents]
+    for agent in lost:
+        pool.lost[agent.id] = reason
+    tasks = [engine.tasks[a.id] for a in lost if a.id in engine.tasks]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def sync_step(engine: Engine, agent: Agent) -> None:
+    """After each finished step of an agent on a pool's host, keep a copy of its
+    workspace here, so a host lost under it costs at most one step."""
+    pool = engine.pools.get(agent.run_id)
+    if pool is None or agent.id not in pool.placed or not agent.steps:
+        return
+    start = time.perf_counter()
+    if await engine.save_changes(agent, each_step=True):
+        pool.sync_s.append(time.perf_counter() - start)
 
 
 async def create_run(
@@ -584,6 +636,10 @@ def agent_status(engine: Engine, agent: Agent, status: str, doing: str) -> None:
 
 
 def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
+    pool = engine.pools.get(agent.run_id)
+    if pool is not None and status == "stopped" and agent.id in pool.lost:
+        status = agent.status = "interrupted"  # its host died; resume goes on elsewhere
+        agent.summary = pool.lost.pop(agent.id)
     if engine.closing and status == "stopped":
         # The process is going away under the agent, not a person stopping it: it
         # continues when its run is resumed.
@@ -604,9 +660,10 @@ def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
         {"status": status, "summary": agent.summary},
         agent.summary,
     )
-    pool = engine.pools.get(agent.run_id)
     if pool is not None:  # its slot frees for the next agent placed
-        pool.release(agent.id, failed=status == "failed")
+        pool.release(agent.id, failed=status in ("failed", "interrupted"))
+        if not any(h.running for h in pool.hosts.values()) and pool.watcher is not None:
+            pool.watcher.cancel()
     options = engine.runs.get(agent.run_id)
     if agent.owns_sandbox and options is not None and not engine.closing:
         engine._wrap_up_later(agent, keep=agent.id in engine.kept or options.keep_sandboxes)
@@ -622,10 +679,12 @@ def _check_run_done(engine: Engine, run_id: str) -> None:
     if run_id in engine._managed or engine.closing:
         return
     members = [a for a in engine.agents.values() if a.run_id == run_id]
-    if any(a.status not in FINAL for a in members):
+    if any(a.status not in ENDED for a in members):
         return
     status = (
-        "done"
+        "interrupted"  # a pool's host was lost under some: `resume` goes on
+        if any(a.status == "interrupted" for a in members)
+        else "done"
         if all(a.status == "done" for a in members)
         else "failed"
         if any(a.status == "failed" for a in members)
