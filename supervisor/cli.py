@@ -419,6 +419,12 @@ def _open_store() -> Any:
 @click.option("--sandbox", default="", help="Sandbox backend: docker (default) or local.")
 @click.option("--host", default="", help="Run on this registered host (see `supervisor hosts`).")
 @click.option(
+    "--hosts",
+    default="",
+    metavar="A,B,C|all|POOL",
+    help="Place each agent on one of these hosts (or all, or pools.POOL.hosts).",
+)
+@click.option(
     "-n",
     "--agents",
     type=click.IntRange(1, 1000),
@@ -460,6 +466,7 @@ def run(
     foreground: bool,
     detach: bool,
     host: str,
+    hosts: str,
 ) -> None:
     """Start agents on TASK in the supervisor process and stream their work here.
 
@@ -482,6 +489,7 @@ def run(
         max_steps=max_steps,
         keep_sandboxes=keep_sandboxes,
         host=host,
+        hosts=hosts,
     )
     if not foreground:
         if workspace is not None:

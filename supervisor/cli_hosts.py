@@ -112,6 +112,7 @@ def hosts_ls(as_json: bool) -> None:
     for x in found:
         gpus = x.facts.get("gpus") or []
         state = {True: "reachable", False: "unreachable", None: "unchecked"}[x.reachable]
+        state = "cordoned" if x.cordoned else state
         busy = sum(1 for g in gpus if g.get("busy"))
         gpu_text = f"{len(gpus)} GPUs, {len(gpus) - busy} free" if gpus else "no GPU"
         click.echo(
@@ -182,6 +183,26 @@ def hosts_rm(name: str) -> None:
 
     host = h.remove_host(name)
     click.echo(f"removed {host.name} ({host.target})")
+
+
+@hosts.command("cordon")
+@click.argument("name")
+def hosts_cordon(name: str) -> None:
+    """Place no new sandboxes on host NAME; agents running there go on."""
+    from supervisor import hosts as h
+
+    h.set_cordon(name, True)
+    click.echo(f"cordoned {name}: no new sandboxes go there (uncordon: supervisor hosts uncordon)")
+
+
+@hosts.command("uncordon")
+@click.argument("name")
+def hosts_uncordon(name: str) -> None:
+    """Let new sandboxes go to host NAME again."""
+    from supervisor import hosts as h
+
+    h.set_cordon(name, False)
+    click.echo(f"uncordoned {name}: new sandboxes may go there")
 
 
 @hosts.command("forward")

@@ -198,6 +198,13 @@ SETTINGS: dict[str, Setting] = {
             between(0, 1000),
         ),
         Setting(
+            "hosts.max_sandboxes",
+            int,
+            8,
+            "Sandboxes at most at once on one host of a pool (`run --hosts`).",
+            between(1, 10000),
+        ),
+        Setting(
             "server.auto_resume",
             bool,
             True,
@@ -229,7 +236,9 @@ TABLES: dict[str, dict[str, tuple[type, str, Check | None]]] = {
         "context_window": (int, "context window in tokens", between(1)),
         "max_concurrent": (int, "calls in flight at once to this model", between(1)),
         "rpm": (int, "requests per minute to this model", between(1)),
-    }
+    },
+    # `pools.NAME.hosts = ["a", "b"]`: `supervisor run --hosts NAME` places over them.
+    "pools": {"hosts": (list, "registered hosts of this pool", None)},
 }
 
 # The field of each table entry the others need: an alias without it cannot be used.

@@ -46,6 +46,7 @@ class EventType(StrEnum):
     PROGRESS = "progress"
     METRIC = "metric"
     DEPLOY = "deploy"
+    PLACEMENT = "placement"
     PLUGIN_ERROR = "plugin.error"
     LOG = "log"
 
@@ -185,6 +186,16 @@ CATALOGUE: dict[str, tuple[str, dict[str, str]]] = {
             "summary": "str (done)",
             "manager": "systemd|user|fallback (services)",
             "dry_run": "bool",
+        },
+    ),
+    "placement": (
+        "an agent's sandbox was placed on a host of a pool, or no host could take it",
+        {
+            "phase": "placed|refused",
+            "host": "str (placed)",
+            "gpus": "list of device indexes (placed)",
+            "compared": "hosts scored for it",
+            "reasons": "dict host -> why it refused (refused)",
         },
     ),
     "plugin.error": (

@@ -136,6 +136,7 @@ class Host:
     checked_at: float | None = None
     error: str = ""
     created_at: float = 0.0
+    cordoned: bool = False  # no new sandboxes placed here (`supervisor hosts cordon`)
 
     @property
     def target(self) -> Target:
@@ -157,6 +158,7 @@ class Host:
             checked_at=row.get("checked_at"),
             error=row.get("error") or "",
             created_at=row.get("created_at") or 0.0,
+            cordoned=bool(row.get("cordoned")),
         )
 
     def row(self) -> dict[str, Any]:
@@ -174,6 +176,7 @@ class Host:
             "error": self.error,
             "created_at": self.created_at or time.time(),
             "updated_at": time.time(),
+            "cordoned": int(self.cordoned),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -189,6 +192,7 @@ class Host:
             "error": self.error,
             "gpus": len(gpus),
             "gpus_busy": sum(1 for g in gpus if g.get("busy")),
+            "cordoned": self.cordoned,
             "facts": self.facts,
         }
 
@@ -230,6 +234,15 @@ def save_host(host: Host, store: Store | None = None) -> None:
     row = host.row()
     with _store(store) as s:
         s.write(lambda db: db.table("hosts").upsert(row, pk="name")).result()
+
+
+def set_cordon(name: str, cordoned: bool, store: Store | None = None) -> Host:
+    """Stop (or allow again) new placements on a host; running sandboxes are untouched."""
+    host = get_host(name, store)
+    with _store(store) as s:
+        s.write(lambda db: db.table("hosts").update(name, {"cordoned": int(cordoned)})).result()
+    host.cordoned = cordoned
+    return host
 
 
 def remove_host(name: str, store: Store | None = None) -> Host:

@@ -570,6 +570,7 @@ class Server:
                 keep_sandboxes=bool(args.get("keep_sandboxes")),
                 title=str(args.get("title") or ""),
                 host=str(args.get("host") or ""),
+                hosts=str(args.get("hosts") or ""),
             )
         except (TypeError, ValueError) as exc:
             raise InputError(f"bad run options: {exc}") from None

@@ -26,6 +26,7 @@ from supervisor.system import start_of_day
 from supervisor.types import Tool
 
 if TYPE_CHECKING:
+    from supervisor.fleet import Pool
     from supervisor.sandbox.manager import SandboxPool
 from supervisor.engine import bus, changes, memory, money, people, runs, settings, steering
 from supervisor.engine.common import (
@@ -80,6 +81,7 @@ class Engine:
         self.agents: dict[str, Agent] = {}
         self.tasks: dict[str, asyncio.Task[str]] = {}
         self.runs: dict[str, RunOptions] = {}
+        self.pools: dict[str, Pool] = {}  # run id -> its hosts and what is placed on them
         self._pending: dict[str, asyncio.Future[str]] = {}  # agent id -> answer or verdict
         self._listeners: list[Listener] = []
         self._done: dict[str, asyncio.Event] = {}
@@ -198,6 +200,7 @@ class Engine:
     agent_status = runs.agent_status
     agent_finished = runs.agent_finished
     _release = runs._release
+    sync_step = runs.sync_step
     _check_run_done = runs._check_run_done
     wait_run = runs.wait_run
     stop_run = runs.stop_run

@@ -48,10 +48,11 @@ async def _wrap_up(engine: Engine, agent: Agent, *, keep: bool) -> None:
     await engine._release(agent)
 
 
-async def save_changes(engine: Engine, agent: Agent) -> bool:
+async def save_changes(engine: Engine, agent: Agent, *, each_step: bool = False) -> bool:
     """Copy what the agent changed into the data directory (an ``artifacts`` row of
     kind ``diff``), so it can be reviewed and applied after its sandbox is gone.
-    False, with an event saying why, when the sandbox could not be read."""
+    False, with an event saying why, when the sandbox could not be read. ``each_step``:
+    the routine copy after a step of an agent on a pool's host, said only if it fails."""
     from supervisor.sandbox import workspace
 
     if not await sandbox_alive(agent.sandbox):
@@ -85,6 +86,8 @@ async def save_changes(engine: Engine, agent: Agent) -> bool:
         db.table("artifacts").insert(row)
 
     engine.store.write(write)
+    if each_step:
+        return True
     engine.emit(
         EventType.ARTIFACT,
         agent,

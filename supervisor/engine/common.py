@@ -62,6 +62,7 @@ class RunOptions:
     keep_sandboxes: bool = False
     title: str = ""
     host: str = ""  # a registered host (`supervisor hosts`): the ssh sandbox backend
+    hosts: str = ""  # a pool: "a,b,c", "all" or a pools.NAME; each agent placed on one
 
 
 class _DeltaStream:

@@ -18,7 +18,7 @@ from supervisor.agent import Agent, Limits, Policy
 from supervisor.events import EventType
 from supervisor.models import check_usable
 from supervisor.sandbox.base import Sandbox, SandboxSpec
-from supervisor.status import ENDED, FINAL
+from supervisor.status import ENDED
 from supervisor.types import ModelSpec
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ from supervisor.engine.common import OWNER, RunOptions, _new_id, _slug, cancel_a
 
 if TYPE_CHECKING:
     from supervisor.engine import Engine
+    from supervisor.fleet import Pool
 
 
 async def start_run(engine: Engine, options: RunOptions) -> str:
@@ -44,6 +45,7 @@ async def start_run(engine: Engine, options: RunOptions) -> str:
             "sandbox": backend,
             "network": options.network,
             "host": options.host,
+            "hosts": options.hosts,
         },
         text=options.task,
     )
@@ -57,6 +59,8 @@ def _check_options(engine: Engine, options: RunOptions) -> tuple[ModelSpec, str]
     backend = options.sandbox or engine.settings["sandbox.backend"]
     if options.host:
         backend = engine._check_host(options)
+    if options.hosts:
+        backend = _check_pool(engine, options)
     if backend not in engine.backends:
         from supervisor.errors import InputError
 
@@ -79,6 +83,134 @@ def _check_host(engine: Engine, options: RunOptions) -> str:
         raise InputError(f"--host runs agents in ssh sandboxes, not {options.sandbox!r}")
     get_host(options.host, engine.store)
     return "ssh"
+
+
+def _check_pool(engine: Engine, options: RunOptions) -> str:
+    """``--hosts a,b,c|all|POOL``: every host registered, and room for every agent now."""
+    from supervisor import fleet
+    from supervisor.errors import InputError
+    from supervisor.hosts import list_hosts
+
+    if options.host:
+        raise InputError("--host and --hosts: give one (--hosts a,b places over several)")
+    if options.sandbox not in ("", "ssh"):
+        raise InputError(f"--hosts runs agents in ssh sandboxes, not {options.sandbox!r}")
+    known = list_hosts(engine.store)
+    pools = {
+        key.split(".")[1]: value
+        for key, value in engine.settings.items()
+        if key.startswith("pools.") and key.endswith(".hosts")
+    }
+    names = fleet.resolve(options.hosts, [h.name for h in known], pools)
+    options.hosts = ",".join(names)
+    pool = _pool(engine, names)
+    room = {h.name: h.cap - len(h.running) for h in pool.hosts.values() if not h.why_not()}
+    if options.agents > sum(room.values()):
+        shut = {h.name: h.why_not() for h in pool.hosts.values() if h.why_not()}
+        raise InputError(
+            f"--hosts {options.hosts}: {options.agents} agents but room for "
+            f"{sum(room.values())} now (hosts.max_sandboxes = "
+            f"{engine.settings['hosts.max_sandboxes']}"
+            + "".join(f"; {n} {why}" for n, why in sorted(shut.items()))
+            + ")"
+        )
+    return "ssh"
+
+
+def _pool(engine: Engine, names: list[str]) -> Pool:
+    """The pool of these hosts as the store holds them (facts, cordon state)."""
+    from supervisor.fleet import HostSlots, Pool
+    from supervisor.hosts import list_hosts
+
+    cap = int(engine.settings["hosts.max_sandboxes"])
+    hosts = {h.name: h for h in list_hosts(engine.store)}
+    return Pool(
+        HostSlots.from_facts(
+            n, hosts[n].facts, cap=cap, cordoned=hosts[n].cordoned, reachable=hosts[n].reachable
+        )
+        for n in names
+    )
+
+
+def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> str:
+    """Put an agent's sandbox on a host of the run's pool; the choice (or why none could
+    take it) is an event in the transcript."""
+    from supervisor.errors import InputError
+    from supervisor.fleet import NoRoom
+    from supervisor.hosts import list_hosts
+
+    names = options.hosts.split(",")
+    pool = engine.pools.get(run_id)
+    if pool is None:
+        pool = engine.pools[run_id] = _pool(engine, names)
+    else:  # a cordon set since the last placement counts for this one
+        for h in list_hosts(engine.store):
+            if h.name in pool.hosts:
+                pool.hosts[h.name].cordoned = h.cordoned
+    if pool.watcher is None or pool.watcher.done():
+        pool.watcher = asyncio.get_running_loop().create_task(_watch_pool(engine, run_id))
+    try:
+        placed = pool.place(agent_id)
+    except NoRoom as exc:
+        engine.emit(
+            EventType.PLACEMENT,
+            None,
+            {"phase": "refused", "agent_id": agent_id, "reasons": exc.reasons},
+            str(exc),
+            run_id=run_id,
+        )
+        raise InputError(str(exc)) from None
+    return placed.host
+
+
+POOL_WATCH_S = 2.0  # how often the hosts running a pool's agents are asked if they live
+
+
+async def _watch_pool(engine: Engine, run_id: str) -> None:
+    """Find a host of the pool that died under its agents: they become ``interrupted``
+    with the reason, and the host takes no more placements this run (``resume``
+    re-places them on live hosts). Ends when no agent of the pool runs."""
+    from supervisor.sandbox.ssh import host_down
+
+    pool = engine.pools[run_id]
+    await asyncio.sleep(POOL_WATCH_S)
+    while engine.pools.get(run_id) is pool and any(h.running for h in pool.hosts.values()):
+        for host in [h for h in pool.hosts.values() if h.running and not h.down]:
+            why = await host_down(host.name)
+            if why:
+                await _host_lost(engine, run_id, host.name, why)
+        await asyncio.sleep(POOL_WATCH_S)
+
+
+async def _host_lost(engine: Engine, run_id: str, name: str, why: str) -> None:
+    from supervisor.hosts import find_host, save_host
+
+    pool = engine.pools[run_id]
+    host = pool.hosts[name]
+    host.down = why
+    reason = f"host {name} was lost ({why}); `supervisor resume {run_id}` moves it to a live host"
+    recorded = find_host(name, engine.store)
+    if recorded is not None:  # `hosts ls` says so too, until `hosts check` finds it back
+        recorded.reachable, recorded.error = False, why
+        save_host(recorded, engine.store)
+    lost = [engine.agents[a] for a in sorted(host.running) if a in engine.agents]
+    for agent in lost:
+        pool.lost[agent.id] = reason
+    tasks = [engine.tasks[a.id] for a in lost if a.id in engine.tasks]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def sync_step(engine: Engine, agent: Agent) -> None:
+    """After each finished step of an agent on a pool's host, keep a copy of its
+    workspace here, so a host lost under it costs at most one step."""
+    pool = engine.pools.get(agent.run_id)
+    if pool is None or agent.id not in pool.placed or not agent.steps:
+        return
+    start = time.perf_counter()
+    if await engine.save_changes(agent, each_step=True):
+        pool.sync_s.append(time.perf_counter() - start)
 
 
 async def create_run(
@@ -307,7 +439,7 @@ def _new_sandbox(
         backend,
         workspace=options.workspace,
         network=options.network,
-        host=options.host,
+        host=_place(engine, run_id, agent_id, options) if options.hosts else options.host,
     )
 
 
@@ -420,7 +552,30 @@ def _register(engine: Engine, agent: Agent, backend: str, sandbox_id: str = "") 
     engine.emit(EventType.AGENT_CREATED, agent, data, agent.task)
 
 
+def _said_placed(engine: Engine, agent: Agent) -> None:
+    """The placement, in the agent's own transcript (it had no id when it was placed)."""
+    pool = engine.pools.get(agent.run_id)
+    placed = pool.placed.get(agent.id) if pool else None
+    if pool is None or placed is None:
+        return
+    host = pool.hosts[placed.host]
+    engine.emit(
+        EventType.PLACEMENT,
+        agent,
+        {
+            "phase": "placed",
+            "host": placed.host,
+            "gpus": list(placed.gpus),
+            "compared": list(placed.compared),
+        },
+        f"placed on host {placed.host} ({len(host.running)}/{host.cap} sandboxes there"
+        + (f", GPU {','.join(map(str, placed.gpus))}" if placed.gpus else "")
+        + f"; compared {', '.join(placed.compared)})",
+    )
+
+
 async def _run_agent(engine: Engine, agent: Agent) -> str:
+    _said_placed(engine, agent)
     if not await engine.admit(agent):  # a spent budget holds new agents back
         return str(agent.status)
     try:
@@ -483,6 +638,10 @@ def agent_status(engine: Engine, agent: Agent, status: str, doing: str) -> None:
 
 
 def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
+    pool = engine.pools.get(agent.run_id)
+    if pool is not None and status == "stopped" and agent.id in pool.lost:
+        status = agent.status = "interrupted"  # its host died; resume goes on elsewhere
+        agent.summary = pool.lost.pop(agent.id)
     if engine.closing and status == "stopped":
         # The process is going away under the agent, not a person stopping it: it
         # continues when its run is resumed.
@@ -503,6 +662,10 @@ def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
         {"status": status, "summary": agent.summary},
         agent.summary,
     )
+    if pool is not None:  # its slot frees for the next agent placed
+        pool.release(agent.id, failed=status in ("failed", "interrupted"))
+        if not any(h.running for h in pool.hosts.values()) and pool.watcher is not None:
+            pool.watcher.cancel()
     options = engine.runs.get(agent.run_id)
     if agent.owns_sandbox and options is not None and not engine.closing:
         engine._wrap_up_later(agent, keep=agent.id in engine.kept or options.keep_sandboxes)
@@ -518,7 +681,7 @@ def _check_run_done(engine: Engine, run_id: str) -> None:
     if run_id in engine._managed or engine.closing:
         return
     members = [a for a in engine.agents.values() if a.run_id == run_id]
-    if any(a.status not in FINAL for a in members):
+    if any(a.status not in ENDED for a in members):
         return
     saving = [t for a in members if (t := engine._wrapups.get(a.id)) is not None and not t.done()]
     if saving:
@@ -530,7 +693,9 @@ def _check_run_done(engine: Engine, run_id: str) -> None:
         task.add_done_callback(engine._releasing.discard)
         return
     status = (
-        "done"
+        "interrupted"  # a pool's host was lost under some: `resume` goes on
+        if any(a.status == "interrupted" for a in members)
+        else "done"
         if all(a.status == "done" for a in members)
         else "failed"
         if any(a.status == "failed" for a in members)

@@ -57,6 +57,7 @@ def message(engine: Engine, key: str, text: str) -> str:
 
 
 async def wait_while_paused(engine: Engine, agent: Agent) -> None:
+    await engine.sync_step(agent)  # between two steps: the finished one's files kept
     gate = engine._paused.get(agent.id)
     if gate is None:
         return
@@ -201,6 +202,7 @@ async def resume_task_run(engine: Engine, run_id: str) -> list[Agent]:
         agents=int(params.get("agents", 1)),
         network=bool(params.get("network")),
         host=params.get("host", ""),
+        hosts=params.get("hosts", ""),
     )
     engine.runs[run_id] = options
     engine.adopt_policy(run_id)
@@ -211,6 +213,12 @@ async def resume_task_run(engine: Engine, run_id: str) -> list[Agent]:
         agent = engine._revive(a, options)
         if a["status"] not in FINAL:
             resumed.append(agent)
+    pool = engine.pools.get(run_id)
+    for agent in engine.agents.values():
+        if pool is not None and agent.run_id == run_id and agent not in resumed:
+            pool.release(agent.id)  # an ended agent holds no place on a host
+    if resumed:  # at once: a caller's wait_run must not see the run's last ending
+        engine._reopen_run(run_id)
     for agent in resumed:
         engine.tasks[agent.id] = asyncio.get_running_loop().create_task(engine._resume_agent(agent))
     if not resumed:
@@ -220,10 +228,13 @@ async def resume_task_run(engine: Engine, run_id: str) -> list[Agent]:
 
 def _revive(engine: Engine, row: dict[str, Any], options: RunOptions) -> Agent:
     """An Agent object for a recorded agent (not started)."""
-    if row["id"] in engine.agents:
-        return engine.agents[row["id"]]
-    model = engine.models.registry.resolve(row["model"] or engine.settings["model"])
     backend = row["sandbox"] or engine.settings["sandbox.backend"]
+    if row["id"] in engine.agents:
+        known = engine.agents[row["id"]]
+        if options.hosts and row["status"] == "interrupted":  # its host may be gone: re-placed
+            known.sandbox = engine._new_sandbox(row["run_id"], row["id"], options, backend)
+        return known
+    model = engine.models.registry.resolve(row["model"] or engine.settings["model"])
     agent = Agent(
         engine,
         id=row["id"],

@@ -188,6 +188,24 @@ class HostLink:
             await asyncio.to_thread(conn.close)
 
 
+async def host_down(name: str) -> str:
+    """Why host NAME cannot be reached now, or "" when it can: the connection the
+    sandboxes here share is up, or a new one can be made (the placement watcher asks this
+    every few seconds of the hosts that run agents)."""
+    link = HostLink._links.get(asyncio.get_running_loop(), {}).get(name)
+    if link is not None:
+        conn = link.conn
+        if conn is not None and conn.transport is not None and conn.transport.is_active():
+            return ""
+    try:
+        host = await asyncio.to_thread(hosts.get_host, name)
+        probe = await asyncio.to_thread(hosts.connect, host)
+    except (hosts.HostError, OSError) as exc:
+        return (link.lost_reason + "; " if link is not None and link.lost_reason else "") + str(exc)
+    await asyncio.to_thread(probe.close)
+    return ""
+
+
 class _Lines(io.RawIOBase):
     """A write-only stream handing each complete line to a callback (build progress)."""
 

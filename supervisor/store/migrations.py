@@ -246,3 +246,9 @@ def m006_host_checks(db: Database) -> None:
     hosts.add_column("reachable", int)  # 1 | 0 | NULL (never checked)
     hosts.add_column("checked_at", float)
     hosts.add_column("error", str)  # why the last check failed
+
+
+@migrations()
+def m007_host_cordon(db: Database) -> None:
+    # `supervisor hosts cordon NAME`: no new sandboxes go to this host; running ones stay.
+    db.table("hosts").add_column("cordoned", int)

@@ -1,4 +1,5 @@
-"""Registered remote hosts: reachable or not, GPUs busy and free, when last checked."""
+"""Registered remote hosts: reachable or not, cordoned or not, the agents on each, GPU
+slots busy and free, when last checked."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ from textual.widgets import DataTable, Footer, Static
 if TYPE_CHECKING:
     from supervisor.client import Client
 
+REFRESH_S = 2.0  # agents come and go on the hosts while the view is open
+
+# The live agents, and the host each was placed on (a pool's `placement` event) or runs on
+# (an ssh sandbox's id is ssh:HOST:MODE:...).
+LIVE_AGENTS = """
+SELECT a.name, a.sandbox_id,
+  (SELECT e.data FROM events e WHERE e.agent_id = a.id AND e.type = 'placement'
+   ORDER BY e.id DESC LIMIT 1) AS placed
+FROM agents a WHERE a.status NOT IN ({ended}) ORDER BY a.created_at
+"""
+
 
 def ago(ts: float | None, now: float) -> str:
     if not ts:
@@ -29,12 +41,13 @@ def ago(ts: float | None, now: float) -> str:
     return f"{s / 3600:.1f}h ago"
 
 
-def gpu_summary(facts: dict[str, Any]) -> tuple[str, str]:
-    """("3 busy / 5 free", "8× NVIDIA H100 …") for the table."""
+def gpu_summary(facts: dict[str, Any], held: frozenset[int] = frozenset()) -> tuple[str, str]:
+    """("3 busy / 5 free", "8× NVIDIA H100 …") for the table. A slot is busy when
+    nvidia-smi saw it busy at the last check or one of our agents holds it (``held``)."""
     gpus = facts.get("gpus") or []
     if not gpus:
         return "—", facts.get("gpu_error") or "no GPU"
-    busy = sum(1 for g in gpus if g.get("busy"))
+    busy = sum(1 for i, g in enumerate(gpus) if g.get("busy") or g.get("index", i) in held)
     names: dict[str, int] = {}
     for g in gpus:
         label = g.get("name", "?") + (" (unified)" if g.get("memory_unified") else "")
@@ -57,6 +70,7 @@ class HostsScreen(Screen[None]):
         super().__init__()
         self.client = client
         self.now = now
+        self.checking = False
 
     def compose(self) -> ComposeResult:
         with Vertical(id="hosts"):
@@ -68,25 +82,48 @@ class HostsScreen(Screen[None]):
         """Columns, then the rows from the hosts table."""
         table = self.query_one("#hosts-table", DataTable)
         for key, label, width in (
-            ("name", "host", 14),
-            ("target", "address", 28),
+            ("name", "host", 12),
+            ("target", "address", 20),
             ("state", "state", 12),
-            ("gpus", "GPUs", 16),
-            ("models", "models", 30),
+            ("agents", "agents", 18),
+            ("gpus", "GPU slots", 16),
+            ("models", "models", 24),
             ("checked", "checked", 10),
         ):
             table.add_column(label, key=key, width=width)
         self.refill()
         table.focus()
+        self.set_interval(REFRESH_S, self.refill)
+
+    def agents_by_host(self) -> tuple[dict[str, list[str]], dict[str, set[int]]]:
+        """Each host's live agents (names), and the GPU slots they hold there."""
+        from supervisor.status import ENDED
+
+        ended = ", ".join(f"'{s}'" for s in sorted(ENDED))
+        names: dict[str, list[str]] = {}
+        held: dict[str, set[int]] = {}
+        for row in self.client.query(LIVE_AGENTS.format(ended=ended)):
+            placed = json.loads(row["placed"] or "{}")
+            host = placed.get("host") if placed.get("phase") == "placed" else None
+            sandbox_id = row["sandbox_id"] or ""
+            if host is None and sandbox_id.startswith("ssh:"):
+                host = sandbox_id.split(":")[1]
+            if host is None:
+                continue
+            names.setdefault(host, []).append(row["name"])
+            held.setdefault(host, set()).update(placed.get("gpus") or [])
+        return names, held
 
     def refill(self) -> None:
         """Show what the hosts table holds now."""
         table = self.query_one("#hosts-table", DataTable)
+        cursor = table.cursor_row
         table.clear()
         rows = self.client.query("SELECT * FROM hosts ORDER BY name")
+        on_host, held = self.agents_by_host()
         for row in rows:
             facts = json.loads(row.get("facts") or "{}")
-            busy, models = gpu_summary(facts)
+            busy, models = gpu_summary(facts, frozenset(held.get(row["name"], ())))
             reachable = row.get("reachable")
             state = (
                 Text("reachable", style="green")
@@ -95,19 +132,27 @@ class HostsScreen(Screen[None]):
                 if reachable == 0
                 else Text("unchecked", style="dim")
             )
+            if row.get("cordoned"):  # as `hosts ls` says it: no new agents go there
+                state = Text("cordoned", style="bold yellow")
+            agents = on_host.get(row["name"], [])
+            agents_text = f"{len(agents)}: {', '.join(agents)}" if agents else "—"
             port = f":{row['port']}" if row.get("port") else ""
             user = f"{row['user']}@" if row.get("user") else ""
             table.add_row(
                 row["name"],
                 Text(f"{user}{row['address']}{port}", no_wrap=True, overflow="ellipsis"),
                 state,
+                Text(agents_text, no_wrap=True, overflow="ellipsis"),
                 busy,
                 Text(models, no_wrap=True, overflow="ellipsis"),
                 ago(row.get("checked_at"), self.now),
                 key=row["name"],
             )
         title = f"Hosts — {len(rows)}" if rows else "Hosts — none yet: supervisor hosts add"
-        self.query_one("#hosts-title", Static).update(title)
+        if not self.checking:  # "checking…" stays up until the check is done
+            self.query_one("#hosts-title", Static).update(title)
+        if rows:
+            table.move_cursor(row=min(cursor, len(rows) - 1))
 
     def action_close(self) -> None:
         """Back to the fleet."""
@@ -116,6 +161,7 @@ class HostsScreen(Screen[None]):
     def action_check(self) -> None:
         """Connect to every host at once and refresh its facts."""
         self.query_one("#hosts-title", Static).update("Hosts — checking…")
+        self.checking = True
         self._check()
 
     @work(thread=True, exclusive=True, exit_on_error=False)
@@ -128,6 +174,7 @@ class HostsScreen(Screen[None]):
 
     def _checked(self, total: int, failed: list[Any]) -> None:
         self.now = time.time()
+        self.checking = False
         self.refill()
         if failed:
             self.notify("; ".join(o.detail for o in failed)[:300], severity="warning", timeout=8)

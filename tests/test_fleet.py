@@ -1,0 +1,255 @@
+"""Host pools: `supervisor run --hosts`, placement within caps, cordon, GPU slots.
+
+The pool's rules are checked on :mod:`supervisor.fleet` directly (cheap, exact); the
+runs go to three real sshd servers on 127.0.0.x, one user each (folder sandboxes, the
+fastest the ssh backend has), so `whoami` in an agent's shell says which host it ran on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sshd_kit
+from agent_kit import engine, scripted
+from conftest import run_cli
+
+from supervisor import fleet
+from supervisor import hosts as h
+from supervisor.engine import RunOptions
+from supervisor.errors import InputError
+from supervisor.testing import Reply
+
+LAYOUTS = ("", "one", "eight-mixed")  # no GPU, one GPU, eight mixed GPUs
+
+
+def test_placement_spreads_within_caps_and_never_shares_a_gpu() -> None:
+    pool = fleet.Pool(
+        [
+            fleet.HostSlots("a", cpus=8, ram_mb=16384, gpus=0, cap=5),
+            fleet.HostSlots("b", cpus=8, ram_mb=16384, gpus=2, cap=5),
+            fleet.HostSlots("c", cpus=64, ram_mb=262144, gpus=0, cap=4, cordoned=True),
+        ]
+    )
+    first = [pool.place(f"x{i}").host for i in range(6)]
+    assert Counter(first) == {"a": 3, "b": 3}  # the cordoned one gets none
+    gpu = pool.place("g1", gpus=1)
+    assert gpu.host == "b" and gpu.gpus in ((0,), (1,))
+    other = pool.place("g2", gpus=1)
+    assert other.host == "b" and set(other.gpus + gpu.gpus) == {0, 1}
+    with pytest.raises(fleet.NoRoom) as full:
+        pool.place("g3", gpus=1)
+    assert full.value.reasons == {
+        "a": "0 free GPU slots, 1 asked",
+        "b": "full (5/5 sandboxes)",
+        "c": "cordoned",
+    }
+    pool.release("g1")
+    again = pool.place("g3", gpus=1)
+    assert again.host == "b" and again.gpus == gpu.gpus  # the freed slot, no other
+    assert [pool.place("x7").host, pool.place("x8").host] == ["a", "a"]
+    with pytest.raises(fleet.NoRoom, match="a full \\(5/5 sandboxes\\); b full"):
+        pool.place("x9")
+
+
+def test_placement_is_deterministic_and_avoids_recent_failures() -> None:
+    def hosts() -> list[fleet.HostSlots]:
+        return [fleet.HostSlots(n, cpus=4, ram_mb=8192, cap=50) for n in "abcde"]
+
+    one, two = fleet.Pool(hosts(), seed=7), fleet.Pool(hosts(), seed=7)
+    assert [one.place(str(i)).host for i in range(40)] == [
+        two.place(str(i)).host for i in range(40)
+    ]
+    pool = fleet.Pool(hosts(), k=5)
+    pool.place("bad")
+    bad = pool.where("bad")
+    pool.release("bad", failed=True)
+    assert bad not in {pool.place(str(i)).host for i in range(8)}
+
+
+def test_hosts_spec_is_checked() -> None:
+    known = ["a", "b", "c"]
+    assert fleet.resolve("all", known, {}) == known
+    assert fleet.resolve("c, a,a", known, {}) == ["c", "a"]
+    assert fleet.resolve("gpu", known, {"gpu": ["b", "c"]}) == ["b", "c"]
+    with pytest.raises(InputError, match=r"--hosts: no host named 'z' \(known: a, b, c\)"):
+        fleet.resolve("a,z", known, {})
+    with pytest.raises(InputError, match=r"pool 'gpu' \(pools\.gpu\.hosts\): no host named 'q'"):
+        fleet.resolve("gpu", known, {"gpu": ["q"]})
+    with pytest.raises(InputError, match="no hosts yet"):
+        fleet.resolve("all", [], {})
+
+
+pytestmark_ssh = pytest.mark.skipif(bool(sshd_kit.available()), reason=sshd_kit.available())
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[sshd_kit.SSHServer]]:
+    """Three sshd servers, one user each, with no GPU, one GPU and eight GPUs."""
+    with contextlib.ExitStack() as stack:
+        root = tmp_path_factory.mktemp("fleet")
+        yield [
+            stack.enter_context(sshd_kit.sshd(root / f"h{i}", layout))[0]
+            for i, layout in enumerate(LAYOUTS)
+        ]
+
+
+def register(servers: list[sshd_kit.SSHServer]) -> dict[str, str]:
+    """Hosts h0, h1, h2; which user logs in on each."""
+    users = {}
+    for i, srv in enumerate(servers):
+        (u,) = srv.users
+        h.add_host(
+            f"h{i}",
+            f"{u.name}@{srv.host}:{srv.port}",
+            password=lambda u=u: u.password,
+            trust=srv.fingerprint(),
+        )
+        users[u.name] = f"h{i}"
+    return users
+
+
+def whoami_script(messages: list[dict]) -> Reply:
+    turns = sum(m["role"] == "assistant" for m in messages)
+    if turns == 0:
+        return Reply(tool_calls=[("shell", {"command": "whoami"})])
+    return Reply(tool_calls=[("finish", {"summary": messages[-1]["content"].split("\n")[0]})])
+
+
+def placements(agent_ids: list[str]) -> list[dict]:
+    """The placement events in the agents' transcripts, as a person reads them."""
+    found = []
+    for agent_id in agent_ids:
+        out = run_cli("transcript", agent_id, "--format", "jsonl")
+        assert out.returncode == 0, out.stderr
+        events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        found += [e for e in events if e["type"] == "placement"]
+    return found
+
+
+@pytestmark_ssh
+async def test_thirty_agents_spread_over_three_hosts_within_their_caps(
+    servers: list[sshd_kit.SSHServer], home: Path
+) -> None:
+    users = register(servers)
+    with scripted(whoami_script):
+        async with engine(**{"hosts.max_sandboxes": 10}) as eng:
+            run_id = await eng.start_run(RunOptions(task="who am i", agents=30, hosts="all"))
+            assert await eng.wait_run(run_id) == "done"
+            ran_on = Counter(users[a.summary.strip()] for a in eng.agents.values())
+            ids = list(eng.agents)
+    assert ran_on == {"h0": 10, "h1": 10, "h2": 10}
+    placed = placements(ids[:3])
+    assert len(placed) == 3 and all(p["data"]["phase"] == "placed" for p in placed)
+    assert all(p["text"].startswith(f"placed on host {p['data']['host']} (") for p in placed)
+
+
+@pytestmark_ssh
+async def test_a_cordoned_host_gets_no_agents_and_a_full_pool_is_refused(
+    servers: list[sshd_kit.SSHServer], home: Path
+) -> None:
+    users = register(servers)
+    assert run_cli("hosts", "cordon", "h1").returncode == 0
+    listing = run_cli("hosts", "ls").stdout
+    assert "cordoned" in next(line for line in listing.splitlines() if line.startswith("h1"))
+    with scripted(whoami_script):
+        async with engine(**{"hosts.max_sandboxes": 3}) as eng:
+            run_id = await eng.start_run(RunOptions(task="who am i", agents=6, hosts="h0,h1,h2"))
+            assert await eng.wait_run(run_id) == "done"
+            ran_on = Counter(users[a.summary.strip()] for a in eng.agents.values())
+    assert ran_on == {"h0": 3, "h2": 3}
+    refused = run_cli(
+        "run",
+        "--foreground",
+        "--hosts",
+        "all",
+        "-n",
+        "7",
+        "do it",
+        env={"SUPERVISOR_HOSTS_MAX_SANDBOXES": "3"},
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "error: --hosts h0,h1,h2: 7 agents but room for 6 now (hosts.max_sandboxes = 3; h1 cordoned)"
+    ]
+    assert run_cli("hosts", "uncordon", "h1").returncode == 0
+    assert h.get_host("h1").cordoned is False
+    unknown = run_cli("run", "--foreground", "--hosts", "h0,nope", "do it")
+    assert unknown.returncode == 2 and "no host named 'nope'" in unknown.stderr
+
+
+def lost_host_script(doomed: str):
+    """Step 1 writes a line; step 2 waits on the doomed host only; then (after the
+    resume, elsewhere) it reads the line back and says who it runs as, until it can."""
+
+    def script(messages: list[dict]) -> Reply:
+        turns = sum(m["role"] == "assistant" for m in messages)
+        last = next((m for m in reversed(messages) if m["role"] == "tool"), {"content": ""})
+        if turns == 0:
+            return Reply(tool_calls=[("shell", {"command": "echo kept >> notes.txt"})])
+        if turns == 1:
+            command = f'[ "$(whoami)" = {doomed} ] && sleep 120; true'
+            return Reply(tool_calls=[("shell", {"command": command})])
+        if str(last["content"]).startswith("first"):
+            return Reply(tool_calls=[("finish", {"summary": last["content"].replace("\n", " ")})])
+        # The host died under the previous command (or it was the wait): look again.
+        return Reply(tool_calls=[("shell", {"command": "cat notes.txt; whoami"})])
+
+    return script
+
+
+def sleeping(user: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-u", user, "-x", "sleep"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+@pytestmark_ssh
+async def test_a_lost_host_interrupts_its_agents_and_resume_finishes_them_elsewhere(
+    servers: list[sshd_kit.SSHServer], home: Path, tmp_path: Path
+) -> None:
+    users = register(servers)
+    doomed_srv = servers[1]
+    (doomed,) = doomed_srv.users
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.txt").write_text("first\n")
+    with scripted(lost_host_script(doomed.name)) as model:
+        async with engine(**{"hosts.max_sandboxes": 2}) as eng:
+            run_id = await eng.start_run(
+                RunOptions(task="t", agents=6, hosts="all", workspace=ws, title="w")
+            )
+            on_doomed = lambda: [  # noqa: E731
+                a for a in eng.agents.values() if eng.pools[run_id].where(a.id) == "h1"
+            ]
+            deadline = time.monotonic() + 60
+            while len(model.requests) < 20 or len(sleeping(doomed.name)) < 2:
+                assert time.monotonic() < deadline, "the agents never reached the wait"
+                await asyncio.sleep(0.2)
+            victims = on_doomed()
+            assert len(victims) == 2
+            doomed_srv.stop()
+            killed = time.monotonic()
+            try:
+                while any(a.status != "interrupted" for a in victims):
+                    assert time.monotonic() - killed < 30, "the lost host was not noticed"
+                    await asyncio.sleep(0.2)
+                assert await eng.wait_run(run_id) == "interrupted"
+                assert all("host h1 was lost" in a.summary for a in victims)
+                assert h.get_host("h1").reachable is False
+                await eng.resume_task_run(run_id)
+                assert await eng.wait_run(run_id) == "done"
+            finally:
+                doomed_srv.start()
+            for a in victims:
+                # The line of its first step survived the host; it ran on another one.
+                assert a.summary.startswith("first kept svt"), a.summary
+                ran_as = a.summary.split()[2]
+                assert users[ran_as] in ("h0", "h2")
+            assert sum(eng.pools[run_id].sync_s) / len(eng.pools[run_id].sync_s) < 1.0
