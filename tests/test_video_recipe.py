@@ -241,6 +241,12 @@ def test_whole_recipe_on_a_cpu_host_resumes_after_kill_9(
         for step in ("model_server", "bench", "service", "test", "report"):
             assert f"✓ {step} (" in out, step
         assert vision.requests, "the scripted vision server was never asked"
+        # The guide's example is made from here, while the scripted server still answers
+        # the folder camera's analyses (once it is gone they fail, and the page says so).
+        keep = os.environ.get("VIDEO_RECIPE_KEEP")
+        if keep:
+            shutil.copytree(home / "runs" / run_id, keep, dirs_exist_ok=True)
+            screenshot(f"http://127.0.0.1:{port}/", Path(keep) / "dashboard.png", tmp_path)
 
     # The services run on the host's loopback (reachable from here: same machine).
     models = json.loads(_fetch(f"http://127.0.0.1:{model_port}/v1/models"))
@@ -264,10 +270,6 @@ def test_whole_recipe_on_a_cpu_host_resumes_after_kill_9(
     assert "deploy API's fallback supervisor" in report
     notes = run_cli("notes", "ls")
     assert f"127.0.0.1:{port}" in notes.stdout + notes.stderr
-    keep = os.environ.get("VIDEO_RECIPE_KEEP")  # the guide's example is made from here
-    if keep:
-        shutil.copytree(run_dir, keep, dirs_exist_ok=True)
-        screenshot(f"http://127.0.0.1:{port}/", Path(keep) / "dashboard.png", tmp_path)
 
 
 def screenshot(url: str, path: Path, tmp_path: Path) -> None:

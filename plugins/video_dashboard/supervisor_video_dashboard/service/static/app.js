@@ -110,7 +110,8 @@ function benchTable(bench) {
     if (Array.isArray(value) && value.length && typeof value[0] === "object") {
       const columns = Object.keys(value[0]);
       rows.push(el("tr", {}, el("th", { colspan: String(columns.length), text: key })));
-      rows.push(el("tr", {}, ...columns.map((c) => el("th", { text: c }))));
+      // Spaced names wrap, so a level's columns fit the narrow panel.
+      rows.push(el("tr", {}, ...columns.map((c) => el("th", { text: c.replaceAll("_", " ") }))));
       for (const item of value) rows.push(el("tr", {}, ...columns.map((c) => el("td", { text: String(item[c] ?? "") }))));
     } else if (value === null || typeof value !== "object") {
       rows.push(el("tr", {}, el("th", { text: key }), el("td", { colspan: span, text: String(value) })));
