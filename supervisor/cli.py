@@ -420,7 +420,7 @@ def _open_store() -> Any:
 @click.option("--host", default="", help="Run on this registered host (see `supervisor hosts`).")
 @click.option(
     "--hosts",
-    default="",
+    default=None,
     metavar="A,B,C|all|POOL",
     help="Place each agent on one of these hosts (or all, or pools.POOL.hosts).",
 )
@@ -466,7 +466,7 @@ def run(
     foreground: bool,
     detach: bool,
     host: str,
-    hosts: str,
+    hosts: str | None,
 ) -> None:
     """Start agents on TASK in the supervisor process and stream their work here.
 
@@ -478,6 +478,10 @@ def run(
 
     from supervisor.engine import RunOptions
 
+    if hosts is not None and not hosts.strip(" ,"):
+        # Given but empty (an unset variable in a script): running locally instead would
+        # ignore what the person asked for.
+        raise InputError("--hosts is empty: name hosts (a,b,c), all, or a pool")
     options = RunOptions(
         task=task,
         model=model,
@@ -489,7 +493,7 @@ def run(
         max_steps=max_steps,
         keep_sandboxes=keep_sandboxes,
         host=host,
-        hosts=hosts,
+        hosts=hosts or "",
     )
     if not foreground:
         if workspace is not None:

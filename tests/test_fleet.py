@@ -87,6 +87,14 @@ def test_hosts_spec_is_checked() -> None:
         fleet.resolve("all", [], {})
 
 
+def test_an_empty_hosts_option_is_refused_not_ignored() -> None:
+    result = run_cli("run", "t", "--hosts", " ", "--sandbox", "local")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --hosts is empty: name hosts (a,b,c), all, or a pool"
+    ]
+
+
 pytestmark_ssh = pytest.mark.skipif(bool(sshd_kit.available()), reason=sshd_kit.available())
 
 
