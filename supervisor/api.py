@@ -224,6 +224,12 @@ class StepContext(Protocol):
         """The engine's GPU slots: pass the devices you hold to ``new_sandbox(gpus=...)``."""
         ...
 
+    @property
+    def playbook(self) -> str:
+        """The recipe's body, its English playbook, with ``{param}`` filled in: what an agent
+        the step runs (``run_agent``) should be given, as ``prompt:`` steps give it."""
+        ...
+
     def emit(self, text: str, **data: Any) -> None:
         """A ``step`` event with ``text`` (shown in the transcript and the CLI)."""
         ...

@@ -428,6 +428,10 @@ class StepContext:
         return self.engine.data_dir
 
     @property
+    def playbook(self) -> str:
+        return render(self.recipe.body, self.params)
+
+    @property
     def settings(self) -> Mapping[str, Any]:
         return MappingProxyType(self.engine.settings)
 

@@ -146,6 +146,7 @@ async def test_hook_register_steps(home: Path, tmp_path: Path) -> None:
             lambda db: db.table("counter_counts").insert({"run_id": ctx.run_id, "n": n})
         ).result()
         ctx.emit(f"counted to {n}")
+        ctx.emit(f"playbook: {ctx.playbook}")
         return {"n": n}
 
     class Counter:
@@ -162,7 +163,7 @@ async def test_hook_register_steps(home: Path, tmp_path: Path) -> None:
     path.write_text(
         "---\nname: count\ndescription: count\nparameters:\n"
         "  n: {type: int, required: true}\nsteps:\n"
-        "  - id: count\n    kind: python\n    run: counter.count\n---\nCount.\n"
+        "  - id: count\n    kind: python\n    run: counter.count\n---\nCount to {n}.\n"
     )
     recipe = parse(path)
     lines: list[str] = []
@@ -174,6 +175,7 @@ async def test_hook_register_steps(home: Path, tmp_path: Path) -> None:
         eng.store.flush()
         progress = [e.data["done"] for e in eng.store.events(run_id=run_id) if e.type == "progress"]
     assert "counted to 3" in lines
+    assert "playbook: Count to 3." in lines  # the body, its parameters filled in
     assert progress == [1, 2, 3]
     db = Database(home / "supervisor.db")
     assert [r["n"] for r in db.query("SELECT n FROM counter_counts")] == [3]

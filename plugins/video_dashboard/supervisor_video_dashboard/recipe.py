@@ -608,7 +608,7 @@ async def test(ctx: StepContext) -> dict[str, Any]:
                 f"The video-dashboard checks failed on host {lay.host} (install under "
                 f"{lay.prefix}; services {MODEL_UNIT} and {SERVICE_UNIT}).\n\nChecks:\n{report}\n\n"
                 f"Logs:\n{logs}\n\nFind the cause and fix it on the host, then finish with "
-                "what you did."
+                f"what you did.\n\nThe playbook (video-dashboard):\n{ctx.playbook}"
             )
             agent = await ctx.run_agent(task, box, name="video-fixer", max_steps=40)
             fixes.append(agent.summary if hasattr(agent, "summary") else str(agent.status))
