@@ -28,6 +28,7 @@ from supervisor.engine.common import OWNER, RunOptions, _new_id, _slug, cancel_a
 if TYPE_CHECKING:
     from supervisor.engine import Engine
     from supervisor.fleet import Pool
+    from supervisor.hosts import Host
 
 
 async def start_run(engine: Engine, options: RunOptions) -> str:
@@ -103,7 +104,7 @@ def _check_pool(engine: Engine, options: RunOptions) -> str:
     }
     names = fleet.resolve(options.hosts, [h.name for h in known], pools)
     options.hosts = ",".join(names)
-    pool = _pool(engine, names)
+    pool = _pool(engine, names, known)
     room = {h.name: h.cap - len(h.running) for h in pool.hosts.values() if not h.why_not()}
     if options.agents > sum(room.values()):
         shut = {h.name: h.why_not() for h in pool.hosts.values() if h.why_not()}
@@ -117,13 +118,14 @@ def _check_pool(engine: Engine, options: RunOptions) -> str:
     return "ssh"
 
 
-def _pool(engine: Engine, names: list[str]) -> Pool:
-    """The pool of these hosts as the store holds them (facts, cordon state)."""
+def _pool(engine: Engine, names: list[str], known: list[Host] | None = None) -> Pool:
+    """The pool of these hosts as the store holds them (facts, cordon state); ``known``
+    when the caller has just read them."""
     from supervisor.fleet import HostSlots, Pool
     from supervisor.hosts import list_hosts
 
     cap = int(engine.settings["hosts.max_sandboxes"])
-    hosts = {h.name: h for h in list_hosts(engine.store)}
+    hosts = {h.name: h for h in (known if known is not None else list_hosts(engine.store))}
     return Pool(
         HostSlots.from_facts(
             n, hosts[n].facts, cap=cap, cordoned=hosts[n].cordoned, reachable=hosts[n].reachable
@@ -196,10 +198,7 @@ async def _host_lost(engine: Engine, run_id: str, name: str, why: str) -> None:
     lost = [engine.agents[a] for a in sorted(host.running) if a in engine.agents]
     for agent in lost:
         pool.lost[agent.id] = reason
-    tasks = [engine.tasks[a.id] for a in lost if a.id in engine.tasks]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait([engine.tasks[a.id] for a in lost if a.id in engine.tasks])
 
 
 async def sync_step(engine: Engine, agent: Agent) -> None:
