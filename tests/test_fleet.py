@@ -150,7 +150,7 @@ async def test_thirty_agents_spread_over_three_hosts_within_their_caps(
     with scripted(whoami_script):
         async with engine(**{"hosts.max_sandboxes": 10}) as eng:
             run_id = await eng.start_run(RunOptions(task="who am i", agents=30, hosts="all"))
-            assert await eng.wait_run(run_id) == "done"
+            assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
             ran_on = Counter(users[a.summary.strip()] for a in eng.agents.values())
             ids = list(eng.agents)
     assert ran_on == {"h0": 10, "h1": 10, "h2": 10}
@@ -170,7 +170,7 @@ async def test_a_cordoned_host_gets_no_agents_and_a_full_pool_is_refused(
     with scripted(whoami_script):
         async with engine(**{"hosts.max_sandboxes": 3}) as eng:
             run_id = await eng.start_run(RunOptions(task="who am i", agents=6, hosts="h0,h1,h2"))
-            assert await eng.wait_run(run_id) == "done"
+            assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
             ran_on = Counter(users[a.summary.strip()] for a in eng.agents.values())
     assert ran_on == {"h0": 3, "h2": 3}
     refused = run_cli(
@@ -248,11 +248,11 @@ async def test_a_lost_host_interrupts_its_agents_and_resume_finishes_them_elsewh
                 while any(a.status != "interrupted" for a in victims):
                     assert time.monotonic() - killed < 30, "the lost host was not noticed"
                     await asyncio.sleep(0.2)
-                assert await eng.wait_run(run_id) == "interrupted"
+                assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "interrupted"
                 assert all("host h1 was lost" in a.summary for a in victims)
                 assert h.get_host("h1").reachable is False
                 await eng.resume_task_run(run_id)
-                assert await eng.wait_run(run_id) == "done"
+                assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
             finally:
                 doomed_srv.start()
             for a in victims:
