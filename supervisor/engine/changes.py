@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from supervisor.agent import Agent
@@ -20,11 +21,16 @@ if TYPE_CHECKING:
     from supervisor.engine import Engine
 
 
-def _wrap_up_later(engine: Engine, agent: Agent, *, keep: bool) -> None:
-    task = asyncio.get_running_loop().create_task(engine._wrap_up(agent, keep=keep))
+def _later(engine: Engine, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """Run ``work`` in the background; closing the engine waits for it."""
+    task = asyncio.get_running_loop().create_task(work)
     engine._releasing.add(task)
     task.add_done_callback(engine._releasing.discard)
-    engine._wrapups[agent.id] = task
+    return task
+
+
+def _wrap_up_later(engine: Engine, agent: Agent, *, keep: bool) -> None:
+    engine._wrapups[agent.id] = _later(engine, engine._wrap_up(agent, keep=keep))
 
 
 async def _settled(engine: Engine, agent: Agent) -> None:

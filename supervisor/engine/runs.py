@@ -23,6 +23,7 @@ from supervisor.types import ModelSpec
 
 if TYPE_CHECKING:
     pass
+from supervisor.engine.changes import _later
 from supervisor.engine.common import OWNER, RunOptions, _new_id, _slug, cancel_and_wait
 
 if TYPE_CHECKING:
@@ -687,9 +688,7 @@ def _check_run_done(engine: Engine, run_id: str) -> None:
         # The run ends once its agents' changes are kept: whoever reads "run done" (a
         # person, `wait_run`, a late subscriber) finds every change saved, and no event of
         # the run follows its end.
-        task = asyncio.get_running_loop().create_task(_done_after(engine, run_id, saving))
-        engine._releasing.add(task)
-        task.add_done_callback(engine._releasing.discard)
+        _later(engine, _done_after(engine, run_id, saving))
         return
     status = (
         "interrupted"  # a pool's host was lost under some: `resume` goes on
