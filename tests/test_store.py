@@ -225,3 +225,29 @@ def test_processes_opening_a_new_database_at_once(tmp_path: Path) -> None:
     from supervisor.store.migrations import migrations
 
     assert {out.strip() for out, _ in outcomes} == {str(len(migrations._migrations))}
+
+
+def test_a_second_store_in_the_process_never_costs_the_first_its_writes(tmp_path: Path) -> None:
+    """The engine's store is open; something in the same process opens and closes the
+    database again (a host lookup does); another process opens and closes it (a CLI
+    command). Every write the engine commits after that must still be there."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "supervisor.db"
+    engine_store = Store.open(path)
+    engine_store.write(lambda db: db.execute("CREATE TABLE kept (x)")).result()
+    engine_store.write(lambda db: db.execute("INSERT INTO kept VALUES (1)")).result()
+    assert engine_store.db.execute("SELECT count(*) FROM kept").fetchone() == (1,)
+    Store.open(path).close()
+    cli = f"from pathlib import Path; from supervisor.store import Store; Store.open(Path({str(path)!r})).close()"
+    subprocess.run([sys.executable, "-c", cli], check=True, timeout=60)
+    engine_store.write(lambda db: db.execute("INSERT INTO kept VALUES (2)")).result()
+    # Seen by every other reader while the engine runs (a lost WAL shows only when the
+    # engine closes, or never if it crashes).
+    fresh = sqlite3.connect(path)
+    try:
+        assert fresh.execute("SELECT count(*) FROM kept").fetchone() == (2,)
+    finally:
+        fresh.close()
+        engine_store.close()

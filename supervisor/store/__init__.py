@@ -57,8 +57,24 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+# Databases a Store of this process has open (resolved path -> how many Stores).
+_OPEN_HERE: dict[Path, int] = {}
+_OPEN_LOCK = threading.Lock()
+
+
 def check_file(path: Path) -> None:
-    """Refuse, without touching it, a file that is not a SQLite database."""
+    """Refuse, without touching it, a file that is not a SQLite database.
+
+    Never while this process has the database open: closing any descriptor of the file
+    drops every POSIX lock the process holds on it — SQLite's included — and then another
+    process closing its last connection deletes the WAL under this one, losing every write
+    committed after (a pool run's host lookups opened a Store beside the engine's, and a
+    CLI command at the same time lost the run). A database already open was checked when
+    it was first opened.
+    """
+    with _OPEN_LOCK:
+        if _OPEN_HERE.get(path.resolve()):
+            return
     try:
         with path.open("rb") as fh:
             header = fh.read(len(SQLITE_HEADER))
@@ -184,6 +200,9 @@ class Store:
                 conn.close()
         store._thread = threading.Thread(target=store._writer, name="store-writer", daemon=True)
         store._thread.start()
+        with _OPEN_LOCK:
+            key = store.path.resolve()
+            _OPEN_HERE[key] = _OPEN_HERE.get(key, 0) + 1
         return store
 
     def close(self) -> None:
@@ -197,6 +216,10 @@ class Store:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
+        if self._thread is not None:  # opened by :meth:`open`
+            with _OPEN_LOCK:
+                key = self.path.resolve()
+                _OPEN_HERE[key] = _OPEN_HERE.get(key, 1) - 1
 
     def __enter__(self) -> Store:
         return self
