@@ -67,6 +67,33 @@ class Note:
     body: str
 
 
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU of a host, as its last ``supervisor hosts check`` saw it. ``id`` is what
+    ``CUDA_VISIBLE_DEVICES`` and ``new_sandbox(gpus=...)`` take; ``name`` is the model
+    (results measured on one model are compared with results of the same model); ``busy``:
+    something else was using it then."""
+
+    id: str
+    name: str
+    memory_mb: int | None = None
+    busy: bool = False
+    mig: bool = False  # split into MIG instances: the whole device is no slot
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """A registered host (``supervisor hosts add``), as a recipe step may use it: a place
+    for sandboxes (``new_sandbox(host=name)``) and, with its GPUs, for experiments."""
+
+    name: str
+    cpus: int
+    ram_mb: int
+    gpus: tuple[GpuInfo, ...] = ()
+    cordoned: bool = False  # ``hosts cordon``: take no new work there
+    reachable: bool | None = None  # at its last check; None: never checked
+
+
 class Events(Protocol):
     """Emit events into the run's transcript (redacted, stored, streamed to clients)."""
 
@@ -189,9 +216,12 @@ class GpuSlots(Protocol):
         """Every device id (``nvidia-smi`` indices); empty without GPUs."""
         ...
 
-    def hold(self, holder: str, count: int = 1) -> AbstractAsyncContextManager[list[str]]:
+    def hold(
+        self, holder: str, count: int = 1, among: Sequence[str] = ()
+    ) -> AbstractAsyncContextManager[list[str]]:
         """``async with ctx.gpu_slots.hold("loop-1") as devices:`` — waits until ``count``
-        devices are free; they are released on exit."""
+        devices (of ``among``, when given: e.g. the one GPU a loop works on) are free; they
+        are released on exit."""
         ...
 
 
@@ -224,6 +254,18 @@ class StepContext(Protocol):
         """The engine's GPU slots: pass the devices you hold to ``new_sandbox(gpus=...)``."""
         ...
 
+    def hosts(self, spec: str) -> list[HostInfo]:
+        """The registered hosts ``spec`` names, read as ``run --hosts`` reads it: ``a,b,c``,
+        ``all``, or a pool from the settings (``pools.NAME.hosts``). Raises ``InputError``
+        for a host or pool that does not exist."""
+        ...
+
+    def host_gpu_slots(self, host: str) -> GpuSlots:
+        """The GPU slots of registered host ``host`` (its GPUs at its last check): what
+        ``gpu_slots`` is for this machine, shared by every step of the supervisor process,
+        so no two experiments (of this run or another) hold one of its GPUs at once."""
+        ...
+
     @property
     def playbook(self) -> str:
         """The recipe's body, its English playbook, with ``{param}`` filled in: what an agent
@@ -249,10 +291,12 @@ class StepContext(Protocol):
         labels: Mapping[str, str] | None = None,
         backend: str = "",
         image: str = "",
+        host: str = "",
     ) -> Sandbox:
         """A sandbox (not started) built from the person's settings — backend, image,
         limits, environment allow-list — labelled as this run's. ``gpus`` are device ids
-        (see ``gpu_slots``); ``image`` replaces the configured one."""
+        (see ``gpu_slots``, or ``host_gpu_slots`` with ``host``); ``image`` replaces the
+        configured one; ``host`` puts it on that registered host (the ssh backend)."""
         ...
 
     async def run_agent(

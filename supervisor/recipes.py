@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from supervisor.errors import InputError
 
 if TYPE_CHECKING:
-    from supervisor.api import AgentInfo, Events, GpuSlots, Memory, PluginStore
+    from supervisor.api import AgentInfo, Events, GpuSlots, HostInfo, Memory, PluginStore
     from supervisor.engine import Engine
     from supervisor.plugins import Plugins
     from supervisor.sandbox.base import Sandbox
@@ -449,6 +449,34 @@ class StepContext:
     def gpu_slots(self) -> GpuSlots:
         return self.engine.gpu_slots
 
+    def hosts(self, spec: str) -> list[HostInfo]:
+        from supervisor.api import GpuInfo, HostInfo
+
+        return [
+            HostInfo(
+                name=h.name,
+                cpus=int(h.facts.get("cpus") or 0),
+                ram_mb=int(h.facts.get("ram_mb") or 0),
+                gpus=tuple(
+                    GpuInfo(
+                        str(g["index"]),
+                        str(g.get("name") or ""),
+                        g.get("memory_total_mb"),
+                        bool(g.get("busy")),
+                        g.get("mig") == "Enabled",
+                    )
+                    for g in h.facts.get("gpus") or []
+                    if g.get("index") is not None
+                ),
+                cordoned=h.cordoned,
+                reachable=h.reachable,
+            )
+            for h in self.engine.named_hosts(spec)
+        ]
+
+    def host_gpu_slots(self, host: str) -> GpuSlots:
+        return self.engine.host_gpu_slots(host)
+
     def memory(self, scope_key: str) -> Memory:
         """Memory notes of the project ``scope_key`` (and global ones)."""
         from supervisor.context import RunMemory
@@ -473,6 +501,7 @@ class StepContext:
         labels: Mapping[str, str] | None = None,
         backend: str = "",
         image: str = "",
+        host: str = "",
     ) -> Sandbox:
         return self.engine.step_sandbox(
             self.run_id,
@@ -483,6 +512,7 @@ class StepContext:
             labels=dict(labels or {}),
             backend=backend,
             image=image,
+            host=host,
         )
 
     async def run_agent(

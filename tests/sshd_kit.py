@@ -418,3 +418,22 @@ def install_nvidia_smi(user: User, layout: str) -> None:
         mode=0o600,
     )
     os.chmod(user.home / ".ssh", 0o700)
+
+
+def register_hosts(servers: list[SSHServer], prefix: str = "h") -> dict[str, str]:
+    """``supervisor hosts add`` each server's one user as host PREFIX0, PREFIX1, … in the
+    current $SUPERVISOR_HOME (its key pinned, our key installed with the password); which
+    host each user logs in to."""
+    from supervisor import hosts
+
+    names = {}
+    for i, srv in enumerate(servers):
+        (u,) = srv.users
+        hosts.add_host(
+            f"{prefix}{i}",
+            f"{u.name}@{srv.host}:{srv.port}",
+            password=lambda u=u: u.password,
+            trust=srv.fingerprint(),
+        )
+        names[u.name] = f"{prefix}{i}"
+    return names

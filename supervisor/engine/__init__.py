@@ -98,6 +98,7 @@ class Engine:
         self._paused: dict[str, asyncio.Event] = {}  # agent id -> set when resumed
         self.kept: set[str] = set()  # agents whose sandbox outlives them
         self.gpu_slots = GpuSlots()  # who holds which GPU of this machine
+        self.host_gpus: dict[str, GpuSlots] = {}  # host name -> who holds its GPUs
         self._pool: SandboxPool | None = None  # sandbox.pool_size warm, from the first on
         self.closing = False  # set by close(interrupt=True): runs stop to resume later
         self.data_dir = store.path.parent
@@ -191,6 +192,8 @@ class Engine:
     _start_agent = runs._start_agent
     _new_sandbox = runs._new_sandbox
     step_sandbox = runs.step_sandbox
+    named_hosts = runs.named_hosts
+    host_gpu_slots = runs.host_gpu_slots
     _make_sandbox = runs._make_sandbox
     _limits = runs._limits
     _register = runs._register

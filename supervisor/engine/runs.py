@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from supervisor.engine import Engine
     from supervisor.fleet import Pool
     from supervisor.hosts import Host
+    from supervisor.sandbox.gpus import GpuSlots
 
 
 async def start_run(engine: Engine, options: RunOptions) -> str:
@@ -454,8 +455,18 @@ def step_sandbox(
     labels: dict[str, str] | None = None,
     backend: str = "",
     image: str = "",
+    host: str = "",
 ) -> Sandbox:
-    """A sandbox (not started) for a recipe step, from the person's settings."""
+    """A sandbox (not started) for a recipe step, from the person's settings; on
+    registered host ``host`` when one is named."""
+    if host:
+        from supervisor.errors import InputError
+        from supervisor.hosts import get_host
+
+        if backend not in ("", "ssh"):
+            raise InputError(f"a sandbox on host {host} is an ssh sandbox, not {backend!r}")
+        backend = "ssh"
+        get_host(host, engine.store)
     backend = backend or engine.settings["sandbox.backend"]
     if backend not in engine.backends:
         from supervisor.errors import InputError
@@ -472,7 +483,38 @@ def step_sandbox(
         gpus=gpus,
         labels=labels,
         image=image,
+        host=host,
     )
+
+
+def named_hosts(engine: Engine, spec: str) -> list[Host]:
+    """The registered hosts ``spec`` names (``a,b,c``, ``all`` or a pool from the
+    settings), in that order: what ``--hosts`` and a step's ``ctx.hosts`` read."""
+    from supervisor import fleet
+    from supervisor.hosts import list_hosts
+
+    known = {h.name: h for h in list_hosts(engine.store)}
+    pools = {
+        key.split(".")[1]: value
+        for key, value in engine.settings.items()
+        if key.startswith("pools.") and key.endswith(".hosts")
+    }
+    return [known[n] for n in fleet.resolve(spec, list(known), pools)]
+
+
+def host_gpu_slots(engine: Engine, name: str) -> GpuSlots:
+    """One :class:`GpuSlots` per registered host for the engine's life, its devices the
+    GPU indices of the host's last check."""
+    from supervisor.hosts import get_host
+    from supervisor.sandbox.gpus import GpuSlots
+
+    slots = engine.host_gpus.get(name)
+    if slots is None:
+        gpus = get_host(name, engine.store).facts.get("gpus") or []
+        slots = engine.host_gpus[name] = GpuSlots(
+            [str(g["index"]) for g in gpus if g.get("index") is not None]
+        )
+    return slots
 
 
 def _make_sandbox(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from supervisor.sandbox.base import SandboxError
@@ -52,21 +52,25 @@ class GpuSlots:
             self._devices = detect_gpus()
         return list(self._devices)
 
-    def free(self) -> list[str]:
-        return [d for d in self.devices if d not in self._held]
+    def free(self, among: Sequence[str] = ()) -> list[str]:
+        return [d for d in self.devices if d not in self._held and (not among or d in among)]
 
     def holders(self) -> dict[str, str]:
         """Which holder has each held device."""
         return dict(self._held)
 
-    async def acquire(self, holder: str, count: int = 1) -> list[str]:
-        """Wait until ``count`` devices are free, and give them to ``holder``."""
+    async def acquire(self, holder: str, count: int = 1, among: Sequence[str] = ()) -> list[str]:
+        """Wait until ``count`` devices (of ``among``, when given) are free, and give them
+        to ``holder``."""
         if count < 1:
             raise ValueError("count must be at least 1")
         if self._devices is None:
             await asyncio.to_thread(lambda: self.devices)  # nvidia-smi, once, off the loop
-        if count > len(self.devices):
-            have = len(self.devices)
+        unknown = [d for d in among if d not in self.devices]
+        if unknown:
+            raise SandboxError(f"{holder} asked for GPU {', '.join(unknown)}; there is none")
+        if count > len(among or self.devices):
+            have = len(among or self.devices)
             raise SandboxError(
                 f"{holder} asked for {count} GPU{'s' * (count > 1)}; this machine has {have}"
             )
@@ -77,12 +81,12 @@ class GpuSlots:
             self._queue.append(ticket)
             try:
                 await self._cond.wait_for(
-                    lambda: self._queue[0] is ticket and len(self.free()) >= count
+                    lambda: self._queue[0] is ticket and len(self.free(among)) >= count
                 )
             finally:
                 self._queue.remove(ticket)
                 self._cond.notify_all()  # the next in line may fit now
-            taken = self.free()[:count]
+            taken = self.free(among)[:count]
             for device in taken:
                 self._held[device] = holder
             return taken
@@ -98,9 +102,11 @@ class GpuSlots:
         return freed
 
     @asynccontextmanager
-    async def hold(self, holder: str, count: int = 1) -> AsyncIterator[list[str]]:
+    async def hold(
+        self, holder: str, count: int = 1, among: Sequence[str] = ()
+    ) -> AsyncIterator[list[str]]:
         """``async with slots.hold("agent-1") as devices:`` — released on exit."""
-        devices = await self.acquire(holder, count)
+        devices = await self.acquire(holder, count, among)
         try:
             yield devices
         finally:

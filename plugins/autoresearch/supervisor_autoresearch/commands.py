@@ -12,7 +12,7 @@ from supervisor import InputError, data_dir
 
 COLUMNS = (
     'id, run_id, agent_id, target, n, "commit", metric, memory_mb, status, description, params, '
-    "slot, started_at, duration_s, runs, reruns, noise_floor, confidence"
+    "slot, host, device_class, started_at, duration_s, runs, reruns, noise_floor, confidence"
 )
 
 

@@ -85,7 +85,8 @@ class SlotPool:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[str]:
         if self._gpus is not None:
-            async with self._gpus.hold(f"autoresearch-{id(self)}-{os.urandom(2).hex()}") as got:
+            holder = f"autoresearch-{id(self)}-{os.urandom(2).hex()}"
+            async with self._gpus.hold(holder, among=self.slots) as got:
                 yield got[0]
             return
         slot = await self._free.get()
@@ -105,22 +106,98 @@ class SlotPool:
         return f"{threads} taskset -c {slot} {command}"
 
 
+@dataclass
+class Place:
+    """Where one loop runs: a host ("" : this machine), its slots there, and the device
+    class its results are compared within ("" on this machine)."""
+
+    host: str
+    pool: SlotPool
+    device_class: str = ""
+
+    def describe(self) -> str:
+        where = self.host or "this machine"
+        what = f"GPU {self.pool.slots[0]}" if self.pool.kind == "gpu" else "CPU"
+        return f"{where} {what}" + (f" ({self.device_class})" if self.pool.kind == "gpu" else "")
+
+
+def places(ctx: StepContext, loops: int) -> list[Place]:
+    """The slots of the run: this machine's (as before hosts existed), or with
+    ``-p hosts=`` one per free GPU of every host of the pool, and the CPU of each host that
+    has none (split by ``cores_per_slot`` when given). What is left out, and why, is said."""
+    per = int(ctx.params.get("cores_per_slot") or 0)
+    spec = str(ctx.params.get("hosts") or "")
+    if not spec:
+        return [Place("", SlotPool.detect(loops, per, ctx.gpu_slots))]
+    if str(ctx.params.get("sandbox") or "") not in ("", "ssh"):
+        raise InputError(f"hosts={spec}: loops on hosts run in ssh sandboxes, not sandbox=...")
+    found: list[Place] = []
+    for host in ctx.hosts(spec):
+        if host.cordoned or host.reachable is False:
+            why = "cordoned" if host.cordoned else "unreachable at its last check"
+            ctx.emit(f"host {host.name}: {why}; no loop there")
+            continue
+        if host.gpus:
+            busy = [g.id for g in host.gpus if g.busy]
+            if busy:
+                ctx.emit(
+                    f"host {host.name}: GPU {', '.join(busy)} busy at its last check "
+                    "(supervisor hosts check); no loop on them"
+                )
+            mig = [g.id for g in host.gpus if g.mig and not g.busy]
+            if mig:
+                ctx.emit(
+                    f"host {host.name}: GPU {', '.join(mig)} split into MIG instances, which "
+                    "are not experiment slots; no loop on them"
+                )
+            slots = ctx.host_gpu_slots(host.name)
+            found += [
+                Place(host.name, SlotPool([g.id], "gpu", slots), g.name or "GPU")
+                for g in host.gpus
+                if not g.busy and not g.mig
+            ]
+            continue
+        cores = [str(i) for i in range(max(host.cpus, 1))]
+        size = per or len(cores)
+        found += [
+            Place(host.name, SlotPool([",".join(cores[i : i + size])], "cpu"), "CPU")
+            for i in range(0, len(cores) - size + 1, size)
+        ] or [Place(host.name, SlotPool([",".join(cores)], "cpu"), "CPU")]
+    if not found:
+        raise InputError(f"hosts={spec}: no free GPU or CPU slot on any of its hosts")
+    return found
+
+
 # -- shared state
+
+
+@dataclass
+class Standing:
+    """The best result measured on one device class, and the noise measured there.
+
+    A metric under a fixed time budget depends on the device (an H100 trains further in
+    five minutes than an A100): results are compared only with results of the same class,
+    each class has its own baseline, and a pool with one kind of device has one class."""
+
+    metric: float | None = None
+    runs: int = 1  # how many runs the best's metric is the mean of
+    noise: Noise = field(default_factory=lambda: Noise(()))
 
 
 @dataclass
 class Board:
     spec: Spec
     target: str
-    best_metric: float | None = None
-    best_runs: int = 1  # how many runs the best's metric is the mean of
-    best_files: dict[str, str] = field(default_factory=dict)
+    standings: dict[str, Standing] = field(default_factory=dict)  # device class -> best
+    best_files: dict[str, str] = field(default_factory=dict)  # the newest kept, any class
     best_by: str = ""
-    noise: Noise = field(default_factory=lambda: Noise(()))
     count: int = 0  # experiments started in this run (the baseline not included)
     tried: set[str] = field(default_factory=set)  # hyperparameter configurations tried
     tried_files: set[str] = field(default_factory=set)  # editable files' contents tried
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def at(self, device_class: str) -> Standing:
+        return self.standings.setdefault(device_class, Standing())
 
 
 def load_board(ctx: StepContext) -> Board:
@@ -144,17 +221,16 @@ def load_board(ctx: StepContext) -> Board:
         if row["run_id"] != ctx.run_id:
             continue
         runs = json.loads(row.get("runs") or "[]")
+        standing = board.at(row.get("device_class") or "")
         if row["n"] > 0:
             board.count += 1
         elif row["status"] == "keep" and runs:
-            board.noise = Noise(tuple(runs), spec.noise_spreads)
-        if (
-            row["status"] == "keep"
-            and row["files"]
-            and spec.better(row["metric"], board.best_metric)
-        ):
-            board.best_metric = row["metric"]
-            board.best_runs = max(len(runs), 1)
+            standing.noise = Noise(tuple(runs), spec.noise_spreads)
+        if row["status"] == "keep" and row["files"] and spec.better(row["metric"], standing.metric):
+            # Each class's bar is the best measured on it; every loop builds on the code
+            # that last raised a bar.
+            standing.metric = row["metric"]
+            standing.runs = max(len(runs), 1)
             board.best_files = json.loads(row["files"])
             board.best_by = row["agent_id"]
     # After a crash the file may lack the last lines, or hold ones the store never
@@ -226,7 +302,13 @@ def _refuse_uncommitted(source: Path, spec: Spec) -> None:
 def plan(params: dict[str, Any]) -> list[str]:
     """For ``recipe run --dry-run``: read and check the target's spec, say what would run."""
     source, spec = _source_and_spec(params)
+    where = (
+        [f"loops on hosts {params['hosts']}: one per free GPU, one per host without GPUs"]
+        if params.get("hosts")
+        else []
+    )
     return [
+        *where,
         f"target {source} ({spec.name}): edit {', '.join(spec.editable)}; fixed "
         f"{', '.join(spec.fixed) or 'none'}",
         f"run `{spec.run}`, {spec.metric_name} {spec.direction} is better, budget "
@@ -293,43 +375,81 @@ prepare.plan = plan  # type: ignore[attr-defined]
 
 
 async def baseline(ctx: StepContext) -> dict[str, Any]:
-    """Run the unmodified target N times: the result to beat, and the metric's noise."""
+    """Run the unmodified target N times: the result to beat, and the metric's noise —
+    on each device class of the run's slots (one, unless a pool mixes GPU models)."""
     board = load_board(ctx)
-    if board.best_metric is not None:
-        return {"metric": board.best_metric, "noise_floor": board.noise.floor}
-    image = await _environment(ctx, board.spec)
-    async with Loop(ctx, board, index=0, label="baseline", image=image) as loop:
-        record = await loop.baseline(board.spec.baseline_runs)
-    if record["status"] != "keep":
-        raise RuntimeError(
-            f"the baseline did not give a result ({record['description']}); the end of its "
-            f"log:\n{record['log']}"
+    todo: dict[str, Place] = {}
+    # Measured on a slot like the loops' own: a metric under a time budget depends on it.
+    for place in places(ctx, max(int(ctx.params.get("agents") or 0), 1)):
+        if board.at(place.device_class).metric is None:
+            todo.setdefault(place.device_class, place)
+    if todo:
+        image = await _environment(ctx, board.spec)
+        records = await asyncio.gather(
+            *(_baseline_on(ctx, board, place, image, len(todo) > 1) for place in todo.values())
         )
-    return {"metric": record["metric"], "noise_floor": board.noise.floor}
+        for record in records:
+            if record["status"] != "keep":
+                raise RuntimeError(
+                    f"the baseline did not give a result ({record['description']}); the end "
+                    f"of its log:\n{record['log']}"
+                )
+    shown = {cls: (st.metric, st.noise.floor) for cls, st in board.standings.items()}
+    if list(shown) == [""]:
+        return {"metric": shown[""][0], "noise_floor": shown[""][1]}
+    return {"by_device": {cls: {"metric": m, "noise_floor": f} for cls, (m, f) in shown.items()}}
+
+
+async def _baseline_on(
+    ctx: StepContext, board: Board, place: Place, image: str, several: bool
+) -> dict[str, Any]:
+    label = f"baseline-{_slug(place.device_class)}" if several else "baseline"
+    async with Loop(ctx, board, index=0, label=label, place=place, image=image) as loop:
+        return await loop.baseline(board.spec.baseline_runs)
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split()) or "x"
 
 
 async def run_loops(ctx: StepContext) -> dict[str, Any]:
-    """N loops in parallel until a limit; each builds on the best any of them found."""
+    """Loops in parallel until a limit, each on its own slot (with ``hosts``: one per slot
+    of the pool unless ``agents`` says how many); each builds on the best any found."""
     board = load_board(ctx)
-    agents = max(1, int(ctx.params.get("agents") or 1))
-    pool = SlotPool.detect(agents, int(ctx.params.get("cores_per_slot") or 0), ctx.gpu_slots)
-    ctx.emit(f"{agents} loop(s), {len(pool.slots)} {pool.kind} slot(s): {pool.slots}")
-    ctx.emit(board.noise.describe(board.spec.metric_name))
+    asked = int(ctx.params.get("agents") or 0)
+    found = places(ctx, max(asked, 1))
+    agents = asked or (len(found) if ctx.params.get("hosts") else 1)
+    if len(found) == 1 and not found[0].host:
+        pool = found[0].pool
+        ctx.emit(f"{agents} loop(s), {len(pool.slots)} {pool.kind} slot(s): {pool.slots}")
+    else:
+        ctx.emit(
+            f"{agents} loop(s) over {len(found)} slot(s): " + "; ".join(p.describe() for p in found)
+        )
+    for cls, standing in sorted(board.standings.items()):
+        ctx.emit((f"{cls}: " if cls else "") + standing.noise.describe(board.spec.metric_name))
     image = await _environment(ctx, board.spec)
     results = await asyncio.gather(
-        *(_one_loop(ctx, board, i + 1, pool, image) for i in range(agents))
+        *(_one_loop(ctx, board, i + 1, found[i % len(found)], image) for i in range(agents))
     )
-    return {"loops": results, "best": board.best_metric}
+    best = {cls: st.metric for cls, st in board.standings.items()}
+    return {"loops": results, "best": best[""] if list(best) == [""] else best}
 
 
 async def _environment(ctx: StepContext, spec: Spec) -> str:
     from supervisor_autoresearch import environment
 
+    if ctx.params.get("hosts") and (spec.packages or spec.image):
+        # The image is built by this machine's Docker engine, which the hosts do not see.
+        raise InputError(
+            f"{spec.name}: a spec with packages or an image cannot run on hosts yet; "
+            "install what it needs in the spec's `setup` (run once per sandbox) instead"
+        )
     return await environment.ensure(ctx, spec, Path(ctx.outputs["prepare"]["source"]))
 
 
 async def _one_loop(
-    ctx: StepContext, board: Board, index: int, pool: SlotPool, image: str
+    ctx: StepContext, board: Board, index: int, place: Place, image: str
 ) -> dict[str, Any]:
     limit = int(ctx.params.get("experiments") or 0)
     hours = float(ctx.params.get("hours") or 0)
@@ -337,7 +457,7 @@ async def _one_loop(
     proposer = _proposer(ctx, board, index)
     kept = done = 0
     async with Loop(
-        ctx, board, index=index, label=f"agent-{index}", pool=pool, image=image
+        ctx, board, index=index, label=f"agent-{index}", place=place, image=image
     ) as loop:
         while True:
             async with board.lock:
@@ -399,12 +519,14 @@ class Loop:
         *,
         index: int,
         label: str,
-        pool: SlotPool | None = None,
+        place: Place | None = None,
         image: str = "",
     ) -> None:
         self.ctx, self.board, self.index, self.label = ctx, board, index, label
         self.image = image  # the target's environment ('' : the configured sandbox image)
-        self.pool = pool or SlotPool.detect(1)
+        self.place = place or Place("", SlotPool.detect(1))
+        self.pool = self.place.pool
+        self.standing = board.at(self.place.device_class)  # the bar its results must clear
         self.spec = board.spec
         self.ended = ""  # why this loop stops before its limit (said to the person)
         self.sandbox: Sandbox | None = None
@@ -423,6 +545,7 @@ class Loop:
             labels={"scope": self.board.target},
             backend=str(self.ctx.params.get("sandbox") or ""),
             image=self.image,
+            host=self.place.host,
             # The loop's sandbox sees every GPU; each experiment runs on the one it holds.
             gpus=self.pool.slots if self.pool.kind == "gpu" else None,
         )
@@ -558,18 +681,24 @@ class Loop:
                 if count > 1:
                     self.ctx.emit(f"baseline run {i + 1}: {spec.metric_name}={run.metric:.6f}")
         noise = Noise(tuple(runs), spec.noise_spreads)
+        standing = self.standing
         async with board.lock:
-            board.noise = noise
-            board.best_metric = statistics.fmean(runs)
-            board.best_runs = len(runs)
-            board.best_files = files
-            board.best_by = self.label
-        self.ctx.emit(noise.describe(spec.metric_name), noise_floor=noise.floor)
+            standing.noise = noise
+            standing.metric = statistics.fmean(runs)
+            standing.runs = len(runs)
+            board.best_files = board.best_files or files
+            board.best_by = board.best_by or self.label
+        cls = self.place.device_class
+        self.ctx.emit(
+            (f"{cls}: " if cls else "") + noise.describe(spec.metric_name),
+            noise_floor=noise.floor,
+            device_class=cls,
+        )
         return await self._record(
             row,
             status="keep",
             description="baseline",
-            metric=board.best_metric,
+            metric=standing.metric,
             memory=memory,
             runs=runs,
             log=run.log,
@@ -636,14 +765,14 @@ class Loop:
                         verdict = judge(
                             spec.direction,
                             runs,
-                            board.best_metric,
-                            board.noise,
-                            best_runs=board.best_runs,
+                            self.standing.metric,
+                            self.standing.noise,
+                            best_runs=self.standing.runs,
                             max_reruns=spec.max_reruns,
                         )
                         if verdict.status == KEEP:
-                            board.best_metric, board.best_by = verdict.score, self.label
-                            board.best_runs = len(runs)
+                            self.standing.metric, board.best_by = verdict.score, self.label
+                            self.standing.runs = len(runs)
                             board.best_files = row["files"]
                     status = verdict.status
                     if status != RERUN:
@@ -651,7 +780,7 @@ class Loop:
                     self.ctx.emit(
                         f"{self.label} #{n}: marginal — {spec.metric_name} {verdict.score:.6f} "
                         f"beats the best by {verdict.gain:.6g}, too close to the noise floor "
-                        f"({board.noise.floor:.6g}) to tell: re-run {len(runs)} of "
+                        f"({self.standing.noise.floor:.6g}) to tell: re-run {len(runs)} of "
                         f"{spec.max_reruns}",
                         experiment=n,
                         rerun=len(runs),
@@ -659,7 +788,7 @@ class Loop:
         if status == "discard" and verdict and verdict.gain > 0:
             why = (
                 f"better by {verdict.gain:.6g}, not by more than the noise floor "
-                f"({board.noise.floor:.6g})"
+                f"({self.standing.noise.floor:.6g})"
             )
         if tampered:
             status = "invalid"
@@ -771,7 +900,7 @@ class Loop:
         gain: float | None = None,
         log: str = "",
     ) -> dict[str, Any]:
-        ctx, spec, board = self.ctx, self.spec, self.board
+        ctx, spec, board, noise = self.ctx, self.spec, self.board, self.standing.noise
         n = row["n"]
         runs = runs or []
         if len(runs) > 1 and n > 0:
@@ -791,11 +920,13 @@ class Loop:
             "params": json.dumps(row.get("params", {}), sort_keys=True, default=str),
             "files": json.dumps(row["files"]) if row.get("files") else "",
             "slot": row.get("slot", ""),
+            "host": self.place.host,
+            "device_class": self.place.device_class,
             "started_at": row["started_at"],
             "duration_s": row.get("duration_s", 0.0),
             "runs": json.dumps(runs),
             "reruns": max(len(runs) - 1, 0) if n > 0 else 0,
-            "noise_floor": board.noise.floor if board.noise.measured else None,
+            "noise_floor": noise.floor if noise.measured else None,
             "confidence": confidence,
             "diff": row.get("diff", ""),
         }
@@ -807,12 +938,12 @@ class Loop:
         with (ctx.run_dir / "results.tsv").open("a") as fh:
             fh.write(_tsv_line(stored))
         shown = f"{metric:.6f}" if metric is not None else "0.000000"
-        best = board.best_metric
+        best = self.standing.metric
         text = f"{self.label} #{n}: {status}"
         if best is not None:
             text += f" {spec.metric_name}={shown} (best {best:.6f})"
         if status == KEEP and n > 0 and gain is not None and confidence is not None:
-            text += f" — {_how_sure(gain, confidence, board.noise)}"
+            text += f" — {_how_sure(gain, confidence, noise)}"
         elif why:
             text += f" — {why}"
         # Any plugin's progress and metrics reach the TUI's Info tab and `supervisor logs`:
@@ -830,6 +961,8 @@ class Loop:
             best=best,
             loop=self.label,
             slot=stored["slot"],
+            host=self.place.host,
+            device_class=self.place.device_class,
             started_at=stored["started_at"],
             duration_s=stored["duration_s"],
             confidence=confidence,

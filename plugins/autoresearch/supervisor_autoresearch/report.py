@@ -169,10 +169,17 @@ def report(ctx: StepContext) -> dict[str, Any]:
         "",
         "![progress](progress.png)",
         "",
+    ]
+    pooled = any(r.get("host") for r in rows)
+    if pooled:
+        lines += where_they_ran(rows, metric, direction, float(spec.get("noise_spreads", 1.0)))
+    lines += [
         "## Experiments",
         "",
-        f"| # | loop | {metric} | runs | memory MB | status | confidence | change |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| # | loop | {metric} | runs | memory MB | status | confidence | "
+        + ("where | " if pooled else "")
+        + "change |",
+        "|---|---|---|---|---|---|---|" + ("---|" if pooled else "") + "---|",
     ]
     for r in rows:
         runs = json.loads(r.get("runs") or "[]")
@@ -180,7 +187,9 @@ def report(ctx: StepContext) -> dict[str, Any]:
         sure = f"{r['confidence']:.0%}" if r.get("confidence") is not None else "—"
         lines.append(
             f"| {r['n']} | {r['agent_id']} | {_value(r['metric'])} | {len(runs) or '—'} | {mem} "
-            f"| {r['status']} | {sure} | {r['description']} |"
+            f"| {r['status']} | {sure} | "
+            + (f"{_where(r)} | " if pooled else "")
+            + f"{r['description']} |"
         )
     if kept:
         lines += ["", "## Kept changes", ""]
@@ -229,6 +238,64 @@ def report(ctx: StepContext) -> dict[str, Any]:
         "report": str(path),
         "plot": str(png),
     }
+
+
+def _where(row: dict[str, Any]) -> str:
+    slot = row.get("slot") or ""
+    if row.get("device_class") in ("CPU", "", None):
+        return f"{row.get('host') or 'local'} CPU {slot}".rstrip()
+    return f"{row['host']} GPU {slot} ({row['device_class']})"
+
+
+def where_they_ran(
+    rows: list[dict[str, Any]], metric: str, direction: str, spreads: float
+) -> list[str]:
+    """For a run over a pool: each device class's baseline and noise floor (results are
+    compared within a class), and each slot's share of the experiments."""
+    lines = [
+        "## Device classes",
+        "",
+        "A metric under a fixed time budget depends on the device, so each class has its own "
+        "baseline and noise floor, and a result is judged against the best of its class.",
+        "",
+        f"| class | baseline {metric} | noise floor | best kept | experiments |",
+        "|---|---|---|---|---|",
+    ]
+    classes = sorted({r.get("device_class") or "" for r in rows})
+    for cls in classes:
+        mine = [r for r in rows if (r.get("device_class") or "") == cls]
+        base = next((r for r in mine if r["n"] == 0 and r["status"] == "keep"), None)
+        noise = Noise(tuple(json.loads((base or {}).get("runs") or "[]")), spreads)
+        kept = [r for r in mine if r["status"] == "keep" and r["metric"] is not None]
+        best = best_kept(kept, direction)["metric"] if kept else None
+        floor = f"{noise.floor:.6g}" if noise.measured else "not measured"
+        lines.append(
+            f"| {cls or 'local'} | {_value(base['metric'] if base else None)} | {floor} "
+            f"| {_value(best)} | {sum(r['n'] > 0 for r in mine)} |"
+        )
+    lines += [
+        "",
+        "## Where experiments ran",
+        "",
+        "| host | slot | experiments | kept | busy s |",
+        "|---|---|---|---|---|",
+    ]
+    slots = sorted({(r.get("host") or "", r.get("slot") or "", r.get("device_class") or "")
+                    for r in rows})  # fmt: skip
+    for host, slot, cls in slots:
+        mine = [
+            r
+            for r in rows
+            if (r.get("host") or "", r.get("slot") or "", r.get("device_class") or "")
+            == (host, slot, cls)
+        ]
+        kind = f"GPU {slot} ({cls})" if cls not in ("CPU", "") else f"CPU {slot}"
+        busy = sum(r.get("duration_s") or 0 for r in mine)
+        lines.append(
+            f"| {host or 'local'} | {kind} | {sum(r['n'] > 0 for r in mine)} "
+            f"| {sum(r['status'] == 'keep' and r['n'] > 0 for r in mine)} | {busy:.1f} |"
+        )
+    return [*lines, ""]
 
 
 def _value(metric: float | None) -> str:

@@ -25,6 +25,8 @@ COLUMNS: dict[str, type] = {
     "params": str,  # JSON: the hyperparameters or change tried
     "files": str,  # JSON: the editable files' content, for kept experiments
     "slot": str,  # the GPU or CPU cores it ran on
+    "host": str,  # the host it ran on ("" : the supervisor's machine)
+    "device_class": str,  # the GPU model (or CPU) its metric is compared within
     "started_at": float,
     "duration_s": float,
     "runs": str,  # JSON list: the metric of each run (a marginal win's re-runs too)
@@ -52,3 +54,13 @@ def m001_experiments(db: Database) -> None:
     for name, kind in COLUMNS.items():
         if name not in have:
             table.add_column(name, kind)
+
+
+@migrations()
+def m002_host_and_device(db: Database) -> None:
+    """Where each experiment ran, for runs over a pool of hosts (``-p hosts=``)."""
+    table = db.table("experiments")
+    have = set(table.columns_dict)
+    for name in ("host", "device_class"):
+        if name not in have:
+            table.add_column(name, str)
