@@ -145,3 +145,50 @@ def test_one_loop_per_free_gpu_slot_never_two_experiments_on_a_slot(
     assert "## Device classes" in report and "## Where experiments ran" in report
     assert "| h2 | GPU 6 (NVIDIA A100-SXM4-80GB) |" in report
     assert "h1 GPU 0 (NVIDIA GeForce RTX 4090)" in report
+
+
+def test_a_lost_host_ends_its_loop_and_the_others_finish_the_run(
+    home: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import time
+
+    from conftest import SUPERVISOR
+
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(sshd_kit.sshd(tmp_path / f"l{i}", ""))[0] for i in range(2)]
+        sshd_kit.register_hosts(servers)
+        target = toy(tmp_path)
+        (target / "train.py").write_text(TRAIN.replace('"TOY_SLEEP", "0.5"', '"TOY_SLEEP", "1"'))
+        cmd = [*SUPERVISOR, "recipe", "run", "autoresearch", "-p", f"target={target}"]
+        cmd += ["-p", "hosts=h0,h1", "-p", "experiments=8", "-p", "proposer=builtin"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stack.callback(proc.kill)
+        db = home / "supervisor.db"
+        deadline = time.monotonic() + 120
+        while True:  # until h1 has finished an experiment: then its sshd dies
+            assert time.monotonic() < deadline, "no experiment on h1"
+            assert proc.poll() is None, proc.communicate()[0]
+            with contextlib.suppress(Exception):
+                store = Store.open(db)
+                try:
+                    on_h1 = store.db.execute(
+                        "SELECT count(*) FROM experiments WHERE host = 'h1' AND n > 0"
+                    ).fetchone()[0]
+                finally:
+                    store.close()
+                if on_h1:
+                    break
+            time.sleep(0.3)
+        servers[1].stop()
+        lost_at = time.time()
+        out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "agent-2 on h1 CPU ended: its host failed" in out, out
+    store = Store.open(db)
+    rows = [dict(r) for r in store.db.query("SELECT * FROM experiments WHERE n > 0")]
+    store.close()
+    # The run reached its limit on the host left.
+    assert len(rows) == 8, [(r["n"], r["host"], r["status"]) for r in rows]
+    assert any(r["host"] == "h0" and r["started_at"] > lost_at for r in rows)
+    assert all(r["host"] == "h0" for r in rows if r["started_at"] > lost_at + 1)

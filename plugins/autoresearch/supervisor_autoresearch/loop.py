@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supervisor import InputError
+from supervisor import InputError, SandboxError
 
 from supervisor_autoresearch import proposers
 from supervisor_autoresearch.judge import KEEP, RERUN, Noise, judge
@@ -192,6 +192,7 @@ class Board:
     best_files: dict[str, str] = field(default_factory=dict)  # the newest kept, any class
     best_by: str = ""
     count: int = 0  # experiments started in this run (the baseline not included)
+    lost: int = 0  # of those, ended unfinished with their host: others run in their place
     tried: set[str] = field(default_factory=set)  # hyperparameter configurations tried
     tried_files: set[str] = field(default_factory=set)  # editable files' contents tried
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -432,6 +433,8 @@ async def run_loops(ctx: StepContext) -> dict[str, Any]:
     results = await asyncio.gather(
         *(_one_loop(ctx, board, i + 1, found[i % len(found)], image) for i in range(agents))
     )
+    if all(r.get("ended") for r in results):
+        raise RuntimeError(f"every loop's host failed; the last: {results[-1]['ended']}")
     best = {cls: st.metric for cls, st in board.standings.items()}
     return {"loops": results, "best": best[""] if list(best) == [""] else best}
 
@@ -455,24 +458,46 @@ async def _one_loop(
     hours = float(ctx.params.get("hours") or 0)
     deadline = time.monotonic() + hours * 3600 if hours else None
     proposer = _proposer(ctx, board, index)
-    kept = done = 0
-    async with Loop(
-        ctx, board, index=index, label=f"agent-{index}", place=place, image=image
-    ) as loop:
-        while True:
-            async with board.lock:
-                if limit and board.count >= limit:
+    kept = done = n = 0
+    label = f"agent-{index}"
+    try:
+        async with Loop(ctx, board, index=index, label=label, place=place, image=image) as loop:
+            while True:
+                async with board.lock:
+                    if limit and board.count - board.lost >= limit:
+                        break
+                    if deadline and time.monotonic() >= deadline:
+                        break
+                    board.count += 1
+                    n = board.count
+                record = await loop.experiment(proposer, n=n)
+                n = 0
+                if record["status"] == "exhausted":
                     break
-                if deadline and time.monotonic() >= deadline:
-                    break
-                board.count += 1
-                n = board.count
-            record = await loop.experiment(proposer, n=n)
-            if record["status"] == "exhausted":
-                break
-            done += 1
-            kept += record["status"] == "keep"
-        await loop.bring_back()
+                done += 1
+                kept += record["status"] == "keep"
+            await loop.bring_back()
+    except (SandboxError, InputError, OSError) as exc:
+        if not place.host:
+            raise
+        # A host of the pool failed under this loop (gone, or its sandbox could not be
+        # made): this loop ends, the others go on, and the experiment it was running is
+        # run by another loop instead (its number stays unused).
+        async with board.lock:
+            board.lost += 1 if n else 0
+        ctx.emit(
+            f"{label} on {place.describe()} ended: its host failed ({exc}); "
+            + (
+                f"experiment #{n} was not finished and another loop runs one in its place; "
+                if n
+                else ""
+            )
+            + "the other loops go on",
+            loop=label,
+            host=place.host,
+            lost=n or None,
+        )
+        return {"loop": index, "experiments": done, "kept": kept, "ended": str(exc)}
     return {"loop": index, "experiments": done, "kept": kept}
 
 
