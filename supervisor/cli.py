@@ -1067,7 +1067,9 @@ def costs(by: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("scope", required=False, type=click.Choice(["run", "agent", "fleet", "daily"]))
+@click.argument(
+    "scope", required=False, type=click.Choice(["run", "agent", "pool", "fleet", "daily"])
+)
 @click.argument("args", nargs=-1)
 @click.option("--tokens", type=int, default=None, help="A token limit (runs, fleet), 0: none.")
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON for scripts.")
@@ -1083,10 +1085,10 @@ def budget(scope: str | None, args: tuple[str, ...], tokens: int | None, as_json
     if scope is None:
         _show_budgets(as_json)
         return
-    if tokens is not None and scope not in ("run", "fleet"):
-        raise InputError(f"--tokens limits a run or the fleet, not {scope}")
+    if tokens is not None and scope not in ("run", "pool", "fleet"):
+        raise InputError(f"--tokens limits a run, a pool or the fleet, not {scope}")
     usd: float | None = None
-    if tokens is None or len(args) == (2 if scope in ("run", "agent") else 1):
+    if tokens is None or len(args) == (2 if scope in ("run", "agent", "pool") else 1):
         try:
             usd = float(args[-1])
         except (IndexError, ValueError):
@@ -1105,6 +1107,22 @@ def budget(scope: str | None, args: tuple[str, ...], tokens: int | None, as_json
         if tokens is not None:
             cfg.set_value("budget.fleet_tokens", str(tokens))
             click.echo(f"fleet token budget {tokens:,}")
+        return
+    if scope == "pool":
+        # A setting like the fleet's (pools.NAME.budget_usd): the supervisor process reads
+        # it again at its next look, and it holds for every later run on the pool.
+        if len(args) != (2 if usd is not None else 1):
+            raise InputError("usage: supervisor budget pool NAME USD (or --tokens N)")
+        name = args[0]
+        if f"pools.{name}.hosts" not in cfg.load().values:
+            raise InputError(f"no pool {name!r} (set pools.{name}.hosts first)")
+        if usd is not None:
+            cfg.set_value(f"pools.{name}.budget_usd", str(usd))
+        if tokens is not None:
+            cfg.set_value(f"pools.{name}.budget_tokens", str(tokens))
+        said = [f"${usd:g}"] if usd is not None else []
+        said += [f"{tokens:,} tokens"] if tokens is not None else []
+        click.echo(f"pool {name} budget {', '.join(said)}")
         return
     if len(args) != (2 if usd is not None else 1):
         raise InputError(f"usage: supervisor budget {scope} ID USD")
@@ -1151,6 +1169,18 @@ def _show_budgets(as_json: bool) -> None:
         )
     )
     click.echo(f"today: {line(daily['usd'], daily['budget_usd'], daily['usd_state'])}")
+    for pool in state["pools"]:
+        click.echo(
+            f"pool {pool['name']} ({pool['live_runs']} live runs): "
+            + line(
+                pool["usd"],
+                pool["budget_usd"],
+                pool["usd_state"],
+                pool["tokens"],
+                pool["budget_tokens"],
+                pool["tokens_state"],
+            )
+        )
     for run in state["runs"]:
         extra = f"; {run['allowed']} agents may step at once" if run["allowed"] else ""
         extra += f"; {run['held']} agents paused or held by budget" if run["held"] else ""

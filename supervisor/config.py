@@ -238,7 +238,15 @@ TABLES: dict[str, dict[str, tuple[type, str, Check | None]]] = {
         "rpm": (int, "requests per minute to this model", between(1)),
     },
     # `pools.NAME.hosts = ["a", "b"]`: `supervisor run --hosts NAME` places over them.
-    "pools": {"hosts": (list, "registered hosts of this pool", None)},
+    "pools": {
+        "hosts": (list, "registered hosts of this pool", None),
+        "budget_usd": (float, "spend limit over the live runs on this pool (0: none)", between(0)),
+        "budget_tokens": (
+            int,
+            "token limit over the live runs on this pool (0: none)",
+            between(0),
+        ),
+    },
 }
 
 # The field of each table entry the others need: an alias without it cannot be used.

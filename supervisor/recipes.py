@@ -452,6 +452,9 @@ class StepContext:
     def hosts(self, spec: str) -> list[HostInfo]:
         from supervisor.api import GpuInfo, HostInfo
 
+        pool = self.engine.pool_name(spec)
+        if pool:  # the run's spend counts against the pool's budget too
+            self.engine.run_pools[self.run_id] = pool
         return [
             HostInfo(
                 name=h.name,

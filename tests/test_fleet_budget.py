@@ -8,12 +8,14 @@ reports usage and prices it), local sandboxes running real commands, the real st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sshd_kit
 from agent_kit import engine, scripted
 from conftest import run_cli
 
@@ -244,7 +246,7 @@ async def test_token_budget_brakes_a_free_model(home: Path) -> None:
         (("budget", "fleet", "lots"), "give the limit in USD as the last argument"),
         (("budget", "fleet", "--tokens", "-5"), "a token budget must be 0 (none) or more"),
         (("budget", "fleet", "--tokens", "x"), "'x' is not a valid integer"),
-        (("budget", "daily", "--tokens", "5"), "--tokens limits a run or the fleet"),
+        (("budget", "daily", "--tokens", "5"), "--tokens limits a run, a pool or the fleet"),
     ],
 )
 def test_settings_that_would_disable_a_budget_are_refused_in_one_line(
@@ -373,3 +375,50 @@ def _widget_text(widget: Any) -> str:
     from textual.widgets import Static
 
     return "\n".join(str(w.render()) for w in widget.query(Static))
+
+
+@pytest.mark.skipif(bool(sshd_kit.available()), reason=sshd_kit.available())
+async def test_a_pool_budget_brakes_the_runs_on_its_pool_only(home: Path, tmp_path: Path) -> None:
+    """`pools.gpu.budget_usd` covers the live runs on pool gpu (two real sshd hosts): at
+    its limit they stop after their step and a later run on the pool never starts, while
+    a run elsewhere goes on; `supervisor budget` shows and sets it."""
+
+    def script(messages: list[dict[str, Any]]) -> Reply:
+        if _task(messages) == "elsewhere" or _turns(messages) > 0:
+            return Reply(tool_calls=[("finish", {"summary": "done"})], usage=(10, 0))
+        command = "sleep 1; echo finished-its-step"
+        return Reply(tool_calls=[("shell", {"command": command})], usage=(600_000, 0))
+
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(sshd_kit.sshd(tmp_path / f"p{i}", ""))[0] for i in range(2)]
+        sshd_kit.register_hosts(servers)
+        config.set_value("pools.gpu.hosts", "h0,h1")
+        config.set_value("pools.gpu.budget_usd", "1")
+        with scripted(script, budget__at_limit="stop"):
+            async with engine() as eng:
+                braked = asyncio.Event()
+                eng.listen(lambda e: braked.set() if e.type == "budget.brake" else None)
+                first = await eng.start_run(RunOptions(task="on the pool", agents=2, hosts="gpu"))
+                await asyncio.wait_for(braked.wait(), 60)
+                late = await eng.start_run(RunOptions(task="late on the pool", hosts="gpu"))
+                elsewhere = await eng.start_run(RunOptions(task="elsewhere", sandbox="local"))
+                assert await asyncio.wait_for(eng.wait_run(elsewhere), 60) == "done"
+                assert await asyncio.wait_for(eng.wait_run(late), 60) == "stopped"
+                assert await asyncio.wait_for(eng.wait_run(first), 60) == "stopped"
+                (held,) = [a for a in eng.agents.values() if a.run_id == late]
+    assert held.steps == 0 and held.summary.startswith("not started: pool gpu budget $1")
+    brakes = _events(home, "budget.brake")
+    assert {(e["data"]["scope"], e["data"]["target"]) for e in brakes} == {("pool", "gpu")}
+    assert first in {e["run_id"] for e in brakes}
+    assert elsewhere not in {e["run_id"] for e in brakes}
+    assert "pool gpu budget $1 (its live runs) reached" in brakes[0]["text"]
+    assert "`supervisor config set pools.gpu.budget_usd USD`" in brakes[0]["text"]
+
+    raised = run_cli("budget", "pool", "gpu", "5", "--tokens", "100000")
+    assert raised.returncode == 0, raised.stderr
+    shown = run_cli("budget")
+    assert "pool gpu (0 live runs): $0.0000 of $5 (ok), 0 of 100,000 tokens (ok)" in shown.stdout
+    unknown = run_cli("budget", "pool", "cpu", "5")
+    assert unknown.returncode == 2 and unknown.stderr.strip().endswith(
+        "no pool 'cpu' (set pools.cpu.hosts first)"
+    )

@@ -82,6 +82,7 @@ class Engine:
         self.tasks: dict[str, asyncio.Task[str]] = {}
         self.runs: dict[str, RunOptions] = {}
         self.pools: dict[str, Pool] = {}  # run id -> its hosts and what is placed on them
+        self.run_pools: dict[str, str] = {}  # run id -> the named pool it runs on (budgets)
         self._pending: dict[str, asyncio.Future[str]] = {}  # agent id -> answer or verdict
         self._listeners: list[Listener] = []
         self._done: dict[str, asyncio.Event] = {}
@@ -193,6 +194,7 @@ class Engine:
     _new_sandbox = runs._new_sandbox
     step_sandbox = runs.step_sandbox
     named_hosts = runs.named_hosts
+    pool_name = runs.pool_name
     host_gpu_slots = runs.host_gpu_slots
     _make_sandbox = runs._make_sandbox
     _limits = runs._limits

@@ -108,8 +108,8 @@ class Budget:
     """One limit as it stands for an agent: what it covers, how much is spent under it,
     and the model calls that spent it."""
 
-    scope: str  # agent | run | fleet | daily
-    target: str  # the agent's or run's id; empty for fleet and daily
+    scope: str  # agent | run | pool | fleet | daily
+    target: str  # the agent's or run's id, the pool's name; empty for fleet and daily
     unit: str  # usd | tokens
     limit: float
     spent: float
@@ -128,7 +128,7 @@ class Budget:
         return f"${value:g}" if self.unit == "usd" else f"{int(value):,} tokens"
 
     def name(self) -> str:
-        kind = {"daily": "daily fleet"}.get(self.scope, self.scope)
+        kind = {"daily": "daily fleet", "pool": f"pool {self.target}"}.get(self.scope, self.scope)
         return f"{kind} budget" if self.unit == "usd" else f"{kind} token budget"
 
     def reason(self) -> str:
@@ -136,11 +136,14 @@ class Budget:
         target = f" {self.target}" if self.target else ""
         if self.scope == "daily":
             how = "`supervisor config set budget.daily_usd USD`"
+        elif self.scope == "pool":
+            key, value = ("budget_usd", "USD") if self.unit == "usd" else ("budget_tokens", "N")
+            how = f"`supervisor config set pools.{self.target}.{key} {value}`"
         elif self.unit == "usd":
             how = f"`supervisor budget {self.scope}{target} USD`"
         else:
             how = f"`supervisor budget {self.scope}{target} --tokens N`"
-        covers = " (all live runs)" if self.scope == "fleet" else ""
+        covers = {"fleet": " (all live runs)", "pool": " (its live runs)"}.get(self.scope, "")
         return f"{self.name()} {self.amount(self.limit)}{covers} reached; raise it with {how}"
 
     def live(self) -> list[Agent]:
@@ -149,7 +152,7 @@ class Budget:
     def allowed(self) -> int | None:
         """How many agents under this budget may have a model call in flight (None: any).
         See the module's docstring for the rule and why."""
-        if self.scope not in ("run", "fleet") or not self.calls or self.spent_out:
+        if self.scope not in ("run", "pool", "fleet") or not self.calls or self.spent_out:
             return None
         per_step = self.spent / self.calls
         if per_step <= 0:
@@ -189,6 +192,7 @@ def budgets(engine: Engine, agent: Agent) -> list[Budget]:
         if run_tokens:
             used = sum(a.input_tokens + a.output_tokens for a in team)
             out.append(Budget("run", agent.run_id, "tokens", run_tokens, used, made, team))
+    out += _pool_budgets(engine, agent)
     fleet_usd = float(engine.settings.get("budget.fleet_usd") or 0)
     fleet_tokens = int(engine.settings.get("budget.fleet_tokens") or 0)
     if fleet_usd or fleet_tokens:
@@ -210,6 +214,31 @@ def budgets(engine: Engine, agent: Agent) -> list[Budget]:
     if daily:
         out.append(Budget("daily", "", "usd", daily, engine._spent_today))
     return out
+
+
+def _pool_budgets(engine: Engine, agent: Agent) -> list[Budget]:
+    """The budget of the named pool the agent's run is on (``pools.NAME.budget_usd`` and
+    ``budget_tokens``), over the live runs on that pool."""
+    pool = engine.run_pools.get(agent.run_id, "")
+    usd = float(engine.settings.get(f"pools.{pool}.budget_usd") or 0) if pool else 0.0
+    tokens = int(engine.settings.get(f"pools.{pool}.budget_tokens") or 0) if pool else 0
+    if not (usd or tokens):
+        return []
+    runs = _pool_runs(engine, pool) | {agent.run_id}
+    members = [a for a in engine.agents.values() if a.run_id in runs]
+    made = sum(engine._brakes.calls.get(r, 0) for r in runs)
+    out = []
+    if usd:
+        spent = sum(a.cost_usd for a in members)
+        out.append(Budget("pool", pool, "usd", usd, spent, made, members))
+    if tokens:
+        used = sum(a.input_tokens + a.output_tokens for a in members)
+        out.append(Budget("pool", pool, "tokens", tokens, used, made, members))
+    return out
+
+
+def _pool_runs(engine: Engine, pool: str) -> set[str]:
+    return {r for r in _live_runs(engine) if engine.run_pools.get(r) == pool}
 
 
 def _live_runs(engine: Engine) -> set[str]:
@@ -332,7 +361,12 @@ def _say(
     if budget.scope == "agent":
         engine.emit(type, agent, data, text)
         return
-    runs = {agent.run_id} if budget.scope == "run" else _live_runs(engine) | {agent.run_id}
+    if budget.scope == "run":
+        runs = {agent.run_id}
+    elif budget.scope == "pool":
+        runs = _pool_runs(engine, budget.target) | {agent.run_id}
+    else:
+        runs = _live_runs(engine) | {agent.run_id}
     for run_id in sorted(runs):
         engine.emit(type, None, data, text, run_id=run_id)
 
@@ -525,7 +559,8 @@ def report(db: Any, settings: dict[str, Any]) -> dict[str, Any]:
         " WHERE run_id = r.id AND type = 'budget.set'), 0) "
         " ORDER BY e.id DESC LIMIT 1) AS allowed, "
         "(SELECT count(*) FROM agents a WHERE a.run_id = r.id AND a.status = 'paused' "
-        " AND a.doing LIKE '%budget%') AS held "
+        " AND a.doing LIKE '%budget%') AS held, "
+        "coalesce(json_extract(r.params, '$.pool'), json_extract(r.params, '$.hosts')) AS pool "
         "FROM runs r WHERE r.status = 'running' ORDER BY r.created_at"
     )
     columns = [c[0] for c in cursor.description]
@@ -540,6 +575,25 @@ def report(db: Any, settings: dict[str, Any]) -> dict[str, Any]:
     fleet_usd = sum(r["usd"] for r in runs)
     fleet_tokens = sum(r["tokens"] for r in runs)
     today = queries.spent_since(db, start_of_day())
+    pools = []
+    for key in sorted(k for k in settings if k.startswith("pools.") and k.endswith(".hosts")):
+        name = key.split(".")[1]
+        usd_limit = float(settings.get(f"pools.{name}.budget_usd") or 0)
+        token_limit = int(settings.get(f"pools.{name}.budget_tokens") or 0)
+        on = [r for r in runs if r["pool"] == name]
+        usd, tokens = sum(r["usd"] for r in on), sum(r["tokens"] for r in on)
+        pools.append(
+            {
+                "name": name,
+                "live_runs": len(on),
+                "usd": usd,
+                "budget_usd": usd_limit,
+                "usd_state": state(usd, usd_limit),
+                "tokens": tokens,
+                "budget_tokens": token_limit,
+                "tokens_state": state(tokens, token_limit),
+            }
+        )
     return {
         "at_limit": settings["budget.at_limit"],
         "warn_at": warn_at,
@@ -552,6 +606,7 @@ def report(db: Any, settings: dict[str, Any]) -> dict[str, Any]:
             "budget_tokens": int(settings["budget.fleet_tokens"]),
             "tokens_state": state(fleet_tokens, int(settings["budget.fleet_tokens"])),
         },
+        "pools": pools,
         "daily": {
             "usd": today,
             "budget_usd": float(settings["budget.daily_usd"]),

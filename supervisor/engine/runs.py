@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 async def start_run(engine: Engine, options: RunOptions) -> str:
     """Create a run and start its agents; returns the run id."""
     engine.refresh_settings()
+    pool = pool_name(engine, options.hosts)  # before --hosts is resolved to host names
     model, backend = engine._check_options(options)
     run_id = await engine.create_run(
         title=options.title or options.task[:200],
@@ -49,9 +50,12 @@ async def start_run(engine: Engine, options: RunOptions) -> str:
             "network": options.network,
             "host": options.host,
             "hosts": options.hosts,
+            "pool": pool,
         },
         text=options.task,
     )
+    if pool:
+        engine.run_pools[run_id] = pool
     await engine._start_agents(run_id, options, model, backend)
     return run_id
 
@@ -494,12 +498,28 @@ def named_hosts(engine: Engine, spec: str) -> list[Host]:
     from supervisor.hosts import list_hosts
 
     known = {h.name: h for h in list_hosts(engine.store)}
-    pools = {
-        key.split(".")[1]: value
+    return [known[n] for n in fleet.resolve(spec, list(known), _pool_settings(engine))]
+
+
+def _pool_settings(engine: Engine) -> dict[str, list[str]]:
+    """``pools.NAME.hosts`` of the settings, by pool name."""
+    return {
+        key.split(".")[1]: list(value)
         for key, value in engine.settings.items()
         if key.startswith("pools.") and key.endswith(".hosts")
     }
-    return [known[n] for n in fleet.resolve(spec, list(known), pools)]
+
+
+def pool_name(engine: Engine, spec: str) -> str:
+    """The pool ``spec`` names (a ``--hosts`` or ``-p hosts=`` value), or "": a name that
+    is a pool's and no host's, as :func:`supervisor.fleet.resolve` reads it. Runs on a pool
+    count against its budget (``pools.NAME.budget_usd``)."""
+    from supervisor.hosts import find_host
+
+    spec = spec.strip()
+    if not spec or spec not in _pool_settings(engine):
+        return ""
+    return "" if find_host(spec, engine.store) is not None else spec
 
 
 def host_gpu_slots(engine: Engine, name: str) -> GpuSlots:

@@ -204,6 +204,8 @@ async def resume_task_run(engine: Engine, run_id: str) -> list[Agent]:
         host=params.get("host", ""),
         hosts=params.get("hosts", ""),
     )
+    if params.get("pool"):
+        engine.run_pools[run_id] = str(params["pool"])
     engine.runs[run_id] = options
     engine.adopt_policy(run_id)
     resumed = []
