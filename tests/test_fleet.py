@@ -173,6 +173,18 @@ async def test_a_cordoned_host_gets_no_agents_and_a_full_pool_is_refused(
             assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
             ran_on = Counter(users[a.summary.strip()] for a in eng.agents.values())
     assert ran_on == {"h0": 3, "h2": 3}
+    # `agents ls` says where each agent ran, and lists one host's agents.
+    on_h0 = json.loads(run_cli("agents", "ls", "--host", "h0", "--json").stdout)
+    assert len(on_h0) == 3 and {r["host"] for r in on_h0} == {"h0"}
+    table = run_cli("agents", "ls", "--host", "h2").stdout.splitlines()
+    assert table[0].split()[:4] == ["AGENT", "ID", "RUN", "HOST"]
+    assert len(table) == 4 and all(line.split()[3] == "h2" for line in table[1:])
+    assert json.loads(run_cli("agents", "ls", "--host", "local", "--json").stdout) == []
+    nowhere = run_cli("agents", "ls", "--host", "h9")
+    assert nowhere.returncode == 2 and nowhere.stdout == ""
+    assert nowhere.stderr.strip().splitlines() == [
+        "error: --host: no host named 'h9' (known: h0, h1, h2, local)"
+    ]
     refused = run_cli(
         "run",
         "--foreground",

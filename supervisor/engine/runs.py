@@ -167,6 +167,7 @@ def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> s
 
 
 POOL_WATCH_S = 2.0  # how often the hosts running a pool's agents are asked if they live
+LOAD_EVERY = 5  # of those rounds: each host's load average is read every ~10 s
 
 
 async def _watch_pool(engine: Engine, run_id: str) -> None:
@@ -177,12 +178,40 @@ async def _watch_pool(engine: Engine, run_id: str) -> None:
 
     pool = engine.pools[run_id]
     await asyncio.sleep(POOL_WATCH_S)
+    rounds = 0
     while engine.pools.get(run_id) is pool and any(h.running for h in pool.hosts.values()):
         for host in [h for h in pool.hosts.values() if h.running and not h.down]:
             why = await host_down(host.name)
             if why:
                 await _host_lost(engine, run_id, host.name, why)
+            elif rounds % LOAD_EVERY == 0:
+                await _sample_load(engine, host.name)
+        rounds += 1
         await asyncio.sleep(POOL_WATCH_S)
+
+
+async def _sample_load(engine: Engine, name: str) -> None:
+    """Read the host's 1-minute load average over the connection its sandboxes share
+    (one short command), into its facts: the hosts view shows it beside its cores. A
+    host that does not answer at once is skipped: the next round asks again."""
+    from supervisor.sandbox.ssh import HostLink
+
+    link = HostLink._links.get(asyncio.get_running_loop(), {}).get(name)
+    if link is None or link.conn is None:
+        return
+    try:
+        result = await asyncio.wait_for(link.run("cat /proc/loadavg", timeout=5), 6)
+        load = float(str(result.stdout).split()[0])
+    except Exception:  # a slow or odd answer: no figure rather than a made-up one
+        return
+    now = time.time()
+    engine.store.write(
+        lambda db: db.execute(
+            "UPDATE hosts SET facts = json_set(coalesce(facts, '{}'), '$.load1', ?, "
+            "'$.load_at', ?) WHERE name = ?",
+            [load, now, name],
+        )
+    )
 
 
 async def _host_lost(engine: Engine, run_id: str, name: str, why: str) -> None:
@@ -548,6 +577,7 @@ def _register(engine: Engine, agent: Agent, backend: str, sandbox_id: str = "") 
         "parent_id": agent.parent_id,
         "model": agent.model.alias,
         "sandbox": backend,
+        "host": agent.sandbox.spec.host,  # where it runs: the TUI's host column
     }
     engine.emit(EventType.AGENT_CREATED, agent, data, agent.task)
 
