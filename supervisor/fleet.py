@@ -49,9 +49,10 @@ class HostSlots:
             **kw,
         )
 
-    def why_not(self) -> str:
-        """Why no sandbox may go here now, or ""."""
-        if self.cordoned:
+    def why_not(self, *, staying: bool = False) -> str:
+        """Why no sandbox may go here now, or "". ``staying``: a resumed agent whose
+        sandbox is here already (a cordon stops new agents only)."""
+        if self.cordoned and not staying:
             return "cordoned"
         if self.down:
             return f"down ({self.down})"
@@ -145,6 +146,7 @@ class Pool:
 
     def release(self, agent_id: str, *, failed: bool = False) -> None:
         self.placed.pop(agent_id, None)
+        self.unsaid.discard(agent_id)
         for h in self.hosts.values():
             if agent_id in h.running:
                 h.running.discard(agent_id)

@@ -21,10 +21,12 @@ import sshd_kit
 from agent_kit import engine, scripted
 from conftest import run_cli
 
-from supervisor import fleet
+from supervisor import config, fleet
 from supervisor import hosts as h
-from supervisor.engine import RunOptions
+from supervisor.engine import Engine, RunOptions
 from supervisor.errors import InputError
+from supervisor.plugins import get_plugins
+from supervisor.store import open_default
 from supervisor.testing import Reply
 
 LAYOUTS = ("", "one", "eight-mixed")  # no GPU, one GPU, eight mixed GPUs
@@ -273,3 +275,107 @@ async def test_a_lost_host_interrupts_its_agents_and_resume_finishes_them_elsewh
                 ran_as = a.summary.split()[2]
                 assert users[ran_as] in ("h0", "h2")
             assert sum(eng.pools[run_id].sync_s) / len(eng.pools[run_id].sync_s) < 1.0
+
+
+def shown_hosts(agent_ids: list[str]) -> dict[str, str]:
+    """Each agent's host as `agents ls` shows it."""
+    rows = {r["id"]: r for r in json.loads(run_cli("agents", "ls", "--json").stdout)}
+    return {a: rows[a]["host"] for a in agent_ids}
+
+
+@pytestmark_ssh
+async def test_a_resumed_agent_runs_on_the_host_the_pool_counts_it_on(
+    servers: list[sshd_kit.SSHServer], home: Path, tmp_path: Path
+) -> None:
+    """The lost host is back by the time of the resume (a reboot): its agents' old
+    sandboxes answer again, yet the run gave up on that host, so the agents run on the
+    hosts they were moved to, and are counted and shown there."""
+    users = register(servers)
+    doomed_srv = servers[1]
+    (doomed,) = doomed_srv.users
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.txt").write_text("first\n")
+    with scripted(lost_host_script(doomed.name)) as model:
+        async with engine(**{"hosts.max_sandboxes": 2}) as eng:
+            run_id = await eng.start_run(
+                RunOptions(task="t", agents=6, hosts="all", workspace=ws, title="w")
+            )
+            pool = eng.pools[run_id]
+            deadline = time.monotonic() + 60
+            while len(model.requests) < 20 or len(sleeping(doomed.name)) < 2:
+                assert time.monotonic() < deadline, "the agents never reached the wait"
+                await asyncio.sleep(0.2)
+            victims = [a for a in eng.agents.values() if pool.where(a.id) == "h1"]
+            assert len(victims) == 2
+            doomed_srv.stop()
+            try:
+                assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "interrupted"
+            finally:
+                doomed_srv.start()
+            assert all("host h1 was lost" in a.summary for a in victims)
+            await eng.resume_task_run(run_id)
+            # While they work again, the pool counts each where its sandbox now is.
+            deadline = time.monotonic() + 60
+            while not all(a.sandbox.id for a in victims):
+                assert time.monotonic() < deadline, "the moved agents never got a sandbox"
+                await asyncio.sleep(0.1)
+            counted = {a.id: pool.where(a.id) for a in victims}
+            assert {a.id: a.sandbox.id.split(":")[1] for a in victims} == counted
+            assert set(counted.values()) <= {"h0", "h2"}
+            assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
+    for a in victims:
+        ran_as = a.summary.split()[2]
+        assert users[ran_as] == counted[a.id], (a.summary, counted)
+    assert shown_hosts([a.id for a in victims]) == counted
+    for a in victims:  # the hosts view reads the last placement: the new host, said so
+        last = placements([a.id])[-1]
+        assert last["data"]["host"] == counted[a.id]
+        assert "moved from host h1" in last["text"], last["text"]
+
+
+def sleep_then_whoami(messages: list[dict]) -> Reply:
+    """A long command (the supervisor goes away during it), then, once resumed, who it
+    runs as, said as its summary."""
+    turns = sum(m["role"] == "assistant" for m in messages)
+    if turns == 0:
+        return Reply(tool_calls=[("shell", {"command": "sleep 60"})])
+    if turns == 1:
+        return Reply(tool_calls=[("shell", {"command": "whoami"})])
+    last = next(m for m in reversed(messages) if m["role"] == "tool")
+    return Reply(tool_calls=[("finish", {"summary": str(last["content"]).split()[0]})])
+
+
+@pytestmark_ssh
+async def test_after_a_restart_resumed_agents_go_on_where_their_sandboxes_are(
+    servers: list[sshd_kit.SSHServer], home: Path
+) -> None:
+    """The supervisor process goes away mid-run and a host is cordoned meanwhile; on
+    resume every agent goes on in its own sandbox, and the pool counts it on that host
+    (a cordon stops new agents only) rather than on wherever a fresh placement would go."""
+    users = register(servers)
+    with scripted(sleep_then_whoami) as model:
+        store = open_default()
+        first = Engine(store, get_plugins(), settings=dict(config.load().values))
+        try:
+            run_id = await first.start_run(RunOptions(task="t", agents=4, hosts="all"))
+            deadline = time.monotonic() + 60
+            while sum(len(sleeping(u)) for u in users) < 4:
+                assert time.monotonic() < deadline, "the agents never reached the sleep"
+                await asyncio.sleep(0.2)
+            before = {a.id: first.pools[run_id].where(a.id) for a in first.agents.values()}
+        finally:
+            await first.close(interrupt=True)  # as when the process is stopped
+            store.close()
+        busiest = Counter(before.values()).most_common(1)[0][0]
+        assert run_cli("hosts", "cordon", busiest).returncode == 0
+        async with engine() as eng:
+            resumed = await eng.resume_task_run(run_id)
+            assert len(resumed) == 4
+            pool = eng.pools[run_id]
+            assert {a.id: pool.where(a.id) for a in resumed} == before
+            assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
+            ran_on = {a.id: users[a.summary] for a in resumed}
+        assert len(model.requests) >= 12
+    assert ran_on == before
+    assert shown_hosts(list(before)) == before

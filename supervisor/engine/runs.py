@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor.agent import Agent, Limits, Policy
 from supervisor.events import EventType
+from supervisor.fleet import sandbox_host
 from supervisor.models import check_usable
 from supervisor.sandbox.base import Sandbox, SandboxSpec
-from supervisor.status import ENDED
+from supervisor.status import ENDED, FINAL
 from supervisor.types import ModelSpec
 
 if TYPE_CHECKING:
@@ -150,8 +151,16 @@ def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> s
         for h in list_hosts(engine.store):
             if h.name in pool.hosts:
                 pool.hosts[h.name].cordoned = h.cordoned
+    # A resumed agent: where its sandbox is (a new agent has no row yet).
+    stored = engine._row("agents", agent_id)
+    was = sandbox_host(stored.get("sandbox_id"))
+    if stored.get("status") in FINAL:  # an ended agent of a resumed run takes no place
+        return was or names[0]
     if pool.watcher is None or pool.watcher.done():
         pool.watcher = asyncio.get_running_loop().create_task(_watch_pool(engine, run_id))
+    if was in pool.hosts and not pool.hosts[was].why_not(staying=True):
+        pool.claim(agent_id, was)  # it goes on in its sandbox there, counted there
+        return was
     try:
         placed = pool.place(agent_id)
     except NoRoom as exc:
@@ -163,6 +172,13 @@ def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> s
             run_id=run_id,
         )
         raise InputError(str(exc)) from None
+    pool.unsaid.add(agent_id)
+    if was and was != placed.host:
+        # Moved off a host the run gave up on (lost, cordoned, full): a resume must not
+        # re-adopt the sandbox left there, which would run the agent on one host while
+        # the pool counts it on another. Its last step's workspace copy goes with it.
+        pool.moved[agent_id] = (was, str(stored["sandbox_id"]))
+        engine.store.write(lambda db: db.table("agents").update(agent_id, {"sandbox_id": None}))
     return placed.host
 
 
@@ -583,12 +599,15 @@ def _register(engine: Engine, agent: Agent, backend: str, sandbox_id: str = "") 
 
 
 def _said_placed(engine: Engine, agent: Agent) -> None:
-    """The placement, in the agent's own transcript (it had no id when it was placed)."""
+    """The placement, in the agent's own transcript (it had no id when it was placed),
+    once; a move off a lost host is said with it."""
     pool = engine.pools.get(agent.run_id)
     placed = pool.placed.get(agent.id) if pool else None
-    if pool is None or placed is None:
+    if pool is None or placed is None or agent.id not in pool.unsaid:
         return
+    pool.unsaid.discard(agent.id)
     host = pool.hosts[placed.host]
+    old, left = pool.moved.pop(agent.id, ("", ""))
     engine.emit(
         EventType.PLACEMENT,
         agent,
@@ -597,10 +616,17 @@ def _said_placed(engine: Engine, agent: Agent) -> None:
             "host": placed.host,
             "gpus": list(placed.gpus),
             "compared": list(placed.compared),
+            **({"moved_from": old, "left_sandbox": left} if old else {}),
         },
         f"placed on host {placed.host} ({len(host.running)}/{host.cap} sandboxes there"
         + (f", GPU {','.join(map(str, placed.gpus))}" if placed.gpus else "")
-        + f"; compared {', '.join(placed.compared)})",
+        + f"; compared {', '.join(placed.compared)})"
+        + (
+            f"; moved from host {old} ({pool.hosts[old].why_not() or 'given up'}): "
+            f"its sandbox there is left as it was ({left})"
+            if old
+            else ""
+        ),
     )
 
 
@@ -638,6 +664,7 @@ async def _start_sandbox(engine: Engine, agent: Agent) -> None:
             f"sandbox start failed, trying once more: {why}",
         )
 
+    _said_placed(engine, agent)  # a resumed agent placed anew says where, before it starts
     if engine._pool is None:
         from supervisor.sandbox.manager import warm_pool
 
