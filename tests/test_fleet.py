@@ -332,6 +332,8 @@ async def test_a_resumed_agent_runs_on_the_host_the_pool_counts_it_on(
         last = placements([a.id])[-1]
         assert last["data"]["host"] == counted[a.id]
         assert "moved from host h1" in last["text"], last["text"]
+        said = run_cli("transcript", a.id, "--format", "jsonl").stdout
+        assert "its sandbox stays on the lost host as it was" in said
 
 
 def sleep_then_whoami(messages: list[dict]) -> Reply:

@@ -696,7 +696,8 @@ def agent_status(engine: Engine, agent: Agent, status: str, doing: str) -> None:
 
 def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
     pool = engine.pools.get(agent.run_id)
-    if pool is not None and status == "stopped" and agent.id in pool.lost:
+    host_lost = pool is not None and status == "stopped" and agent.id in pool.lost
+    if pool is not None and host_lost:
         status = agent.status = "interrupted"  # its host died; resume goes on elsewhere
         agent.summary = pool.lost.pop(agent.id)
     if engine.closing and status == "stopped":
@@ -724,7 +725,19 @@ def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
         if not any(h.running for h in pool.hosts.values()) and pool.watcher is not None:
             pool.watcher.cancel()
     options = engine.runs.get(agent.run_id)
-    if agent.owns_sandbox and options is not None and not engine.closing:
+    if host_lost and agent.owns_sandbox:
+        # Its sandbox cannot be read on a dead host (asking would only delay the run's
+        # end, and so its resume): it stays there as it was; the copy kept after its
+        # last finished step is what a resume puts back.
+        engine.kept.add(agent.id)
+        engine.emit(
+            EventType.LOG,
+            agent,
+            {"sandbox_kept": True, "host_lost": True},
+            "its sandbox stays on the lost host as it was; a resume starts from the copy of "
+            "its workspace kept after its last finished step",
+        )
+    elif agent.owns_sandbox and options is not None and not engine.closing:
         engine._wrap_up_later(agent, keep=agent.id in engine.kept or options.keep_sandboxes)
     engine._check_run_done(agent.run_id)
 
