@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sshd_kit
 from agent_kit import scripted
-from test_tui import SIZE, agents_of, loaded, shows, until
+from test_tui import SIZE, agents_of, loaded, screen_text, shows, until
 from textual.widgets import DataTable, Input
 
 from supervisor import hosts as h
@@ -88,11 +88,14 @@ async def test_hosts_view_shows_each_hosts_agents_gpu_slots_and_cordon(
 
                 def sampled(name: str) -> str:
                     facts = h.get_host(name).facts
-                    return f"load {facts['load1']:.1f}/{facts['cpus']}"
+                    return f"{facts['load1']:.1f}/{facts['cpus']}"
 
                 for name in ("solo", "big"):
                     assert h.get_host(name).facts["cpus"] == os.cpu_count()
                     await until(pilot, lambda n=name: row(app, n)[4] == sampled(n), "the load")
+                    await until(  # on screen, beside the models, in a 120-column terminal
+                        pilot, lambda n=name: sampled(n) in screen_text(app), "the load shown"
+                    )
                 assert row(app, "off")[4] == "—" and "load_at" not in h.get_host("off").facts
                 # The fleet shows where each agent runs; Enter on a host shows its agents only.
                 on_big = {n.strip() for n in big[3][3:].split(",")} if big[3] != "—" else set()

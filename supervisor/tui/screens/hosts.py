@@ -61,17 +61,18 @@ STALE_S = 60.0  # a load sampled longer ago than this says how old it is
 
 
 def load_summary(facts: dict[str, Any], checked_at: float | None, now: float) -> str:
-    """``load 3.2/8``: the host's 1-minute load average over its cores, as last sampled
-    (by ``hosts check``, or every ~10 s by the engine while it runs agents there); "—"
-    when it never was."""
+    """``3.2/8`` (the "load" column): the host's 1-minute load average over its cores, as
+    last sampled (by ``hosts check``, or every ~10 s by the engine while it runs agents
+    there), with its age once that is over a minute (``3.2/8 (5m)``); "—" when it never
+    was sampled."""
     load = facts.get("load1")
     if not isinstance(load, int | float):
         return "—"
     cores = int(facts.get("cpus") or 0)
-    text = f"load {load:.1f}/{cores or '?'}"
+    text = f"{load:.1f}/{cores or '?'}"
     at = facts.get("load_at") or checked_at
     if at and now - float(at) > STALE_S:
-        text += f", {ago(float(at), now)}"
+        text += f" ({ago(float(at), now).removesuffix(' ago')})"
     return text
 
 
@@ -103,12 +104,12 @@ class HostsScreen(Screen[str | None]):
         table = self.query_one("#hosts-table", DataTable)
         for key, label, width in (
             ("name", "host", 12),
-            ("target", "address", 20),
-            ("state", "state", 12),
-            ("agents", "agents", 18),
-            ("load", "load", 12),
+            ("target", "address", 16),
+            ("state", "state", 11),
+            ("agents", "agents", 14),
+            ("load", "load", 11),
             ("gpus", "GPU slots", 16),
-            ("models", "models", 20),
+            ("models", "models", 24),
             ("checked", "checked", 10),
         ):
             table.add_column(label, key=key, width=width)
