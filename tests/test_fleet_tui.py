@@ -98,36 +98,45 @@ async def test_hosts_view_shows_each_hosts_agents_gpu_slots_and_cordon(
                     )
                 assert row(app, "off")[4] == "—" and "load_at" not in h.get_host("off").facts
                 # The fleet shows where each agent runs; Enter on a host shows its agents only.
-                on_big = {n.strip() for n in big[3][3:].split(",")} if big[3] != "—" else set()
+                busy = "big" if big[3] != "—" else "solo"
+                on_busy = {n.strip() for n in row(app, busy)[3][3:].split(",")}
                 table = app.screen.query_one("#hosts-table", DataTable)
-                table.move_cursor(row=table.get_row_index("big"))
+                table.move_cursor(row=table.get_row_index(busy))
                 await pilot.press("enter")
                 await until(pilot, lambda: not app.screen.query("#hosts"), "the fleet again")
                 fleet = app.query_one(FleetTable)
-                assert app.query_one("#filter", Input).value == "host:big"
+                assert app.query_one("#filter", Input).value == f"host:{busy}"
+
+                def agent_rows() -> dict[str, str]:
+                    """Each agent row's name and host cells, as the fleet shows them."""
+                    return {
+                        str(fleet.get_row(k)[0]).strip(" ●"): str(fleet.get_row(k)[1])
+                        for k in fleet.order
+                        if k in app.fleet.agents
+                    }
+
+                await until(
+                    pilot, lambda: set(agent_rows()) == on_busy, f"the fleet to show {busy}'s only"
+                )
+                assert set(agent_rows().values()) == {busy}
+                # An agent on this machine says "local", and can be picked out the same way.
+                local = await app.client.call(
+                    "run.start", task="wait", sandbox="local", title="here"
+                )
                 await until(
                     pilot,
-                    lambda: (
-                        {
-                            str(fleet.get_row(k)[0]).strip(" ●")
-                            for k in fleet.order
-                            if k in app.fleet.agents
-                        }
-                        == on_big
-                    ),
-                    "the fleet to show big's agents only",
+                    lambda: [a.status for a in agents_of(app, str(local["run_id"]))] == ["waiting"],
+                    "the local agent waiting",
                 )
-                for key in (k for k in fleet.order if k in app.fleet.agents):
-                    assert [str(c) for c in fleet.get_row(key)[:2]][1] == "big"
+                app.query_one("#filter", Input).value = "host:local"
+                await until(pilot, lambda: agent_rows() == {"here": "local"}, "the local agent")
                 app.query_one("#filter", Input).value = ""
-                await until(pilot, lambda: len(app.query_one(FleetTable).order) >= 5, "all rows")
-                shown = {  # every agent, each with its own host
-                    str(fleet.get_row(k)[0]).strip(" ●"): str(fleet.get_row(k)[1])
-                    for k in fleet.order
-                    if k in app.fleet.agents
-                }
-                assert set(shown.values()) <= {"solo", "big"} and len(shown) == 4
-                assert {n for n, host in shown.items() if host == "big"} == on_big
+                await until(pilot, lambda: len(agent_rows()) == 5, "every agent")
+                shown = agent_rows()
+                assert shown["here"] == "local"
+                assert {n for n, host in shown.items() if host == busy} == on_busy
+                assert {n for n, host in shown.items() if host in ("solo", "big")} == names
+                await app.client.call("run.stop", run=str(local["run_id"]))
                 await pilot.press("H")
                 await until(pilot, lambda: app.screen.query("#hosts"), "the hosts screen again")
                 await app.client.call("run.stop", run=run_id)
