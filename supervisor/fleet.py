@@ -110,6 +110,7 @@ class Pool:
         self.sync_s: list[float] = []  # seconds each step's workspace sync took
         self.unsaid: set[str] = set()  # placed, not yet said in the agent's transcript
         self.moved: dict[str, tuple[str, str]] = {}  # agent id -> (old host, old sandbox id)
+        self.claimed: set[str] = set()  # counted again where their sandboxes were
         self.watcher: Any = None  # the engine's task watching the hosts in use
         self._rng = random.Random(seed)
 
@@ -141,12 +142,14 @@ class Pool:
         there (the caller has checked the host may take it)."""
         host = self.hosts[name]
         host.running.add(agent_id)
+        self.claimed.add(agent_id)
         placed = self.placed[agent_id] = Placement(name, (), host.score(time.time()), (name,))
         return placed
 
     def release(self, agent_id: str, *, failed: bool = False) -> None:
         self.placed.pop(agent_id, None)
         self.unsaid.discard(agent_id)
+        self.claimed.discard(agent_id)
         for h in self.hosts.values():
             if agent_id in h.running:
                 h.running.discard(agent_id)

@@ -352,13 +352,15 @@ def sleep_then_whoami(messages: list[dict]) -> Reply:
 async def test_after_a_restart_resumed_agents_go_on_where_their_sandboxes_are(
     servers: list[sshd_kit.SSHServer], home: Path
 ) -> None:
-    """The supervisor process goes away mid-run and a host is cordoned meanwhile; on
-    resume every agent goes on in its own sandbox, and the pool counts it on that host
-    (a cordon stops new agents only) rather than on wherever a fresh placement would go."""
+    """The supervisor process goes away mid-run; meanwhile one host is cordoned and
+    another dies. On resume the agents of the cordoned host go on in their own sandboxes,
+    counted there (a cordon stops new agents only) rather than wherever a fresh placement
+    would go; those of the dead host move to the one host left, and say so."""
     users = register(servers)
     with scripted(sleep_then_whoami) as model:
         store = open_default()
-        first = Engine(store, get_plugins(), settings=dict(config.load().values))
+        settings = {**config.load().values, "hosts.max_sandboxes": 2}
+        first = Engine(store, get_plugins(), settings=settings)
         try:
             run_id = await first.start_run(RunOptions(task="t", agents=4, hosts="all"))
             deadline = time.monotonic() + 60
@@ -369,15 +371,28 @@ async def test_after_a_restart_resumed_agents_go_on_where_their_sandboxes_are(
         finally:
             await first.close(interrupt=True)  # as when the process is stopped
             store.close()
-        busiest = Counter(before.values()).most_common(1)[0][0]
-        assert run_cli("hosts", "cordon", busiest).returncode == 0
-        async with engine() as eng:
-            resumed = await eng.resume_task_run(run_id)
-            assert len(resumed) == 4
-            pool = eng.pools[run_id]
-            assert {a.id: pool.where(a.id) for a in resumed} == before
-            assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
-            ran_on = {a.id: users[a.summary] for a in resumed}
+        cordoned, dead = (name for name, _ in Counter(before.values()).most_common(2))
+        (left,) = {"h0", "h1", "h2"} - {cordoned, dead}
+        assert run_cli("hosts", "cordon", cordoned).returncode == 0
+        dead_srv = servers[int(dead[1])]
+        dead_srv.stop()
+        try:
+            async with engine() as eng:
+                resumed = await eng.resume_task_run(run_id)
+                assert len(resumed) == 4
+                pool = eng.pools[run_id]
+                stayed = [a for a in resumed if before[a.id] == cordoned]
+                assert {pool.where(a.id) for a in stayed} == {cordoned}
+                assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
+                ran_on = {a.id: users[a.summary] for a in resumed}
+        finally:
+            dead_srv.start()
         assert len(model.requests) >= 12
-    assert ran_on == before
-    assert shown_hosts(list(before)) == before
+    expected = {a: left if host == dead else host for a, host in before.items()}
+    assert ran_on == expected
+    assert shown_hosts(list(before)) == expected
+    assert h.get_host(dead).reachable is False
+    for agent_id in (a for a, host in before.items() if host == dead):
+        last = placements([agent_id])[-1]
+        assert last["data"]["host"] == left and last["data"]["moved_from"] == dead
+        assert f"moved from host {dead} (down (" in last["text"], last["text"]

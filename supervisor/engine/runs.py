@@ -230,17 +230,22 @@ async def _sample_load(engine: Engine, name: str) -> None:
     )
 
 
-async def _host_lost(engine: Engine, run_id: str, name: str, why: str) -> None:
+def _record_unreachable(engine: Engine, name: str, why: str) -> None:
+    """`hosts ls` says the host is unreachable too, until `hosts check` finds it back."""
     from supervisor.hosts import find_host, save_host
 
+    recorded = find_host(name, engine.store)
+    if recorded is not None:
+        recorded.reachable, recorded.error = False, why
+        save_host(recorded, engine.store)
+
+
+async def _host_lost(engine: Engine, run_id: str, name: str, why: str) -> None:
     pool = engine.pools[run_id]
     host = pool.hosts[name]
     host.down = why
     reason = f"host {name} was lost ({why}); `supervisor resume {run_id}` moves it to a live host"
-    recorded = find_host(name, engine.store)
-    if recorded is not None:  # `hosts ls` says so too, until `hosts check` finds it back
-        recorded.reachable, recorded.error = False, why
-        save_host(recorded, engine.store)
+    _record_unreachable(engine, name, why)
     lost = [engine.agents[a] for a in sorted(host.running) if a in engine.agents]
     for agent in lost:
         pool.lost[agent.id] = reason
@@ -652,6 +657,28 @@ async def _run_agent(engine: Engine, agent: Agent) -> str:
     return await agent.run()
 
 
+async def _leave_dead_host(engine: Engine, agent: Agent) -> None:
+    """A resumed agent counted again on its old host, whose sandbox there could not be
+    re-adopted: if that host is dead (it died while no supervisor watched it), the agent
+    is placed on a live host of the pool instead of failing to start on the dead one."""
+    pool = engine.pools.get(agent.run_id)
+    options = engine.runs.get(agent.run_id)
+    if pool is None or options is None or agent.id not in pool.claimed:
+        return
+    name = pool.where(agent.id)
+    host = pool.hosts[name]
+    pool.claimed.discard(agent.id)
+    if not host.down:
+        from supervisor.sandbox.ssh import host_down
+
+        host.down = await host_down(name)
+        if not host.down:
+            return  # alive: its sandbox is made again there
+        _record_unreachable(engine, name, host.down)
+    pool.release(agent.id)
+    agent.sandbox = engine._new_sandbox(agent.run_id, agent.id, options, agent.sandbox.backend)
+
+
 async def _start_sandbox(engine: Engine, agent: Agent) -> None:
     """Start the agent's sandbox; a failed start is tried once more, and said so."""
     from supervisor.sandbox.manager import start_sandbox
@@ -664,6 +691,7 @@ async def _start_sandbox(engine: Engine, agent: Agent) -> None:
             f"sandbox start failed, trying once more: {why}",
         )
 
+    await _leave_dead_host(engine, agent)
     _said_placed(engine, agent)  # a resumed agent placed anew says where, before it starts
     if engine._pool is None:
         from supervisor.sandbox.manager import warm_pool
