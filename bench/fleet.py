@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,6 +49,7 @@ from typing import Any
 
 HOME = tempfile.mkdtemp(prefix="bench-fleet-home-")
 os.environ["SUPERVISOR_HOME"] = HOME  # never the person's own hosts
+atexit.register(shutil.rmtree, HOME, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -247,6 +250,7 @@ def host_loss(agents: int, n_hosts: int) -> dict[str, Any]:
     ws = root / "ws"
     ws.mkdir()
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, root, ignore_errors=True)  # last, after the servers
         servers = [
             stack.enter_context(sshd_kit.sshd(root / f"s{i}", ""))[0] for i in range(n_hosts)
         ]
