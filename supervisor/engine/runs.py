@@ -627,7 +627,8 @@ def _said_placed(engine: Engine, agent: Agent) -> None:
         + (f", GPU {','.join(map(str, placed.gpus))}" if placed.gpus else "")
         + f"; compared {', '.join(placed.compared)})"
         + (
-            f"; moved from host {old} ({pool.hosts[old].why_not() or 'given up'}): "
+            f"; moved from host {old} "
+            f"({pool.hosts[old].why_not() if old in pool.hosts else 'not in the pool'}): "
             f"its sandbox there is left as it was ({left})"
             if old
             else ""
