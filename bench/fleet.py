@@ -13,7 +13,20 @@ scores every host for every agent (best-of-all):
 - ``baseline_all_hosts_ms_per_agent``: the same choice scoring all hosts;
 - ``spread`` / ``baseline_spread``: most minus fewest agents on an open host.
 
-    .venv/bin/python bench/fleet.py [--agents 300] [--hosts 10]
+Then a host is lost under its agents, for real: --loss-hosts Debian sshd servers on
+127.0.0.x (tests/sshd_kit.py, one user each, folder sandboxes), the scripted model server
+(supervisor.testing), a run of --loss-agents agents over them at two sandboxes per host.
+Once the agents on one host sit in a long command, that host's sshd is killed; as soon as
+the run is ``interrupted`` it is resumed, as ``supervisor resume RUN`` does:
+
+- ``host_loss_recovery_s``: from the kill until every agent of the lost host runs again
+  (its sandbox up on a live host, its next step begun); split into ``loss_detect_s``
+  (kill until they are all ``interrupted``), ``loss_run_end_s`` (until the run has ended
+  ``interrupted``: their wrap-up) and ``loss_resume_s`` (resume until running);
+- ``baseline_fresh_start_s``: the baseline, measured in the same run: the same number of
+  agents started fresh on the live hosts until their first step has begun.
+
+    .venv/bin/python bench/fleet.py [--agents 300] [--hosts 10] [--loss-agents 6]
 
 Progress goes to stderr; the last line printed to stdout is one JSON object.
 """
@@ -22,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,6 +49,7 @@ from typing import Any
 
 HOME = tempfile.mkdtemp(prefix="bench-fleet-home-")
 os.environ["SUPERVISOR_HOME"] = HOME  # never the person's own hosts
+atexit.register(shutil.rmtree, HOME, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -86,6 +102,10 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=300)
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5, help="median over this many pools")
+    parser.add_argument(
+        "--loss-agents", type=int, default=6, help="agents of the host-loss run (0: skip it)"
+    )
+    parser.add_argument("--loss-hosts", type=int, default=3, help="sshd hosts of that run")
     args = parser.parse_args()
 
     store = open_default()
@@ -160,9 +180,11 @@ def main() -> None:
     all_ms, all_placed = choose(len(held))
     log(f"choice alone: best-of-{fleet.BEST_OF_K} {pool_ms:.3f} ms, all hosts {all_ms:.3f} ms")
 
+    loss = host_loss(args.loss_agents, args.loss_hosts) if args.loss_agents else {}
     print(
         json.dumps(
             {
+                **loss,
                 "agents": args.agents,
                 "hosts": args.hosts,
                 "placement_ms_per_agent": round(statistics.median(engine_ms), 3),
@@ -176,6 +198,151 @@ def main() -> None:
             }
         )
     )
+
+
+def _lost_host_script(doomed: str) -> Any:
+    """Step 1 writes a line; step 2 waits on the doomed host only; then it reads the
+    line back and finishes (as tests/test_fleet.py's lost-host test)."""
+    from supervisor.testing import Reply
+
+    def script(messages: list[dict[str, Any]]) -> Reply:
+        turns = sum(m["role"] == "assistant" for m in messages)
+        last = next((m for m in reversed(messages) if m["role"] == "tool"), {"content": ""})
+        if turns == 0:
+            return Reply(tool_calls=[("shell", {"command": "echo kept >> notes.txt"})])
+        if turns == 1:
+            command = f'[ "$(whoami)" = {doomed} ] && sleep 300; true'
+            return Reply(tool_calls=[("shell", {"command": command})])
+        if str(last["content"]).startswith("first"):
+            return Reply(tool_calls=[("finish", {"summary": str(last["content"])[:80]})])
+        return Reply(tool_calls=[("shell", {"command": "cat notes.txt; whoami"})])
+
+    return script
+
+
+async def _until(check: Any, what: str, timeout: float = 120.0) -> float:
+    """Poll ``check`` until true; the monotonic time it became so."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench/fleet.py: timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic()
+
+
+def host_loss(agents: int, n_hosts: int) -> dict[str, Any]:
+    """Kill one host's sshd under its agents; how long until they run again elsewhere,
+    against starting as many agents fresh on the live hosts."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import contextlib
+    import subprocess
+
+    import sshd_kit
+    from agent_kit import use_scripted_model
+
+    from supervisor.testing import ScriptedModelServer
+
+    why = sshd_kit.available()
+    if why:
+        log(f"host-loss run skipped: {why}")
+        return {"host_loss_recovery_s": None, "host_loss_skipped": why}
+    root = Path(tempfile.mkdtemp(prefix="bench-fleet-sshd-"))
+    ws = root / "ws"
+    ws.mkdir()
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, root, ignore_errors=True)  # last, after the servers
+        servers = [
+            stack.enter_context(sshd_kit.sshd(root / f"s{i}", ""))[0] for i in range(n_hosts)
+        ]
+        users: dict[str, str] = {}
+        for i, srv in enumerate(servers):
+            (u,) = srv.users
+            h.add_host(
+                f"h{i}",
+                f"{u.name}@{srv.host}:{srv.port}",
+                password=lambda u=u: u.password,  # type: ignore[misc]
+                trust=srv.fingerprint(),
+            )
+            users[f"h{i}"] = u.name
+        doomed = "h1"
+        live = [n for n in users if n != doomed]
+        server = stack.enter_context(ScriptedModelServer(_lost_host_script(users[doomed])))
+        use_scripted_model(server.base_url)
+        settings = dict(config.load().values)
+        settings["hosts.max_sandboxes"] = 2
+        store = open_default()
+        stack.callback(store.close)
+        engine = Engine(store, get_plugins(), settings=settings)
+
+        def sleeping(user: str) -> int:
+            found = subprocess.run(["pgrep", "-u", user, "-x", "sleep"], capture_output=True)
+            return len(found.stdout.split())
+
+        async def go() -> dict[str, Any]:
+            try:
+                return await measure()
+            finally:
+                await engine.close()
+
+        async def measure() -> dict[str, Any]:
+            (ws / "notes.txt").write_text("first\n")
+            run_id = await engine.start_run(
+                RunOptions(task="t", agents=agents, hosts=",".join(users), workspace=ws)
+            )
+            pool = engine.pools[run_id]
+            await _until(
+                lambda: sleeping(users[doomed]) >= len(pool.hosts[doomed].running) > 0,
+                "the doomed host's agents to reach their long command",
+            )
+            victims = [a for a in engine.agents.values() if pool.where(a.id) == doomed]
+            steps = {a.id: a.steps for a in victims}
+            log(f"{len(victims)} agents on {doomed}; killing its sshd")
+            servers[1].stop()
+            killed = time.monotonic()
+            detected = await _until(
+                lambda: all(a.status == "interrupted" for a in victims), "the loss to be seen"
+            )
+            await _until(lambda: engine._done[run_id].is_set(), "the run to end interrupted")
+            resumed_at = time.monotonic()
+            await engine.resume_task_run(run_id)
+
+            def running_again(agent: Any, before: int) -> bool:
+                return fleet.sandbox_host(agent.sandbox.id) in live and agent.steps > before
+
+            back = await _until(
+                lambda: all(running_again(a, steps[a.id]) for a in victims),
+                "the moved agents to run again",
+            )
+            log(
+                f"lost at 0 s, seen at {detected - killed:.2f} s, running again at "
+                f"{back - killed:.2f} s"
+            )
+            status = await asyncio.wait_for(engine.wait_run(run_id), 120)
+            assert status == "done", status
+            # The baseline: as many agents, fresh, on the live hosts, until their first step.
+            (ws / "notes.txt").write_text("first\n")
+            start = time.monotonic()
+            fresh_run = await engine.start_run(
+                RunOptions(task="t", agents=len(victims), hosts=",".join(live), workspace=ws)
+            )
+            fresh = [a for a in engine.agents.values() if a.run_id == fresh_run]
+            up = await _until(
+                lambda: all(running_again(a, 0) for a in fresh), "the fresh agents to start"
+            )
+            await asyncio.wait_for(engine.wait_run(fresh_run), 120)
+            log(f"baseline: {len(fresh)} fresh agents running after {up - start:.2f} s")
+            return {
+                "host_loss_recovery_s": round(back - killed, 2),
+                "loss_detect_s": round(detected - killed, 2),
+                "loss_run_end_s": round(resumed_at - detected, 2),
+                "loss_resume_s": round(back - resumed_at, 2),
+                "baseline_fresh_start_s": round(up - start, 2),
+                "loss_agents": agents,
+                "loss_moved": len(victims),
+                "loss_hosts": n_hosts,
+            }
+
+        return asyncio.run(go())
 
 
 if __name__ == "__main__":

@@ -798,23 +798,39 @@ def agents() -> None:
 
 @agents.command("ls")
 @click.option("--run", "run_id", default=None, help="Only this run's agents.")
+@click.option(
+    "--host", "on_host", default=None, help="Only agents on this host (`local`: this machine)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def agents_ls(run_id: str | None, as_json: bool) -> None:
-    """Every agent: run, status, what it does now, steps, tokens, cost; workers under leads."""
+def agents_ls(run_id: str | None, on_host: str | None, as_json: bool) -> None:
+    """Every agent: run, host, status, what it does now, steps, tokens, cost; workers
+    under leads."""
     import time
 
+    from supervisor.fleet import LOCAL, agent_hosts
     from supervisor.store import queries
     from supervisor.system import owner_alive
 
     store = _open_store()
     try:
+        if on_host is not None:
+            known = [LOCAL, *(r["name"] for r in store.db.query("SELECT name FROM hosts"))]
+            if on_host not in known:
+                raise InputError(
+                    f"--host: no host named {on_host!r} (known: {', '.join(sorted(known))})"
+                )
         rows = queries.agents(store.db.conn, [run_id] if run_id else None)
+        hosts = agent_hosts(lambda sql, args: store.db.query(sql, args), rows)
         owners = {
             r["id"]: r["owner"]
             for r in store.db.query("SELECT id, owner FROM runs WHERE status = 'running'")
         }
     finally:
         store.close()
+    for r in rows:
+        r["host"] = hosts[r["id"]]
+    if on_host is not None:
+        rows = [r for r in rows if r["host"] == on_host]
     # An agent still marked active whose run's process has died is not running: say so.
     for r in rows:
         r["orphaned"] = (
@@ -829,8 +845,9 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
         click.echo("no agents")
         return
     children: dict[str | None, list[dict[str, Any]]] = {}
-    for r in rows:
-        children.setdefault(r["parent_id"], []).append(r)
+    listed = {r["id"] for r in rows}
+    for r in rows:  # a worker whose lead is not listed (another host's) stands on its own
+        children.setdefault(r["parent_id"] if r["parent_id"] in listed else None, []).append(r)
     resumes = "resumes when it starts again"
     if any(r["orphaned"] for r in rows):
         from supervisor import config
@@ -838,9 +855,10 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
         if not config.load()["server.auto_resume"]:
             resumes = "`supervisor resume {run}`"
     idw = max(len(r["id"]) for r in rows)
+    hw = min(16, max(4, *(len(r["host"]) for r in rows)))
     click.echo(
-        f"{'AGENT':24} {'ID':{idw}} {'RUN':12} {'STATUS':9} {'STEPS':>5} {'TOKENS':>8} "
-        f"{'COST':>9} {'AGE':>6}  DOING"
+        f"{'AGENT':24} {'ID':{idw}} {'RUN':12} {'HOST':{hw}} {'STATUS':9} {'STEPS':>5} "
+        f"{'TOKENS':>8} {'COST':>9} {'AGE':>6}  DOING"
     )
 
     def show(r: dict[str, Any], depth: int) -> None:
@@ -853,7 +871,7 @@ def agents_ls(run_id: str | None, as_json: bool) -> None:
             status = "orphaned"
             doing = "supervisor process died; " + resumes.format(run=r["run_id"])
         click.echo(
-            f"{name:24} {r['id']:{idw}} {r['run_id'][:12]:12} {status:9} "
+            f"{name:24} {r['id']:{idw}} {r['run_id'][:12]:12} {r['host'][:hw]:{hw}} {status:9} "
             f"{r['steps'] or 0:>5} {tokens:>8} ${r['cost_usd'] or 0:>8.4f} {age:>6}  "
             f"{(doing or '')[:60]}"
         )

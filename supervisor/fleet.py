@@ -8,9 +8,10 @@ recent failures) are the engine's own counts.
 
 from __future__ import annotations
 
+import json
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +49,10 @@ class HostSlots:
             **kw,
         )
 
-    def why_not(self) -> str:
-        """Why no sandbox may go here now, or ""."""
-        if self.cordoned:
+    def why_not(self, *, staying: bool = False) -> str:
+        """Why no sandbox may go here now, or "". ``staying``: a resumed agent whose
+        sandbox is here already (a cordon stops new agents only)."""
+        if self.cordoned and not staying:
             return "cordoned"
         if self.down:
             return f"down ({self.down})"
@@ -106,6 +108,9 @@ class Pool:
         self.placed: dict[str, Placement] = {}  # agent id -> where it went, until released
         self.lost: dict[str, str] = {}  # agent id -> why its host was lost under it
         self.sync_s: list[float] = []  # seconds each step's workspace sync took
+        self.unsaid: set[str] = set()  # placed, not yet said in the agent's transcript
+        self.moved: dict[str, tuple[str, str]] = {}  # agent id -> (old host, old sandbox id)
+        self.claimed: set[str] = set()  # counted again where their sandboxes were
         self.watcher: Any = None  # the engine's task watching the hosts in use
         self._rng = random.Random(seed)
 
@@ -132,8 +137,19 @@ class Pool:
         )
         return placed
 
+    def claim(self, agent_id: str, name: str) -> Placement:
+        """Count ``agent_id`` on host ``name`` again: a resumed agent whose sandbox is still
+        there (the caller has checked the host may take it)."""
+        host = self.hosts[name]
+        host.running.add(agent_id)
+        self.claimed.add(agent_id)
+        placed = self.placed[agent_id] = Placement(name, (), host.score(time.time()), (name,))
+        return placed
+
     def release(self, agent_id: str, *, failed: bool = False) -> None:
         self.placed.pop(agent_id, None)
+        self.unsaid.discard(agent_id)
+        self.claimed.discard(agent_id)
         for h in self.hosts.values():
             if agent_id in h.running:
                 h.running.discard(agent_id)
@@ -170,3 +186,48 @@ def resolve(spec: str, known: Sequence[str], pools: Mapping[str, Sequence[str]])
     if not names:
         raise InputError(f"{where} names no hosts")
     return list(dict.fromkeys(names))
+
+
+# -- where an agent runs, as a person reads it
+
+LOCAL = "local"  # a docker or local sandbox, on the supervisor's own machine
+Query = Callable[[str, list[Any]], Iterable[Mapping[str, Any]]]
+
+
+def sandbox_host(sandbox_id: str | None) -> str:
+    """The host an ssh sandbox id names (``ssh:HOST:MODE:...``), or ""."""
+    parts = (sandbox_id or "").split(":")
+    return parts[1] if len(parts) > 2 and parts[0] == "ssh" else ""
+
+
+def agent_hosts(query: Query, agents: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Each agent's host, from what the store already holds: the host its ssh sandbox id
+    names; before its sandbox started (or after it was moved off a lost host), the host
+    of its last ``placement`` event (a pool's run) or its run's ``--host``; ``local`` for
+    sandboxes on this machine. ``query(sql, args)`` reads the store (a client's or the
+    store's own connection)."""
+    found: dict[str, str] = {}
+    unknown: list[Mapping[str, Any]] = []
+    for a in agents:
+        host = sandbox_host(a.get("sandbox_id"))
+        if host:
+            found[a["id"]] = host
+        elif a.get("sandbox") != "ssh":
+            found[a["id"]] = LOCAL
+        else:
+            unknown.append(a)
+    for a in unknown:  # few: ssh agents whose sandbox is not (or no longer) started
+        rows = list(
+            query(
+                "SELECT data FROM events WHERE agent_id = ? AND type = 'placement' "
+                "ORDER BY id DESC LIMIT 1",
+                [a["id"]],
+            )
+        )
+        placed = json.loads(rows[0]["data"] or "{}") if rows else {}
+        host = str(placed.get("host") or "") if placed.get("phase") == "placed" else ""
+        if not host:
+            run = list(query("SELECT params FROM runs WHERE id = ?", [a["run_id"]]))
+            host = str(json.loads((run[0]["params"] if run else "") or "{}").get("host") or "")
+        found[a["id"]] = host or "—"
+    return found

@@ -901,6 +901,7 @@ printf '"cpus": %s, "mem_kb": %s, "mem_available_kb": %s, "disk_free_kb": %s, "h
 printf '"user": %s, "docker": %s, "docker_error": %s, "docker_runtimes": %s, "python": %s, ' \
   "$(q "$(id -un)")" "$(q "$dv")" "$(q "$derr")" "$(q "$drt")" "$(q "$py")"
 printf '"systemd": %s, "systemd_version": %s, "linger": %s, ' "$(q "$sd")" "$(q "$sdv")" "$(q "$linger")"
+printf '"load1": %s, ' "$(q "$(cut -d ' ' -f 1 /proc/loadavg 2>/dev/null)")"
 printf '"gpu_fields": %s, "gpu_rc": %s, "cuda": %s, "gpu_lines": [' "$(q "$fields")" "$(q "$grc")" "$(q "$cuda")"
 first=1
 printf '%s\n' "$gpus" | while IFS= read -r line; do
@@ -951,6 +952,7 @@ def parse_facts(raw: dict[str, Any]) -> dict[str, Any]:
         "systemd_version": raw.get("systemd_version", ""),
         "linger": raw.get("linger") == "yes",
         "cuda": raw.get("cuda") or None,
+        "load1": _num(raw.get("load1", "")),  # 1-minute load average; None: not read
         "gpus": [],
         "gpu_error": "",
     }

@@ -21,10 +21,12 @@ import sshd_kit
 from agent_kit import engine, scripted
 from conftest import run_cli
 
-from supervisor import fleet
+from supervisor import config, fleet
 from supervisor import hosts as h
-from supervisor.engine import RunOptions
+from supervisor.engine import Engine, RunOptions
 from supervisor.errors import InputError
+from supervisor.plugins import get_plugins
+from supervisor.store import open_default
 from supervisor.testing import Reply
 
 LAYOUTS = ("", "one", "eight-mixed")  # no GPU, one GPU, eight mixed GPUs
@@ -173,6 +175,18 @@ async def test_a_cordoned_host_gets_no_agents_and_a_full_pool_is_refused(
             assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
             ran_on = Counter(users[a.summary.strip()] for a in eng.agents.values())
     assert ran_on == {"h0": 3, "h2": 3}
+    # `agents ls` says where each agent ran, and lists one host's agents.
+    on_h0 = json.loads(run_cli("agents", "ls", "--host", "h0", "--json").stdout)
+    assert len(on_h0) == 3 and {r["host"] for r in on_h0} == {"h0"}
+    table = run_cli("agents", "ls", "--host", "h2").stdout.splitlines()
+    assert table[0].split()[:4] == ["AGENT", "ID", "RUN", "HOST"]
+    assert len(table) == 4 and all(line.split()[3] == "h2" for line in table[1:])
+    assert json.loads(run_cli("agents", "ls", "--host", "local", "--json").stdout) == []
+    nowhere = run_cli("agents", "ls", "--host", "h9")
+    assert nowhere.returncode == 2 and nowhere.stdout == ""
+    assert nowhere.stderr.strip().splitlines() == [
+        "error: --host: no host named 'h9' (known: h0, h1, h2, local)"
+    ]
     refused = run_cli(
         "run",
         "--foreground",
@@ -261,3 +275,124 @@ async def test_a_lost_host_interrupts_its_agents_and_resume_finishes_them_elsewh
                 ran_as = a.summary.split()[2]
                 assert users[ran_as] in ("h0", "h2")
             assert sum(eng.pools[run_id].sync_s) / len(eng.pools[run_id].sync_s) < 1.0
+
+
+def shown_hosts(agent_ids: list[str]) -> dict[str, str]:
+    """Each agent's host as `agents ls` shows it."""
+    rows = {r["id"]: r for r in json.loads(run_cli("agents", "ls", "--json").stdout)}
+    return {a: rows[a]["host"] for a in agent_ids}
+
+
+@pytestmark_ssh
+async def test_a_resumed_agent_runs_on_the_host_the_pool_counts_it_on(
+    servers: list[sshd_kit.SSHServer], home: Path, tmp_path: Path
+) -> None:
+    """The lost host is back by the time of the resume (a reboot): its agents' old
+    sandboxes answer again, yet the run gave up on that host, so the agents run on the
+    hosts they were moved to, and are counted and shown there."""
+    users = register(servers)
+    doomed_srv = servers[1]
+    (doomed,) = doomed_srv.users
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.txt").write_text("first\n")
+    with scripted(lost_host_script(doomed.name)) as model:
+        async with engine(**{"hosts.max_sandboxes": 2}) as eng:
+            run_id = await eng.start_run(
+                RunOptions(task="t", agents=6, hosts="all", workspace=ws, title="w")
+            )
+            pool = eng.pools[run_id]
+            deadline = time.monotonic() + 60
+            while len(model.requests) < 20 or len(sleeping(doomed.name)) < 2:
+                assert time.monotonic() < deadline, "the agents never reached the wait"
+                await asyncio.sleep(0.2)
+            victims = [a for a in eng.agents.values() if pool.where(a.id) == "h1"]
+            assert len(victims) == 2
+            doomed_srv.stop()
+            try:
+                assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "interrupted"
+            finally:
+                doomed_srv.start()
+            assert all("host h1 was lost" in a.summary for a in victims)
+            await eng.resume_task_run(run_id)
+            # While they work again, the pool counts each where its sandbox now is.
+            deadline = time.monotonic() + 60
+            while not all(a.sandbox.id for a in victims):
+                assert time.monotonic() < deadline, "the moved agents never got a sandbox"
+                await asyncio.sleep(0.1)
+            counted = {a.id: pool.where(a.id) for a in victims}
+            assert {a.id: a.sandbox.id.split(":")[1] for a in victims} == counted
+            assert set(counted.values()) <= {"h0", "h2"}
+            assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
+    for a in victims:
+        ran_as = a.summary.split()[2]
+        assert users[ran_as] == counted[a.id], (a.summary, counted)
+    assert shown_hosts([a.id for a in victims]) == counted
+    for a in victims:  # the hosts view reads the last placement: the new host, said so
+        last = placements([a.id])[-1]
+        assert last["data"]["host"] == counted[a.id]
+        assert "moved from host h1" in last["text"], last["text"]
+        said = run_cli("transcript", a.id, "--format", "jsonl").stdout
+        assert "its sandbox stays on the lost host as it was" in said
+
+
+def sleep_then_whoami(messages: list[dict]) -> Reply:
+    """A long command (the supervisor goes away during it), then, once resumed, who it
+    runs as, said as its summary."""
+    turns = sum(m["role"] == "assistant" for m in messages)
+    if turns == 0:
+        return Reply(tool_calls=[("shell", {"command": "sleep 60"})])
+    if turns == 1:
+        return Reply(tool_calls=[("shell", {"command": "whoami"})])
+    last = next(m for m in reversed(messages) if m["role"] == "tool")
+    return Reply(tool_calls=[("finish", {"summary": str(last["content"]).split()[0]})])
+
+
+@pytestmark_ssh
+async def test_after_a_restart_resumed_agents_go_on_where_their_sandboxes_are(
+    servers: list[sshd_kit.SSHServer], home: Path
+) -> None:
+    """The supervisor process goes away mid-run; meanwhile one host is cordoned and
+    another dies. On resume the agents of the cordoned host go on in their own sandboxes,
+    counted there (a cordon stops new agents only) rather than wherever a fresh placement
+    would go; those of the dead host move to the one host left, and say so."""
+    users = register(servers)
+    with scripted(sleep_then_whoami) as model:
+        store = open_default()
+        settings = {**config.load().values, "hosts.max_sandboxes": 2}
+        first = Engine(store, get_plugins(), settings=settings)
+        try:
+            run_id = await first.start_run(RunOptions(task="t", agents=4, hosts="all"))
+            deadline = time.monotonic() + 60
+            while sum(len(sleeping(u)) for u in users) < 4:
+                assert time.monotonic() < deadline, "the agents never reached the sleep"
+                await asyncio.sleep(0.2)
+            before = {a.id: first.pools[run_id].where(a.id) for a in first.agents.values()}
+        finally:
+            await first.close(interrupt=True)  # as when the process is stopped
+            store.close()
+        cordoned, dead = (name for name, _ in Counter(before.values()).most_common(2))
+        (left,) = {"h0", "h1", "h2"} - {cordoned, dead}
+        assert run_cli("hosts", "cordon", cordoned).returncode == 0
+        dead_srv = servers[int(dead[1])]
+        dead_srv.stop()
+        try:
+            async with engine() as eng:
+                resumed = await eng.resume_task_run(run_id)
+                assert len(resumed) == 4
+                pool = eng.pools[run_id]
+                stayed = [a for a in resumed if before[a.id] == cordoned]
+                assert {pool.where(a.id) for a in stayed} == {cordoned}
+                assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
+                ran_on = {a.id: users[a.summary] for a in resumed}
+        finally:
+            dead_srv.start()
+        assert len(model.requests) >= 12
+    expected = {a: left if host == dead else host for a, host in before.items()}
+    assert ran_on == expected
+    assert shown_hosts(list(before)) == expected
+    assert h.get_host(dead).reachable is False
+    for agent_id in (a for a, host in before.items() if host == dead):
+        last = placements([agent_id])[-1]
+        assert last["data"]["host"] == left and last["data"]["moved_from"] == dead
+        assert f"moved from host {dead} (down (" in last["text"], last["text"]

@@ -3,18 +3,20 @@ which hosts are cordoned, while a `--hosts all` run's agents are live on real ss
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sshd_kit
 from agent_kit import scripted
-from test_tui import SIZE, agents_of, loaded, shows, until
-from textual.widgets import DataTable
+from test_tui import SIZE, agents_of, loaded, screen_text, shows, until
+from textual.widgets import DataTable, Input
 
 from supervisor import hosts as h
 from supervisor.testing import Reply
 from supervisor.tui.app import SupervisorApp
+from supervisor.tui.widgets.fleet import FleetTable
 
 pytestmark = pytest.mark.skipif(bool(sshd_kit.available()), reason=sshd_kit.available())
 
@@ -43,6 +45,10 @@ async def test_hosts_view_shows_each_hosts_agents_gpu_slots_and_cordon(
                 trust=srv.fingerprint(),
             )
         h.set_cordon("off", True)
+        # "off" as a host registered before its load was read: it was never sampled.
+        old = h.get_host("off")
+        del old.facts["load1"]
+        h.save_host(old)
         with scripted(ask):
             app = SupervisorApp()
             async with app.run_test(size=SIZE, notifications=True) as pilot:
@@ -70,7 +76,69 @@ async def test_hosts_view_shows_each_hosts_agents_gpu_slots_and_cordon(
                 assert sum(int(r[3].split(":")[0]) for r in (solo, big) if r[3] != "—") == 4
                 shown = {n.strip() for r in (solo, big) if r[3] != "—" for n in r[3][3:].split(",")}
                 assert shown == names
-                assert (solo[4], big[4], off[4]) == ("0 busy / 1 free", "3 busy / 5 free", "—")
+                assert (solo[5], big[5], off[5]) == ("0 busy / 1 free", "3 busy / 5 free", "—")
+                # Each host running agents shows its load, sampled by the engine over the
+                # agents' connection; the one never sampled shows none.
+                await until(
+                    pilot,
+                    lambda: all(h.get_host(n).facts.get("load_at") for n in ("solo", "big")),
+                    "the engine to sample the hosts' load",
+                    timeout=30,
+                )
+
+                def sampled(name: str) -> str:
+                    facts = h.get_host(name).facts
+                    return f"{facts['load1']:.1f}/{facts['cpus']}"
+
+                for name in ("solo", "big"):
+                    assert h.get_host(name).facts["cpus"] == os.cpu_count()
+                    await until(pilot, lambda n=name: row(app, n)[4] == sampled(n), "the load")
+                    await until(  # on screen, beside the models, in a 120-column terminal
+                        pilot, lambda n=name: sampled(n) in screen_text(app), "the load shown"
+                    )
+                assert row(app, "off")[4] == "—" and "load_at" not in h.get_host("off").facts
+                # The fleet shows where each agent runs; Enter on a host shows its agents only.
+                busy = "big" if big[3] != "—" else "solo"
+                on_busy = {n.strip() for n in row(app, busy)[3][3:].split(",")}
+                table = app.screen.query_one("#hosts-table", DataTable)
+                table.move_cursor(row=table.get_row_index(busy))
+                await pilot.press("enter")
+                await until(pilot, lambda: not app.screen.query("#hosts"), "the fleet again")
+                fleet = app.query_one(FleetTable)
+                assert app.query_one("#filter", Input).value == f"host:{busy}"
+
+                def agent_rows() -> dict[str, str]:
+                    """Each agent row's name and host cells, as the fleet shows them."""
+                    return {
+                        str(fleet.get_row(k)[0]).strip(" ●"): str(fleet.get_row(k)[1])
+                        for k in fleet.order
+                        if k in app.fleet.agents
+                    }
+
+                await until(
+                    pilot, lambda: set(agent_rows()) == on_busy, f"the fleet to show {busy}'s only"
+                )
+                assert set(agent_rows().values()) == {busy}
+                # An agent on this machine says "local", and can be picked out the same way.
+                local = await app.client.call(
+                    "run.start", task="wait", sandbox="local", title="here"
+                )
+                await until(
+                    pilot,
+                    lambda: [a.status for a in agents_of(app, str(local["run_id"]))] == ["waiting"],
+                    "the local agent waiting",
+                )
+                app.query_one("#filter", Input).value = "host:local"
+                await until(pilot, lambda: agent_rows() == {"here": "local"}, "the local agent")
+                app.query_one("#filter", Input).value = ""
+                await until(pilot, lambda: len(agent_rows()) == 5, "every agent")
+                shown = agent_rows()
+                assert shown["here"] == "local"
+                assert {n for n, host in shown.items() if host == busy} == on_busy
+                assert {n for n, host in shown.items() if host in ("solo", "big")} == names
+                await app.client.call("run.stop", run=str(local["run_id"]))
+                await pilot.press("H")
+                await until(pilot, lambda: app.screen.query("#hosts"), "the hosts screen again")
                 await app.client.call("run.stop", run=run_id)
                 await until(  # the view follows: stopped agents leave their hosts
                     pilot,

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor.agent import Agent, Limits, Policy
 from supervisor.events import EventType
+from supervisor.fleet import sandbox_host
 from supervisor.models import check_usable
 from supervisor.sandbox.base import Sandbox, SandboxSpec
-from supervisor.status import ENDED
+from supervisor.status import ENDED, FINAL
 from supervisor.types import ModelSpec
 
 if TYPE_CHECKING:
@@ -155,8 +156,16 @@ def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> s
         for h in list_hosts(engine.store):
             if h.name in pool.hosts:
                 pool.hosts[h.name].cordoned = h.cordoned
+    # A resumed agent: where its sandbox is (a new agent has no row yet).
+    stored = engine._row("agents", agent_id)
+    was = sandbox_host(stored.get("sandbox_id"))
+    if stored.get("status") in FINAL:  # an ended agent of a resumed run takes no place
+        return was or names[0]
     if pool.watcher is None or pool.watcher.done():
         pool.watcher = asyncio.get_running_loop().create_task(_watch_pool(engine, run_id))
+    if was in pool.hosts and not pool.hosts[was].why_not(staying=True):
+        pool.claim(agent_id, was)  # it goes on in its sandbox there, counted there
+        return was
     try:
         placed = pool.place(agent_id)
     except NoRoom as exc:
@@ -168,10 +177,18 @@ def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> s
             run_id=run_id,
         )
         raise InputError(str(exc)) from None
+    pool.unsaid.add(agent_id)
+    if was and was != placed.host:
+        # Moved off a host the run gave up on (lost, cordoned, full): a resume must not
+        # re-adopt the sandbox left there, which would run the agent on one host while
+        # the pool counts it on another. Its last step's workspace copy goes with it.
+        pool.moved[agent_id] = (was, str(stored["sandbox_id"]))
+        engine.store.write(lambda db: db.table("agents").update(agent_id, {"sandbox_id": None}))
     return placed.host
 
 
 POOL_WATCH_S = 2.0  # how often the hosts running a pool's agents are asked if they live
+LOAD_EVERY = 5  # of those rounds: each host's load average is read every ~10 s
 
 
 async def _watch_pool(engine: Engine, run_id: str) -> None:
@@ -182,25 +199,58 @@ async def _watch_pool(engine: Engine, run_id: str) -> None:
 
     pool = engine.pools[run_id]
     await asyncio.sleep(POOL_WATCH_S)
+    rounds = 0
     while engine.pools.get(run_id) is pool and any(h.running for h in pool.hosts.values()):
         for host in [h for h in pool.hosts.values() if h.running and not h.down]:
             why = await host_down(host.name)
             if why:
                 await _host_lost(engine, run_id, host.name, why)
+            elif rounds % LOAD_EVERY == 0:
+                await _sample_load(engine, host.name)
+        rounds += 1
         await asyncio.sleep(POOL_WATCH_S)
 
 
-async def _host_lost(engine: Engine, run_id: str, name: str, why: str) -> None:
+async def _sample_load(engine: Engine, name: str) -> None:
+    """Read the host's 1-minute load average over the connection its sandboxes share
+    (one short command), into its facts: the hosts view shows it beside its cores. A
+    host that does not answer at once is skipped: the next round asks again."""
+    from supervisor.sandbox.ssh import HostLink
+
+    link = HostLink._links.get(asyncio.get_running_loop(), {}).get(name)
+    if link is None or link.conn is None:
+        return
+    try:
+        result = await asyncio.wait_for(link.run("cat /proc/loadavg", timeout=5), 6)
+        load = float(str(result.stdout).split()[0])
+    except Exception:  # a slow or odd answer: no figure rather than a made-up one
+        return
+    now = time.time()
+    engine.store.write(
+        lambda db: db.execute(
+            "UPDATE hosts SET facts = json_set(coalesce(facts, '{}'), '$.load1', ?, "
+            "'$.load_at', ?) WHERE name = ?",
+            [load, now, name],
+        )
+    )
+
+
+def _record_unreachable(engine: Engine, name: str, why: str) -> None:
+    """`hosts ls` says the host is unreachable too, until `hosts check` finds it back."""
     from supervisor.hosts import find_host, save_host
 
+    recorded = find_host(name, engine.store)
+    if recorded is not None:
+        recorded.reachable, recorded.error = False, why
+        save_host(recorded, engine.store)
+
+
+async def _host_lost(engine: Engine, run_id: str, name: str, why: str) -> None:
     pool = engine.pools[run_id]
     host = pool.hosts[name]
     host.down = why
     reason = f"host {name} was lost ({why}); `supervisor resume {run_id}` moves it to a live host"
-    recorded = find_host(name, engine.store)
-    if recorded is not None:  # `hosts ls` says so too, until `hosts check` finds it back
-        recorded.reachable, recorded.error = False, why
-        save_host(recorded, engine.store)
+    _record_unreachable(engine, name, why)
     lost = [engine.agents[a] for a in sorted(host.running) if a in engine.agents]
     for agent in lost:
         pool.lost[agent.id] = reason
@@ -610,17 +660,21 @@ def _register(engine: Engine, agent: Agent, backend: str, sandbox_id: str = "") 
         "parent_id": agent.parent_id,
         "model": agent.model.alias,
         "sandbox": backend,
+        "host": agent.sandbox.spec.host,  # where it runs: the TUI's host column
     }
     engine.emit(EventType.AGENT_CREATED, agent, data, agent.task)
 
 
 def _said_placed(engine: Engine, agent: Agent) -> None:
-    """The placement, in the agent's own transcript (it had no id when it was placed)."""
+    """The placement, in the agent's own transcript (it had no id when it was placed),
+    once; a move off a lost host is said with it."""
     pool = engine.pools.get(agent.run_id)
     placed = pool.placed.get(agent.id) if pool else None
-    if pool is None or placed is None:
+    if pool is None or placed is None or agent.id not in pool.unsaid:
         return
+    pool.unsaid.discard(agent.id)
     host = pool.hosts[placed.host]
+    old, left = pool.moved.pop(agent.id, ("", ""))
     engine.emit(
         EventType.PLACEMENT,
         agent,
@@ -629,10 +683,18 @@ def _said_placed(engine: Engine, agent: Agent) -> None:
             "host": placed.host,
             "gpus": list(placed.gpus),
             "compared": list(placed.compared),
+            **({"moved_from": old, "left_sandbox": left} if old else {}),
         },
         f"placed on host {placed.host} ({len(host.running)}/{host.cap} sandboxes there"
         + (f", GPU {','.join(map(str, placed.gpus))}" if placed.gpus else "")
-        + f"; compared {', '.join(placed.compared)})",
+        + f"; compared {', '.join(placed.compared)})"
+        + (
+            f"; moved from host {old} "
+            f"({pool.hosts[old].why_not() if old in pool.hosts else 'not in the pool'}): "
+            f"its sandbox there is left as it was ({left})"
+            if old
+            else ""
+        ),
     )
 
 
@@ -658,6 +720,28 @@ async def _run_agent(engine: Engine, agent: Agent) -> str:
     return await agent.run()
 
 
+async def _leave_dead_host(engine: Engine, agent: Agent) -> None:
+    """A resumed agent counted again on its old host, whose sandbox there could not be
+    re-adopted: if that host is dead (it died while no supervisor watched it), the agent
+    is placed on a live host of the pool instead of failing to start on the dead one."""
+    pool = engine.pools.get(agent.run_id)
+    options = engine.runs.get(agent.run_id)
+    if pool is None or options is None or agent.id not in pool.claimed:
+        return
+    name = pool.where(agent.id)
+    host = pool.hosts[name]
+    pool.claimed.discard(agent.id)
+    if not host.down:
+        from supervisor.sandbox.ssh import host_down
+
+        host.down = await host_down(name)
+        if not host.down:
+            return  # alive: its sandbox is made again there
+        _record_unreachable(engine, name, host.down)
+    pool.release(agent.id)
+    agent.sandbox = engine._new_sandbox(agent.run_id, agent.id, options, agent.sandbox.backend)
+
+
 async def _start_sandbox(engine: Engine, agent: Agent) -> None:
     """Start the agent's sandbox; a failed start is tried once more, and said so."""
     from supervisor.sandbox.manager import start_sandbox
@@ -670,6 +754,8 @@ async def _start_sandbox(engine: Engine, agent: Agent) -> None:
             f"sandbox start failed, trying once more: {why}",
         )
 
+    await _leave_dead_host(engine, agent)
+    _said_placed(engine, agent)  # a resumed agent placed anew says where, before it starts
     if engine._pool is None:
         from supervisor.sandbox.manager import warm_pool
 
@@ -701,7 +787,8 @@ def agent_status(engine: Engine, agent: Agent, status: str, doing: str) -> None:
 
 def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
     pool = engine.pools.get(agent.run_id)
-    if pool is not None and status == "stopped" and agent.id in pool.lost:
+    host_lost = pool is not None and status == "stopped" and agent.id in pool.lost
+    if pool is not None and host_lost:
         status = agent.status = "interrupted"  # its host died; resume goes on elsewhere
         agent.summary = pool.lost.pop(agent.id)
     if engine.closing and status == "stopped":
@@ -729,7 +816,19 @@ def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
         if not any(h.running for h in pool.hosts.values()) and pool.watcher is not None:
             pool.watcher.cancel()
     options = engine.runs.get(agent.run_id)
-    if agent.owns_sandbox and options is not None and not engine.closing:
+    if host_lost and agent.owns_sandbox:
+        # Its sandbox cannot be read on a dead host (asking would only delay the run's
+        # end, and so its resume): it stays there as it was; the copy kept after its
+        # last finished step is what a resume puts back.
+        engine.kept.add(agent.id)
+        engine.emit(
+            EventType.LOG,
+            agent,
+            {"sandbox_kept": True, "host_lost": True},
+            "its sandbox stays on the lost host as it was; a resume starts from the copy of "
+            "its workspace kept after its last finished step",
+        )
+    elif agent.owns_sandbox and options is not None and not engine.closing:
         engine._wrap_up_later(agent, keep=agent.id in engine.kept or options.keep_sandboxes)
     engine._check_run_done(agent.run_id)
 

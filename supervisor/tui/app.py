@@ -29,7 +29,7 @@ from supervisor.errors import InputError, SupervisorError
 from supervisor.server import MAX_MESSAGE_CHARS
 from supervisor.status import ENDED, FINAL
 from supervisor.tui.commands import FleetCommands
-from supervisor.tui.state import SORT_KEYS, AgentInfo, Fleet, RunInfo
+from supervisor.tui.state import HOST_FILTER, SORT_KEYS, AgentInfo, Fleet, RunInfo
 from supervisor.tui.widgets.bars import Banner, CostBar
 from supervisor.tui.widgets.detail import TABS, DetailPane
 from supervisor.tui.widgets.fleet import FleetTable
@@ -145,7 +145,8 @@ class SupervisorApp(App[int]):
         yield Banner("Connecting to the supervisor server…", id="banner")
         yield CostBar(id="costbar")
         yield Input(
-            placeholder="filter: name, run, status or task (Enter: done, Esc: clear)", id="filter"
+            placeholder="filter: name, run, status, task or host:NAME (Enter: done, Esc: clear)",
+            id="filter",
         )
         yield FleetTable(id="fleet")
         yield DetailPane(id="detail")
@@ -798,7 +799,18 @@ class SupervisorApp(App[int]):
         if self.client is None:
             self.notify("Not connected to the supervisor server.", severity="error")
             return
-        self.push_screen(HostsScreen(self.client, self.clock()))
+        self.push_screen(HostsScreen(self.client, self.clock()), self.show_host)
+
+    def show_host(self, host: str | None) -> None:
+        """The fleet filtered to one host's agents (``host:NAME`` in the filter)."""
+        if not host:
+            return
+        box = self.query_one("#filter", Input)
+        box.value = f"{HOST_FILTER}{host}"  # Input.Changed refilters the fleet
+        box.display = True
+        self.query_text = box.value
+        self._show_fleet()
+        self.query_one(FleetTable).focus()
 
     def _jump(self, target: tuple[str, str] | None) -> None:
         """Show the agent (or run) chosen in the history screen."""

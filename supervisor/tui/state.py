@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from supervisor.fleet import LOCAL, agent_hosts
 from supervisor.status import FINAL
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class AgentInfo:
     task: str = ""
     model: str = ""
     sandbox: str = ""
+    host: str = ""  # where its sandbox runs: a host's name, or "local"
     status: str = "starting"
     doing: str = ""
     steps: int = 0
@@ -180,6 +182,7 @@ class Fleet:
                     finished += 1
                     keep.append(row)
             agents = client.agents([r["id"] for r in keep]) if keep else []
+            hosts = agent_hosts(client.query, agents)
             waiting = [a["id"] for a in agents if a["status"] == "waiting"]
             asked = _last_asks(client, waiting)
             spent = client.spent_today()
@@ -194,6 +197,7 @@ class Fleet:
                 unfolded += 1
         for row in agents:
             agent = AgentInfo.from_row(row)
+            agent.host = hosts[agent.id]
             agent.pending = asked.get(agent.id)
             fleet.agents[agent.id] = agent
         return fleet
@@ -206,8 +210,11 @@ class Fleet:
         run = RunInfo.from_row(rows[0])
         run.collapsed = False
         self.runs[run_id] = run
-        for row in client.agents([run_id]):
-            self.agents.setdefault(row["id"], AgentInfo.from_row(row))
+        rows = client.agents([run_id])
+        hosts = agent_hosts(client.query, rows)
+        for row in rows:
+            agent = self.agents.setdefault(row["id"], AgentInfo.from_row(row))
+            agent.host = agent.host or hosts[row["id"]]
         return True
 
     # -- following events
@@ -258,6 +265,8 @@ class Fleet:
                 parent_id=e.data.get("parent_id"),
                 model=str(e.data.get("model") or ""),
                 sandbox=str(e.data.get("sandbox") or ""),
+                host=str(e.data.get("host") or "")
+                or (LOCAL if e.data.get("sandbox") not in (None, "ssh") else ""),
                 task=e.text,
                 created_at=e.ts,
             )
@@ -286,6 +295,13 @@ class Fleet:
         if status != "waiting":
             agent.pending = None
         ch.rows.add(agent.id)
+
+    def _placement(self, e: Event, ch: Changes) -> None:
+        """Placed on a pool's host (or moved to another after its host was lost)."""
+        agent = self.agents.get(e.agent_id or "")
+        if agent is not None and e.data.get("phase") == "placed" and e.data.get("host"):
+            agent.host = str(e.data["host"])
+            ch.structure = True  # a host filter may now show or hide it
 
     def _cost(self, e: Event, ch: Changes) -> None:
         cost = float(e.data.get("cost_usd") or 0.0)
@@ -373,19 +389,24 @@ class Fleet:
         """The fleet table's rows in order: ``(key, depth, item)``; runs newest first, each
         followed by its agents (a lead's workers under it), filtered and sorted."""
         now = time.time() if now is None else now
-        needle = query.strip().lower()
+        needle, on_host = split_query(query)
         key = _sort_key(sort, now)
         out: list[tuple[str, int, RunInfo | AgentInfo]] = []
         runs = sorted(self.runs.values(), key=lambda r: (not r.active, -r.created_at))
         for run in runs:
             members = self.children(run.id)
+            if on_host:
+                members = [a for a in members if a.host.lower() == on_host]
+                if not members:
+                    continue
             run_text = f"{run.id} {run.title} {run.status}".lower()
             if needle:
                 shown = {
                     a.id
                     for a in members
                     if needle in run_text
-                    or needle in f"{a.name} {a.id} {a.status_text} {a.task} {a.doing}".lower()
+                    or needle
+                    in f"{a.name} {a.id} {a.status_text} {a.task} {a.doing} {a.host}".lower()
                 }
                 if not shown:
                     continue
@@ -395,7 +416,7 @@ class Fleet:
                         shown.add(a.parent_id)
                 members = [a for a in members if a.id in shown]
             out.append((f"run:{run.id}", 0, run))
-            if run.collapsed and not needle:
+            if run.collapsed and not (needle or on_host):
                 continue
             ids = {a.id for a in members}
             by_parent: dict[str | None, list[AgentInfo]] = {}
@@ -405,6 +426,21 @@ class Fleet:
 
             _walk(by_parent, None, 1, key, out)
         return out
+
+
+HOST_FILTER = "host:"
+
+
+def split_query(query: str) -> tuple[str, str]:
+    """The fleet filter as typed: free text, and ``host:NAME`` for one host's agents
+    (``host:local`` for this machine's)."""
+    words, host = [], ""
+    for word in query.split():
+        if word.lower().startswith(HOST_FILTER):
+            host = word[len(HOST_FILTER) :].lower()
+        else:
+            words.append(word)
+    return " ".join(words).lower(), host
 
 
 def _walk(
@@ -466,6 +502,7 @@ _HANDLERS: dict[str, Callable[[Fleet, Event, Changes], None]] = {
     "agent.created": Fleet._agent_created,
     "agent.status": Fleet._agent_status,
     "cost": Fleet._cost,
+    "placement": Fleet._placement,
     "human.asked": Fleet._asked,
     "approval.asked": Fleet._asked,
     "human.answered": Fleet._answered,

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -57,13 +57,34 @@ def gpu_summary(facts: dict[str, Any], held: frozenset[int] = frozenset()) -> tu
     )
 
 
-class HostsScreen(Screen[None]):
-    """The hosts agents can run on (``supervisor hosts``); ``c`` checks them all now."""
+STALE_S = 60.0  # a load sampled longer ago than this says how old it is
+
+
+def load_summary(facts: dict[str, Any], checked_at: float | None, now: float) -> str:
+    """``3.2/8`` (the "load" column): the host's 1-minute load average over its cores, as
+    last sampled (by ``hosts check``, or every ~10 s by the engine while it runs agents
+    there), with its age once that is over a minute (``3.2/8 (5m)``); "—" when it never
+    was sampled."""
+    load = facts.get("load1")
+    if not isinstance(load, int | float):
+        return "—"
+    cores = int(facts.get("cpus") or 0)
+    text = f"{load:.1f}/{cores or '?'}"
+    at = facts.get("load_at") or checked_at
+    if at and now - float(at) > STALE_S:
+        text += f" ({ago(float(at), now).removesuffix(' ago')})"
+    return text
+
+
+class HostsScreen(Screen[str | None]):
+    """The hosts agents can run on (``supervisor hosts``); ``c`` checks them all now;
+    Enter on a host goes back to the fleet showing that host's agents only."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "Back"),
         Binding("H", "close", "Back", show=False),
         Binding("c", "check", "Check all"),
+        Binding("enter", "agents", "Its agents"),
     ]
 
     def __init__(self, client: Client, now: float) -> None:
@@ -83,9 +104,10 @@ class HostsScreen(Screen[None]):
         table = self.query_one("#hosts-table", DataTable)
         for key, label, width in (
             ("name", "host", 12),
-            ("target", "address", 20),
-            ("state", "state", 12),
-            ("agents", "agents", 18),
+            ("target", "address", 16),
+            ("state", "state", 11),
+            ("agents", "agents", 14),
+            ("load", "load", 11),
             ("gpus", "GPU slots", 16),
             ("models", "models", 24),
             ("checked", "checked", 10),
@@ -143,6 +165,11 @@ class HostsScreen(Screen[None]):
                 Text(f"{user}{row['address']}{port}", no_wrap=True, overflow="ellipsis"),
                 state,
                 Text(agents_text, no_wrap=True, overflow="ellipsis"),
+                Text(
+                    load_summary(facts, row.get("checked_at"), time.time()),
+                    no_wrap=True,
+                    overflow="ellipsis",
+                ),
                 busy,
                 Text(models, no_wrap=True, overflow="ellipsis"),
                 ago(row.get("checked_at"), self.now),
@@ -153,6 +180,18 @@ class HostsScreen(Screen[None]):
             self.query_one("#hosts-title", Static).update(title)
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1))
+
+    def action_agents(self) -> None:
+        """Back to the fleet, filtered to the agents of the host under the cursor."""
+        table = self.query_one("#hosts-table", DataTable)
+        if table.row_count:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+            self.dismiss(str(key.value))
+
+    @on(DataTable.RowSelected, "#hosts-table")
+    def host_chosen(self) -> None:
+        """Enter (or a click) on a host's row: its agents."""
+        self.action_agents()
 
     def action_close(self) -> None:
         """Back to the fleet."""

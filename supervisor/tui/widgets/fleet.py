@@ -9,6 +9,7 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import DataTable
 
+from supervisor.fleet import LOCAL
 from supervisor.tui.state import AgentInfo, Fleet, RunInfo, duration, money, tokens
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -31,20 +32,32 @@ STATUS_STYLE = {
     "interrupted": "bold yellow",
 }
 
+# Shown once any agent runs on a remote host (a pool or --host run): where each runs.
+HOST_COLUMN = ("host", "host", 12)
 Cells = tuple[str | Text, ...]
 NARROW = {"status": 9, "steps": 5, "tokens": 6, "cost": 9, "elapsed": 7}
+MIN_DOING = 16  # "doing" gives the host column its room down to this width
 
 
-def column_widths(total: int) -> dict[str, int]:
+def columns(host: bool) -> tuple[tuple[str, str, int], ...]:
+    return (COLUMNS[0], HOST_COLUMN, *COLUMNS[1:]) if host else COLUMNS
+
+
+def column_widths(total: int, host: bool = False) -> dict[str, int]:
     """Column widths for a table ``total`` cells wide: as designed when it fits, else the
     numbers keep their room and the name and "doing" columns share what is left."""
-    wide = {key: width for key, _, width in COLUMNS}
-    spacing = 2 * len(COLUMNS) + 2  # cell padding and the scrollbar
-    if not total or sum(wide.values()) + spacing <= total:
+    shown = columns(host)
+    wide = {key: width for key, _, width in shown}
+    spacing = 2 * len(shown) + 2  # cell padding and the scrollbar
+    over = sum(wide.values()) + spacing - total
+    if not total or over <= 0:
         return wide
-    rest = total - spacing - sum(NARROW.values())
+    if host and wide["doing"] - over >= MIN_DOING:
+        return {**wide, "doing": wide["doing"] - over}
+    narrow = {**NARROW, **({"host": 8} if host else {})}
+    rest = total - spacing - sum(narrow.values())
     agent = max(12, rest * 2 // 5)  # a name stays readable even where nothing else fits
-    return {**NARROW, "agent": agent, "doing": max(8, rest - agent)}
+    return {**narrow, "agent": agent, "doing": max(8, rest - agent)}
 
 
 class FleetTable(DataTable[str | Text]):
@@ -65,23 +78,27 @@ class FleetTable(DataTable[str | Text]):
         self._cells: dict[str, Cells] = {}
         self._depth: dict[str, int] = {}
         self._widths: dict[str, int] = {}
+        self.with_host = False  # the host column is shown
 
     def on_mount(self) -> None:
         """Fixed widths: a changed cell never makes the table measure every row again."""
-        self._widths = column_widths(self.size.width)
-        for key, label, _ in COLUMNS:
+        self._widths = column_widths(self.size.width, self.with_host)
+        for key, label, _ in columns(self.with_host):
             self.add_column(label, key=key, width=self._widths[key])
 
     def on_resize(self) -> None:
         """In a narrow terminal the name and "doing" columns give way, so that steps,
         tokens and cost stay on screen."""
-        widths = column_widths(self.size.width)
-        if widths == self._widths:
+        self._relayout()
+
+    def _relayout(self, force: bool = False) -> None:
+        widths = column_widths(self.size.width, self.with_host)
+        if widths == self._widths and not force:
             return
         self._widths = widths
         cursor = self.cursor_row
         self.clear(columns=True)
-        for key, label, _ in COLUMNS:
+        for key, label, _ in columns(self.with_host):
             self.add_column(label, key=key, width=widths[key])
         for key in self._order:
             self.add_row(*self._cells[key], key=key)
@@ -99,9 +116,19 @@ class FleetTable(DataTable[str | Text]):
         now: float,
         selected: str | None,
     ) -> None:
-        """Show these rows; rebuilds only if the set or order of rows changed."""
+        """Show these rows; rebuilds only if the set or order of rows changed (or the
+        host column comes or goes: it is there once any agent runs on a remote host)."""
+        with_host = any(a.host not in ("", LOCAL) for a in fleet.agents.values())
+        relayout = with_host != self.with_host
+        self.with_host = with_host
         order = [key for key, _, _ in rows]
         cells = {key: self._row_cells(item, depth, fleet, now) for key, depth, item in rows}
+        if relayout:
+            self._order, self._cells = order, cells
+            self._relayout(force=True)
+            if selected in cells:
+                self.move_cursor(row=order.index(selected), animate=False, scroll=True)
+            return
         if order != self._order:
             self.clear()
             self._order = order
@@ -130,7 +157,8 @@ class FleetTable(DataTable[str | Text]):
         if old == cells:
             return
         self._cells[key] = cells
-        for (column, _, _), value, before in zip(COLUMNS, cells, old or (), strict=False):
+        shown = columns(self.with_host)
+        for (column, _, _), value, before in zip(shown, cells, old or (), strict=False):
             if value != before:
                 self.update_cell(key, column, value)
 
@@ -144,6 +172,7 @@ class FleetTable(DataTable[str | Text]):
             budget = f"/{money(item.budget_usd)}" if item.budget_usd else ""
             return (
                 title,
+                *(("",) if self.with_host else ()),
                 status,
                 Text(
                     f"{len(members)} agent{'s' if len(members) != 1 else ''} · {item.id}",
@@ -173,8 +202,10 @@ class FleetTable(DataTable[str | Text]):
             doing = Text.assemble(
                 (f"{duration(busy)} ", "bold"), doing, no_wrap=True, overflow="ellipsis"
             )
+        host = Text(item.host or "—", no_wrap=True, overflow="ellipsis", style="dim")
         return (
             name,
+            *((host,) if self.with_host else ()),
             Text(word, style=STATUS_STYLE.get(item.status, "")),
             doing,
             str(item.steps),
