@@ -4,8 +4,8 @@ Four real sshd hosts (Debian's sshd on 127.0.0.x, from tests/sshd_kit.py; needs 
 make their users) run the toy target, whose training sleeps ``--sleep`` seconds: sleep-
 bound, like a GPU-bound run is to the machine that drives it, so four slots on four hosts
 overlap. The same ``recipe run autoresearch`` (the built-in proposer, one baseline run)
-runs twice, as a person would type it: with ``-p hosts=h0`` (one CPU slot, the baseline
-measured in the same run) and with ``-p hosts=h0,h1,h2,h3`` (four).
+runs twice, as a person would type it: with ``-p hosts=slot0`` (one CPU slot, the
+baseline measured in the same run) and with ``-p hosts=slot0,slot1,slot2,slot3`` (four).
 
 - ``experiments_per_hour_1_slot`` / ``experiments_per_hour_4_slots``: experiments (the
   baseline not included) over the time from the first one's start to the last one's end;
@@ -101,7 +101,8 @@ def measure(experiments: int = 12, sleep: float = 2.0) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         root = Path(tempfile.mkdtemp(prefix="bench-arpool-"))
         sshd_kit.register_hosts(
-            [stack.enter_context(sshd_kit.sshd(root / f"h{i}", ""))[0] for i in range(4)]
+            [stack.enter_context(sshd_kit.sshd(root / f"s{i}", ""))[0] for i in range(4)],
+            prefix="slot",
         )
         target = root / "target"
         target.mkdir()
@@ -115,8 +116,8 @@ def measure(experiments: int = 12, sleep: float = 2.0) -> dict[str, Any]:
             capture_output=True,
             timeout=120,
         )
-        one = _run(target, "h0", experiments)
-        four = _run(target, "h0,h1,h2,h3", experiments)
+        one = _run(target, "slot0", experiments)
+        four = _run(target, "slot0,slot1,slot2,slot3", experiments)
     log(f"both runs in {time.perf_counter() - started:.0f} s")
     return {
         "experiments_per_hour_1_slot": round(one, 1),

@@ -26,7 +26,12 @@ the run is ``interrupted`` it is resumed, as ``supervisor resume RUN`` does:
 - ``baseline_fresh_start_s``: the baseline, measured in the same run: the same number of
   agents started fresh on the live hosts until their first step has begun.
 
-    .venv/bin/python bench/fleet.py [--agents 300] [--hosts 10] [--loss-agents 6]
+Then autoresearch over a pool (bench/autoresearch_pool.py): the toy target, whose
+training sleeps 2 s, on one host's CPU slot (the baseline) and on four hosts:
+
+- ``speedup_4_slots``: experiments per hour on four slots over one (target >= 3.6).
+
+    .venv/bin/python bench/fleet.py [--agents 300] [--hosts 10] [--loss-agents 6] [--experiments 12]
 
 Progress goes to stderr; the last line printed to stdout is one JSON object.
 """
@@ -106,6 +111,12 @@ def main() -> None:
         "--loss-agents", type=int, default=6, help="agents of the host-loss run (0: skip it)"
     )
     parser.add_argument("--loss-hosts", type=int, default=3, help="sshd hosts of that run")
+    parser.add_argument(
+        "--experiments",
+        type=int,
+        default=12,
+        help="autoresearch experiments on 1 slot, then on 4 (0: skip; bench/autoresearch_pool.py)",
+    )
     args = parser.parse_args()
 
     store = open_default()
@@ -181,9 +192,16 @@ def main() -> None:
     log(f"choice alone: best-of-{fleet.BEST_OF_K} {pool_ms:.3f} ms, all hosts {all_ms:.3f} ms")
 
     loss = host_loss(args.loss_agents, args.loss_hosts) if args.loss_agents else {}
+    slots: dict[str, Any] = {}
+    if args.experiments:
+        sys.path.insert(0, str(ROOT / "bench"))
+        import autoresearch_pool
+
+        slots = autoresearch_pool.measure(args.experiments)
     print(
         json.dumps(
             {
+                **slots,
                 **loss,
                 "agents": args.agents,
                 "hosts": args.hosts,
@@ -254,16 +272,7 @@ def host_loss(agents: int, n_hosts: int) -> dict[str, Any]:
         servers = [
             stack.enter_context(sshd_kit.sshd(root / f"s{i}", ""))[0] for i in range(n_hosts)
         ]
-        users: dict[str, str] = {}
-        for i, srv in enumerate(servers):
-            (u,) = srv.users
-            h.add_host(
-                f"h{i}",
-                f"{u.name}@{srv.host}:{srv.port}",
-                password=lambda u=u: u.password,  # type: ignore[misc]
-                trust=srv.fingerprint(),
-            )
-            users[f"h{i}"] = u.name
+        users = {host: user for user, host in sshd_kit.register_hosts(servers).items()}
         doomed = "h1"
         live = [n for n in users if n != doomed]
         server = stack.enter_context(ScriptedModelServer(_lost_host_script(users[doomed])))

@@ -113,17 +113,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[sshd_kit.
 
 def register(servers: list[sshd_kit.SSHServer]) -> dict[str, str]:
     """Hosts h0, h1, h2; which user logs in on each."""
-    users = {}
-    for i, srv in enumerate(servers):
-        (u,) = srv.users
-        h.add_host(
-            f"h{i}",
-            f"{u.name}@{srv.host}:{srv.port}",
-            password=lambda u=u: u.password,
-            trust=srv.fingerprint(),
-        )
-        users[u.name] = f"h{i}"
-    return users
+    return sshd_kit.register_hosts(servers)
 
 
 def whoami_script(messages: list[dict]) -> Reply:

@@ -104,12 +104,7 @@ def _check_pool(engine: Engine, options: RunOptions) -> str:
     if options.sandbox not in ("", "ssh"):
         raise InputError(f"--hosts runs agents in ssh sandboxes, not {options.sandbox!r}")
     known = list_hosts(engine.store)
-    pools = {
-        key.split(".")[1]: value
-        for key, value in engine.settings.items()
-        if key.startswith("pools.") and key.endswith(".hosts")
-    }
-    names = fleet.resolve(options.hosts, [h.name for h in known], pools)
+    names = fleet.resolve(options.hosts, [h.name for h in known], _pool_settings(engine))
     options.hosts = ",".join(names)
     pool = _pool(engine, names, known)
     room = {h.name: h.cap - len(h.running) for h in pool.hosts.values() if not h.why_not()}
