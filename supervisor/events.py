@@ -189,11 +189,13 @@ CATALOGUE: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
     "placement": (
-        "an agent's sandbox was placed on a host of a pool, or no host could take it",
+        "an agent's sandbox was placed on a host of a pool, or no host could take it; or a "
+        "recipe step held (then released) GPUs of a host",
         {
-            "phase": "placed|refused",
-            "host": "str (placed)",
-            "gpus": "list of device indexes (placed)",
+            "phase": "placed|refused|gpu_held|gpu_released",
+            "host": "str (placed, gpu_held, gpu_released)",
+            "gpus": "list of device indexes (placed, gpu_held, gpu_released)",
+            "holder": "who held the GPUs (gpu_held, gpu_released)",
             "compared": "hosts scored for it",
             "reasons": "dict host -> why it refused (refused)",
         },

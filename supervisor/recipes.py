@@ -32,12 +32,14 @@ which check, and what it printed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -478,7 +480,7 @@ class StepContext:
         ]
 
     def host_gpu_slots(self, host: str) -> GpuSlots:
-        return self.engine.host_gpu_slots(host)
+        return _RunGpus(self.engine, self.run_id, host)
 
     def memory(self, scope_key: str) -> Memory:
         """Memory notes of the project ``scope_key`` (and global ones)."""
@@ -585,6 +587,46 @@ class StepContext:
         spec = self.engine.models.registry.resolve(model or self.engine.settings["model"])
         check_usable(spec)
         return spec.alias
+
+
+class _RunGpus:
+    """A host's GPU slots as one run's steps hold them: each hold and release is a
+    ``placement`` event of the run, so the hosts view shows the GPU busy and the
+    transcript says who had which GPU when."""
+
+    def __init__(self, engine: Engine, run_id: str, host: str) -> None:
+        self.engine, self.run_id, self.host = engine, run_id, host
+        self._slots = engine.host_gpu_slots(host)
+
+    @property
+    def devices(self) -> list[str]:
+        return self._slots.devices
+
+    def hold(
+        self, holder: str, count: int = 1, among: Sequence[str] = ()
+    ) -> AbstractAsyncContextManager[list[str]]:
+        return self._hold(holder, count, among)
+
+    @contextlib.asynccontextmanager
+    async def _hold(
+        self, holder: str, count: int, among: Sequence[str]
+    ) -> AsyncIterator[list[str]]:
+        from supervisor.events import EventType
+
+        async with self._slots.hold(holder, count, among) as got:
+            data = {"host": self.host, "gpus": [int(d) for d in got], "holder": holder}
+            where = f"GPU {','.join(got)} of host {self.host}"
+            self.engine.emit(
+                EventType.PLACEMENT, None, {"phase": "gpu_held", **data},
+                f"{holder}: {where} held", run_id=self.run_id,
+            )  # fmt: skip
+            try:
+                yield got
+            finally:
+                self.engine.emit(
+                    EventType.PLACEMENT, None, {"phase": "gpu_released", **data},
+                    f"{holder}: {where} released", run_id=self.run_id,
+                )  # fmt: skip
 
 
 class RecipeRunner:

@@ -140,6 +140,16 @@ def test_one_loop_per_free_gpu_slot_never_two_experiments_on_a_slot(
     for r in experiments:
         assert r["noise_floor"] == baselines[r["device_class"]]["noise_floor"]
 
+    # Each GPU experiment (and GPU baseline) held its GPU once, said in the transcript.
+    store = Store.open(home / "supervisor.db")
+    phases = [
+        json.loads(r["data"])["phase"]
+        for r in store.db.query("SELECT data FROM events WHERE type = 'placement'")
+    ]
+    store.close()
+    on_gpus = sum(r["device_class"] != "CPU" for r in rows)
+    assert phases.count("gpu_held") == phases.count("gpu_released") == on_gpus
+
     run_id = rows[0]["run_id"]
     report = (home / "runs" / run_id / "report.md").read_text()
     assert "## Device classes" in report and "## Where experiments ran" in report

@@ -145,3 +145,48 @@ async def test_hosts_view_shows_each_hosts_agents_gpu_slots_and_cordon(
                     lambda: row(app, "solo")[3] == row(app, "big")[3] == "—",
                     "the hosts to empty",
                 )
+
+
+async def test_hosts_view_counts_the_gpu_an_experiment_holds(tmp_path: Path, home: Path) -> None:
+    """An autoresearch loop on a one-GPU host holds that GPU while its training runs: the
+    hosts view shows it busy, and free again once the run is stopped."""
+    target = tmp_path / "slow"
+    target.mkdir()
+    (target / "train.py").write_text("import time\ntime.sleep(60)\nprint('score: 1')\n")
+    (target / "autoresearch.toml").write_text(
+        '[autoresearch]\nname = "slow"\neditable = ["train.py"]\nrun = "python3 train.py"\n'
+        "metric = '^score:\\\\s*([0-9.]+)'\ndirection = \"lower\"\ntime_budget_s = 60\n"
+        "baseline_runs = 1\n"
+    )
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "autoresearch.md"
+    with sshd_kit.sshd(tmp_path / "sshd", "one") as (srv, (user,)):
+        h.add_host(
+            "solo",
+            f"{user.name}@{srv.host}:{srv.port}",
+            password=lambda: user.password,
+            trust=srv.fingerprint(),
+        )
+        app = SupervisorApp()
+        async with app.run_test(size=SIZE, notifications=True) as pilot:
+            await loaded(pilot)
+            assert app.client is not None
+            started = await app.client.call(
+                "recipe.start",
+                path=str(recipe),
+                params={"target": str(target), "hosts": "solo", "proposer": "builtin"},
+            )
+            await pilot.press("H")
+            await until(pilot, lambda: app.screen.query("#hosts"), "the hosts screen")
+            await until(
+                pilot,
+                lambda: row(app, "solo")[5] == "1 busy / 0 free",
+                "the experiment's GPU shown busy",
+                timeout=60,
+            )
+            await app.client.call("run.stop", run=str(started["run_id"]))
+            await until(
+                pilot,
+                lambda: row(app, "solo")[5] == "0 busy / 1 free",
+                "the GPU free once the run stopped",
+                timeout=30,
+            )

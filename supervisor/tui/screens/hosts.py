@@ -29,6 +29,15 @@ SELECT a.name, a.sandbox_id,
 FROM agents a WHERE a.status NOT IN ({ended}) ORDER BY a.created_at
 """
 
+# GPUs that recipe steps of running runs hold (an experiment loop's), as their
+# `placement` events of phase gpu_held / gpu_released say, in order.
+STEP_GPUS = """
+SELECT e.data FROM events e JOIN runs r ON r.id = e.run_id
+WHERE r.status = 'running' AND e.type = 'placement'
+  AND json_extract(e.data, '$.phase') IN ('gpu_held', 'gpu_released')
+ORDER BY e.id
+"""
+
 
 def ago(ts: float | None, now: float) -> str:
     if not ts:
@@ -134,6 +143,16 @@ class HostsScreen(Screen[str | None]):
                 continue
             names.setdefault(host, []).append(row["name"])
             held.setdefault(host, set()).update(placed.get("gpus") or [])
+        by_steps: dict[tuple[str, int], str] = {}  # (host, GPU) -> holder, the latest word
+        for row in self.client.query(STEP_GPUS):
+            data = json.loads(row["data"])
+            for gpu in data.get("gpus") or []:
+                if data["phase"] == "gpu_held":
+                    by_steps[(data["host"], gpu)] = data.get("holder", "")
+                else:
+                    by_steps.pop((data["host"], gpu), None)
+        for host, gpu in by_steps:
+            held.setdefault(host, set()).add(gpu)
         return names, held
 
     def refill(self) -> None:
