@@ -431,6 +431,12 @@ def _open_store() -> Any:
     default=1,
     help="How many agents work the task in parallel.",
 )
+@click.option(
+    "--gpus",
+    type=click.IntRange(0, 64),
+    default=0,
+    help="With --hosts: GPUs of its host for each agent, never shared (CUDA_VISIBLE_DEVICES).",
+)
 @click.option("--network", is_flag=True, help="Give the sandboxes network access.")
 @click.option(
     "--max-cost",
@@ -467,6 +473,7 @@ def run(
     detach: bool,
     host: str,
     hosts: str | None,
+    gpus: int,
 ) -> None:
     """Start agents on TASK in the supervisor process and stream their work here.
 
@@ -494,6 +501,7 @@ def run(
         keep_sandboxes=keep_sandboxes,
         host=host,
         hosts=hosts or "",
+        gpus=gpus,
     )
     if not foreground:
         if workspace is not None:

@@ -21,6 +21,8 @@ from supervisor.errors import InputError
 # load almost as well as looking at all of them, and stay cheap at hundreds of hosts.
 BEST_OF_K = 3
 FAILURE_MEMORY_S = 600.0  # a failure counts against a host for this long
+BUSY = "(busy at its last check)"  # owners of GPUs that are no agent's
+MIG = "(split into MIG instances)"
 
 
 @dataclass
@@ -41,13 +43,20 @@ class HostSlots:
 
     @classmethod
     def from_facts(cls, name: str, facts: Mapping[str, Any], **kw: Any) -> HostSlots:
-        return cls(
+        gpus = facts.get("gpus") or []
+        host = cls(
             name,
             cpus=float(facts.get("cpus") or 0),
             ram_mb=float(facts.get("ram_mb") or 0),
-            gpus=len(facts.get("gpus") or []),
+            gpus=len(gpus),
             **kw,
         )
+        # Something else used these at the host's last check, or they are split into MIG
+        # instances: no agent gets them as whole GPUs.
+        for i, g in enumerate(gpus):
+            if g.get("busy") or g.get("mig") == "Enabled":
+                host.gpu_owner[int(g.get("index", i))] = BUSY if g.get("busy") else MIG
+        return host
 
     def why_not(self, *, staying: bool = False) -> str:
         """Why no sandbox may go here now, or "". ``staying``: a resumed agent whose
@@ -137,13 +146,17 @@ class Pool:
         )
         return placed
 
-    def claim(self, agent_id: str, name: str) -> Placement:
-        """Count ``agent_id`` on host ``name`` again: a resumed agent whose sandbox is still
-        there (the caller has checked the host may take it)."""
+    def claim(self, agent_id: str, name: str, gpus: int = 0) -> Placement:
+        """Count ``agent_id`` on host ``name`` again, with ``gpus`` free GPU slots there: a
+        resumed agent whose sandbox is still there (the caller has checked the host may
+        take it)."""
         host = self.hosts[name]
         host.running.add(agent_id)
         self.claimed.add(agent_id)
-        placed = self.placed[agent_id] = Placement(name, (), host.score(time.time()), (name,))
+        taken = tuple(host.free_gpus()[:gpus])
+        for i in taken:
+            host.gpu_owner[i] = agent_id
+        placed = self.placed[agent_id] = Placement(name, taken, host.score(time.time()), (name,))
         return placed
 
     def release(self, agent_id: str, *, failed: bool = False) -> None:

@@ -571,6 +571,7 @@ class Server:
                 title=str(args.get("title") or ""),
                 host=str(args.get("host") or ""),
                 hosts=str(args.get("hosts") or ""),
+                gpus=int(args.get("gpus") or 0),
             )
         except (TypeError, ValueError) as exc:
             raise InputError(f"bad run options: {exc}") from None

@@ -97,6 +97,13 @@ def test_an_empty_hosts_option_is_refused_not_ignored() -> None:
     ]
 
 
+def test_gpus_without_hosts_is_refused_not_ignored() -> None:
+    out = run_cli("run", "--gpus", "1", "--foreground", "train it")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "error: --gpus gives each agent GPUs of a pool's hosts: add --hosts NAME,..."
+    )
+
+
 pytestmark_ssh = pytest.mark.skipif(bool(sshd_kit.available()), reason=sshd_kit.available())
 
 
@@ -149,6 +156,45 @@ async def test_thirty_agents_spread_over_three_hosts_within_their_caps(
     placed = placements(ids[:3])
     assert len(placed) == 3 and all(p["data"]["phase"] == "placed" for p in placed)
     assert all(p["text"].startswith(f"placed on host {p['data']['host']} (") for p in placed)
+
+
+def gpus_script(messages: list[dict]) -> Reply:
+    if not any(m["role"] == "assistant" for m in messages):
+        command = 'echo "$CUDA_VISIBLE_DEVICES $(whoami)"; sleep 1'
+        return Reply(tool_calls=[("shell", {"command": command})])
+    return Reply(tool_calls=[("finish", {"summary": messages[-1]["content"].split("\n")[0]})])
+
+
+@pytestmark_ssh
+async def test_gpu_agents_get_whole_free_gpus_of_their_host_never_shared(
+    servers: list[sshd_kit.SSHServer], home: Path
+) -> None:
+    """`--gpus 2`: the eight-GPU host has four free (two busy and a MIG one at its last
+    check), the one-GPU host too few: two agents fit, each with its own two GPUs in
+    CUDA_VISIBLE_DEVICES; a third is refused before anything starts, saying why."""
+    users = register(servers)
+    with scripted(gpus_script):
+        async with engine() as eng:
+            with pytest.raises(InputError) as refused:
+                await eng.start_run(RunOptions(task="train", agents=3, hosts="all", gpus=2))
+            assert "3 agents with 2 GPUs each but room for 2 now" in str(refused.value)
+            assert "free GPUs: h0 0, h1 1, h2 4" in str(refused.value)
+            # GPUs an experiment loop holds (the engine's slots of the host) are no agent's.
+            slots = eng.host_gpu_slots("h2")
+            slots.take("autoresearch loop", ["2", "3"])
+            with pytest.raises(InputError, match="2 agents with 2 GPUs each but room for 1 now"):
+                await eng.start_run(RunOptions(task="train", agents=2, hosts="all", gpus=2))
+            await slots.release("autoresearch loop")
+            run_id = await eng.start_run(RunOptions(task="train", agents=2, hosts="all", gpus=2))
+            assert await asyncio.wait_for(eng.wait_run(run_id), 120) == "done"
+            seen = sorted(a.summary.strip() for a in eng.agents.values())
+            # Their GPUs are free again once they ended.
+            assert eng.host_gpus["h2"].holders() == {}
+    assert [s.split()[0] for s in seen] == ["2,3", "6,7"]
+    assert {users[s.split()[1]] for s in seen} == {"h2"}
+    placed = [p for p in placements(list(eng.agents)) if p["data"]["phase"] == "placed"]
+    assert sorted(p["data"]["gpus"] for p in placed) == [[2, 3], [6, 7]]
+    assert all(", GPU " in p["text"] for p in placed)
 
 
 @pytestmark_ssh

@@ -63,6 +63,7 @@ class RunOptions:
     title: str = ""
     host: str = ""  # a registered host (`supervisor hosts`): the ssh sandbox backend
     hosts: str = ""  # a pool: "a,b,c", "all" or a pools.NAME; each agent placed on one
+    gpus: int = 0  # with hosts: whole GPUs of its host for each agent, held by it alone
 
 
 class _DeltaStream:

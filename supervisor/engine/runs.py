@@ -29,7 +29,7 @@ from supervisor.engine.common import OWNER, RunOptions, _new_id, _slug, cancel_a
 
 if TYPE_CHECKING:
     from supervisor.engine import Engine
-    from supervisor.fleet import Pool
+    from supervisor.fleet import Placement, Pool
     from supervisor.hosts import Host
     from supervisor.sandbox.gpus import GpuSlots
 
@@ -52,6 +52,7 @@ async def start_run(engine: Engine, options: RunOptions) -> str:
             "host": options.host,
             "hosts": options.hosts,
             "pool": pool,
+            "gpus": options.gpus,
         },
         text=options.task,
     )
@@ -62,6 +63,10 @@ async def start_run(engine: Engine, options: RunOptions) -> str:
 
 
 def _check_options(engine: Engine, options: RunOptions) -> tuple[ModelSpec, str]:
+    if options.gpus and not options.hosts:
+        from supervisor.errors import InputError
+
+        raise InputError("--gpus gives each agent GPUs of a pool's hosts: add --hosts NAME,...")
     model = engine.models.registry.resolve(options.model or engine.settings["model"])
     check_usable(model)
     backend = options.sandbox or engine.settings["sandbox.backend"]
@@ -107,17 +112,45 @@ def _check_pool(engine: Engine, options: RunOptions) -> str:
     names = fleet.resolve(options.hosts, [h.name for h in known], _pool_settings(engine))
     options.hosts = ",".join(names)
     pool = _pool(engine, names, known)
-    room = {h.name: h.cap - len(h.running) for h in pool.hosts.values() if not h.why_not()}
+    _sync_gpus(engine, pool)
+    per = options.gpus
+    room = {
+        h.name: min(h.cap - len(h.running), len(h.free_gpus()) // per if per else h.cap)
+        for h in pool.hosts.values()
+        if not h.why_not()
+    }
     if options.agents > sum(room.values()):
         shut = {h.name: h.why_not() for h in pool.hosts.values() if h.why_not()}
+        gpus = (
+            "; free GPUs: "
+            + ", ".join(f"{h.name} {len(h.free_gpus())}" for h in pool.hosts.values())
+            if per
+            else ""
+        )
         raise InputError(
-            f"--hosts {options.hosts}: {options.agents} agents but room for "
-            f"{sum(room.values())} now (hosts.max_sandboxes = "
+            f"--hosts {options.hosts}: {options.agents} agents"
+            + (f" with {per} GPU{'s' * (per > 1)} each" if per else "")
+            + f" but room for {sum(room.values())} now (hosts.max_sandboxes = "
             f"{engine.settings['hosts.max_sandboxes']}"
             + "".join(f"; {n} {why}" for n, why in sorted(shut.items()))
+            + gpus
             + ")"
         )
     return "ssh"
+
+
+def _sync_gpus(engine: Engine, pool: Pool) -> None:
+    """What the pool knows of its hosts' GPUs, with what others hold there now: another
+    run's agents, an experiment loop (the engine's GPU slots of each host)."""
+    for host in pool.hosts.values():
+        slots = engine.host_gpus.get(host.name)
+        mine = {i: a for i, a in host.gpu_owner.items() if a in host.running or a[:1] == "("}
+        others = {
+            int(d): holder
+            for d, holder in (slots.holders() if slots else {}).items()
+            if holder not in host.running
+        }
+        host.gpu_owner = {**others, **mine}
 
 
 def _pool(engine: Engine, names: list[str], known: list[Host] | None = None) -> Pool:
@@ -158,11 +191,17 @@ def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> s
         return was or names[0]
     if pool.watcher is None or pool.watcher.done():
         pool.watcher = asyncio.get_running_loop().create_task(_watch_pool(engine, run_id))
-    if was in pool.hosts and not pool.hosts[was].why_not(staying=True):
-        pool.claim(agent_id, was)  # it goes on in its sandbox there, counted there
+    _sync_gpus(engine, pool)
+    if (
+        was in pool.hosts
+        and not pool.hosts[was].why_not(staying=True)
+        and len(pool.hosts[was].free_gpus()) >= options.gpus
+    ):
+        claimed = pool.claim(agent_id, was, options.gpus)  # goes on in its sandbox there
+        _take_gpus(engine, agent_id, claimed)
         return was
     try:
-        placed = pool.place(agent_id)
+        placed = pool.place(agent_id, gpus=options.gpus)
     except NoRoom as exc:
         engine.emit(
             EventType.PLACEMENT,
@@ -172,6 +211,7 @@ def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> s
             run_id=run_id,
         )
         raise InputError(str(exc)) from None
+    _take_gpus(engine, agent_id, placed)
     pool.unsaid.add(agent_id)
     if was and was != placed.host:
         # Moved off a host the run gave up on (lost, cordoned, full): a resume must not
@@ -479,17 +519,37 @@ async def _start_agent(
     return agent
 
 
+def _take_gpus(engine: Engine, agent_id: str, placed: Placement) -> None:
+    """The placement's GPUs, held by the agent in the engine's slots of its host, so
+    experiments and other runs wait for them until it ends."""
+    if placed.gpus:
+        engine.host_gpu_slots(placed.host).take(agent_id, [str(i) for i in placed.gpus])
+
+
+def _release_place(engine: Engine, pool: Pool, agent_id: str, *, failed: bool = False) -> None:
+    """The agent's place in the pool, and its GPUs in the engine's slots, free now."""
+    placed = pool.placed.get(agent_id)
+    pool.release(agent_id, failed=failed)
+    slots = engine.host_gpus.get(placed.host) if placed and placed.gpus else None
+    if slots is not None and slots.drop(agent_id):
+        _later(engine, slots.notify())  # an experiment may be waiting for them
+
+
 def _new_sandbox(
     engine: Engine, run_id: str, agent_id: str, options: RunOptions, backend: str
 ) -> Sandbox:
     """A sandbox object (not started) for an agent of a run, from the settings."""
+    host = _place(engine, run_id, agent_id, options) if options.hosts else options.host
+    pool = engine.pools.get(run_id)
+    placed = pool.placed.get(agent_id) if pool is not None and options.hosts else None
     return engine._make_sandbox(
         run_id,
         agent_id,
         backend,
         workspace=options.workspace,
         network=options.network,
-        host=_place(engine, run_id, agent_id, options) if options.hosts else options.host,
+        gpus=[str(i) for i in placed.gpus] if placed else None,
+        host=host,
     )
 
 
@@ -733,7 +793,7 @@ async def _leave_dead_host(engine: Engine, agent: Agent) -> None:
         if not host.down:
             return  # alive: its sandbox is made again there
         _record_unreachable(engine, name, host.down)
-    pool.release(agent.id)
+    _release_place(engine, pool, agent.id)
     agent.sandbox = engine._new_sandbox(agent.run_id, agent.id, options, agent.sandbox.backend)
 
 
@@ -807,7 +867,7 @@ def agent_finished(engine: Engine, agent: Agent, status: str) -> None:
         agent.summary,
     )
     if pool is not None:  # its slot frees for the next agent placed
-        pool.release(agent.id, failed=status in ("failed", "interrupted"))
+        _release_place(engine, pool, agent.id, failed=status in ("failed", "interrupted"))
         if not any(h.running for h in pool.hosts.values()) and pool.watcher is not None:
             pool.watcher.cancel()
     options = engine.runs.get(agent.run_id)

@@ -203,6 +203,7 @@ async def resume_task_run(engine: Engine, run_id: str) -> list[Agent]:
         network=bool(params.get("network")),
         host=params.get("host", ""),
         hosts=params.get("hosts", ""),
+        gpus=int(params.get("gpus") or 0),
     )
     if params.get("pool"):
         engine.run_pools[run_id] = str(params["pool"])

@@ -91,15 +91,33 @@ class GpuSlots:
                 self._held[device] = holder
             return taken
 
+    def take(self, holder: str, devices: Sequence[str]) -> None:
+        """Give ``devices``, all free now, to ``holder`` without waiting (a placement that
+        chose them); raises if one is held."""
+        held = [d for d in devices if d in self._held]
+        if held:
+            raise SandboxError(f"GPU {', '.join(held)} is held by {self._held[held[0]]}")
+        for device in devices:
+            self._held[device] = holder
+
     async def release(self, holder: str) -> list[str]:
         """Free every device ``holder`` has; which ones."""
+        freed = self.drop(holder)
+        await self.notify()
+        return freed
+
+    def drop(self, holder: str) -> list[str]:
+        """Free every device ``holder`` has at once (call :meth:`notify` after, for the
+        acquirers waiting)."""
         freed = [d for d, h in self._held.items() if h == holder]
         for device in freed:
             del self._held[device]
+        return freed
+
+    async def notify(self) -> None:
         if self._cond is not None:
             async with self._cond:
                 self._cond.notify_all()
-        return freed
 
     @asynccontextmanager
     async def hold(

@@ -573,8 +573,13 @@ class SSHSandbox(Sandbox):
 
     async def _open_shell(self) -> None:
         link = await self._ensure_link()
+        env = dict(self.spec.env)
+        if self.spec.gpus:
+            # The GPUs placed for this sandbox (the container sees the host's every GPU,
+            # with the host's numbering): CUDA programs use these only.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.spec.gpus)
         # Exported through the shell's stdin, never a command line other users could see.
-        exports = "".join(f"export {k}={quote(v)}\n" for k, v in self.spec.env.items())
+        exports = "".join(f"export {k}={quote(v)}\n" for k, v in env.items())
 
         async def open_transport() -> _ChannelShell:
             await link._shells.acquire()
