@@ -20,14 +20,9 @@ def _progress(line: str) -> None:
 
 
 def _ago(ts: float | None) -> str:
-    if not ts:
-        return "never"
-    s = max(0.0, time.time() - ts)
-    if s < 90:
-        return f"{s:.0f}s ago"
-    if s < 5400:
-        return f"{s / 60:.0f}m ago"
-    return f"{s / 3600:.1f}h ago"
+    from supervisor.hosts import ago
+
+    return ago(ts, time.time())
 
 
 @click.group()
@@ -115,8 +110,10 @@ def hosts_ls(as_json: bool) -> None:
         state = "cordoned" if x.cordoned else state
         busy = sum(1 for g in gpus if g.get("busy"))
         gpu_text = f"{len(gpus)} GPUs, {len(gpus) - busy} free" if gpus else "no GPU"
+        load = h.load_summary(x.facts, x.checked_at, time.time())
         click.echo(
-            f"{x.name:<16} {x.target!s:<32} {state:<12} {gpu_text:<18} checked {_ago(x.checked_at)}"
+            f"{x.name:<16} {x.target!s:<32} {state:<12} {gpu_text:<18} load {load:<12} "
+            f"checked {_ago(x.checked_at)}"
         )
         if x.error:
             click.echo(f"{'':<16} {x.error}")

@@ -1221,3 +1221,36 @@ def watch(conn: fabric.Connection, every: float = HEARTBEAT_EVERY_S) -> None:
                 f"{conn.host} stopped answering (no heartbeat reply within "
                 f"{HEARTBEAT_TIMEOUT_S:.0f} s)"
             )
+
+
+# -- said to people (hosts ls, the TUI's hosts view)
+
+
+def ago(ts: float | None, now: float) -> str:
+    if not ts:
+        return "never"
+    s = max(0.0, now - ts)
+    if s < 90:
+        return f"{s:.0f}s ago"
+    if s < 5400:
+        return f"{s / 60:.0f}m ago"
+    return f"{s / 3600:.1f}h ago"
+
+
+STALE_S = 60.0  # a load sampled longer ago than this says how old it is
+
+
+def load_summary(facts: dict[str, Any], checked_at: float | None, now: float) -> str:
+    """``3.2/8`` (the "load" column): the host's 1-minute load average over its cores, as
+    last sampled (by ``hosts check``, or every ~10 s by the engine while it runs agents
+    there), with its age once that is over a minute (``3.2/8 (5m)``); "—" when it never
+    was sampled."""
+    load = facts.get("load1")
+    if not isinstance(load, int | float):
+        return "—"
+    cores = int(facts.get("cpus") or 0)
+    text = f"{load:.1f}/{cores or '?'}"
+    at = facts.get("load_at") or checked_at
+    if at and now - float(at) > STALE_S:
+        text += f" ({ago(float(at), now).removesuffix(' ago')})"
+    return text

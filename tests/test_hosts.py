@@ -282,6 +282,10 @@ def test_facts_for_each_gpu_layout(server: sshd_kit.SSHServer, home: Path) -> No
     assert spark["power_limit_w"] is None
     table = run_cli("hosts", "ls").stdout
     assert "8 GPUs, 5 free" in table and "reachable" in table
+    # The load each check read, over the host's cores, as the TUI's hosts view shows it.
+    mixed_line = next(line for line in table.splitlines() if line.startswith("mixed "))
+    load = f"load {facts['mixed']['load1']:.1f}/{facts['mixed']['cpus']}"
+    assert load in mixed_line
     # A host that went away is shown unreachable, with why, and the others still answer.
     srv_down = run_cli(
         "hosts", "add", "gone", f"x@{sshd_kit.free_address()[0]}:1", "--trust", "SHA256:" + "A" * 43

@@ -15,6 +15,8 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from supervisor import hosts
+
 if TYPE_CHECKING:
     from supervisor.client import Client
 
@@ -39,17 +41,6 @@ ORDER BY e.id
 """
 
 
-def ago(ts: float | None, now: float) -> str:
-    if not ts:
-        return "never"
-    s = max(0.0, now - ts)
-    if s < 90:
-        return f"{s:.0f}s ago"
-    if s < 5400:
-        return f"{s / 60:.0f}m ago"
-    return f"{s / 3600:.1f}h ago"
-
-
 def gpu_summary(facts: dict[str, Any], held: frozenset[int] = frozenset()) -> tuple[str, str]:
     """("3 busy / 5 free", "8× NVIDIA H100 …") for the table. A slot is busy when
     nvidia-smi saw it busy at the last check or one of our agents holds it (``held``)."""
@@ -64,25 +55,6 @@ def gpu_summary(facts: dict[str, Any], held: frozenset[int] = frozenset()) -> tu
     return f"{busy} busy / {len(gpus) - busy} free", ", ".join(
         f"{n}× {label}" for label, n in names.items()
     )
-
-
-STALE_S = 60.0  # a load sampled longer ago than this says how old it is
-
-
-def load_summary(facts: dict[str, Any], checked_at: float | None, now: float) -> str:
-    """``3.2/8`` (the "load" column): the host's 1-minute load average over its cores, as
-    last sampled (by ``hosts check``, or every ~10 s by the engine while it runs agents
-    there), with its age once that is over a minute (``3.2/8 (5m)``); "—" when it never
-    was sampled."""
-    load = facts.get("load1")
-    if not isinstance(load, int | float):
-        return "—"
-    cores = int(facts.get("cpus") or 0)
-    text = f"{load:.1f}/{cores or '?'}"
-    at = facts.get("load_at") or checked_at
-    if at and now - float(at) > STALE_S:
-        text += f" ({ago(float(at), now).removesuffix(' ago')})"
-    return text
 
 
 class HostsScreen(Screen[str | None]):
@@ -185,13 +157,13 @@ class HostsScreen(Screen[str | None]):
                 state,
                 Text(agents_text, no_wrap=True, overflow="ellipsis"),
                 Text(
-                    load_summary(facts, row.get("checked_at"), time.time()),
+                    hosts.load_summary(facts, row.get("checked_at"), time.time()),
                     no_wrap=True,
                     overflow="ellipsis",
                 ),
                 busy,
                 Text(models, no_wrap=True, overflow="ellipsis"),
-                ago(row.get("checked_at"), self.now),
+                hosts.ago(row.get("checked_at"), self.now),
                 key=row["name"],
             )
         title = f"Hosts — {len(rows)}" if rows else "Hosts — none yet: supervisor hosts add"
@@ -224,8 +196,6 @@ class HostsScreen(Screen[str | None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def _check(self) -> None:
-        from supervisor import hosts
-
         outcomes = hosts.check_hosts(hosts.list_hosts())
         failed = [o for o in outcomes if not o.ok]
         self.app.call_from_thread(self._checked, len(outcomes), failed)
