@@ -55,7 +55,8 @@ class HostSlots:
         # instances: no agent gets them as whole GPUs.
         for i, g in enumerate(gpus):
             if g.get("busy") or g.get("mig") == "Enabled":
-                host.gpu_owner[int(g.get("index", i))] = BUSY if g.get("busy") else MIG
+                index = i if g.get("index") is None else int(g["index"])
+                host.gpu_owner[index] = BUSY if g.get("busy") else MIG
         return host
 
     def why_not(self, *, staying: bool = False) -> str:

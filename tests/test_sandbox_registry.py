@@ -250,6 +250,15 @@ async def test_gpu_slots_are_never_shared(tmp_path: Path, monkeypatch: pytest.Mo
     assert not waiting.done()
     assert await slots.release("a") == first
     assert await asyncio.wait_for(waiting, 5) == ["0"]
+    # A loop waiting for its own GPU (held by an agent) holds up no one whose GPU is free.
+    await slots.release("b")
+    slots.take("agent", ["0"])
+    stuck = asyncio.ensure_future(slots.acquire("loop-0", 1, among=["0"]))
+    await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(slots.acquire("loop-1", 1, among=["1"]), 5) == ["1"]
+    assert not stuck.done()
+    await slots.release("agent")
+    assert await asyncio.wait_for(stuck, 5) == ["0"]
 
 
 def test_no_nvidia_smi_means_no_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

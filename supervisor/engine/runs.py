@@ -169,9 +169,11 @@ def _pool(engine: Engine, names: list[str], known: list[Host] | None = None) -> 
     )
 
 
-def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> str:
+def _place(
+    engine: Engine, run_id: str, agent_id: str, options: RunOptions, *, again: bool = False
+) -> str:
     """Put an agent's sandbox on a host of the run's pool; the choice (or why none could
-    take it) is an event in the transcript."""
+    take it) is an event in the transcript. ``again``: an ended agent a person restarts."""
     from supervisor.errors import InputError
     from supervisor.fleet import NoRoom
     from supervisor.hosts import list_hosts
@@ -180,14 +182,19 @@ def _place(engine: Engine, run_id: str, agent_id: str, options: RunOptions) -> s
     pool = engine.pools.get(run_id)
     if pool is None:
         pool = engine.pools[run_id] = _pool(engine, names)
-    else:  # a cordon set since the last placement counts for this one
+    else:  # a cordon set (or a host found back) since the last placement counts for this one
         for h in list_hosts(engine.store):
             if h.name in pool.hosts:
-                pool.hosts[h.name].cordoned = h.cordoned
+                slots = pool.hosts[h.name]
+                slots.cordoned, slots.reachable = h.cordoned, h.reachable
+                if h.reachable and slots.down:
+                    slots.down = ""  # lost this run, then checked and found alive
+    if agent_id in pool.placed:  # placed before (a resume that failed midway): once only
+        _release_place(engine, pool, agent_id)
     # A resumed agent: where its sandbox is (a new agent has no row yet).
     stored = engine._row("agents", agent_id)
     was = sandbox_host(stored.get("sandbox_id"))
-    if stored.get("status") in FINAL:  # an ended agent of a resumed run takes no place
+    if stored.get("status") in FINAL and not again:  # an ended agent of a resumed run
         return was or names[0]
     if pool.watcher is None or pool.watcher.done():
         pool.watcher = asyncio.get_running_loop().create_task(_watch_pool(engine, run_id))
@@ -290,6 +297,11 @@ async def _host_lost(engine: Engine, run_id: str, name: str, why: str) -> None:
     for agent in lost:
         pool.lost[agent.id] = reason
     await cancel_and_wait([engine.tasks[a.id] for a in lost if a.id in engine.tasks])
+    for agent in lost:
+        if agent.status not in ENDED:
+            # Cancelled before its own run could end it (still starting its sandbox, or
+            # waiting to be admitted): ended here, or the run would wait for it forever.
+            engine.agent_finished(agent, "stopped")
 
 
 async def sync_step(engine: Engine, agent: Agent) -> None:
@@ -536,21 +548,40 @@ def _release_place(engine: Engine, pool: Pool, agent_id: str, *, failed: bool = 
 
 
 def _new_sandbox(
-    engine: Engine, run_id: str, agent_id: str, options: RunOptions, backend: str
+    engine: Engine,
+    run_id: str,
+    agent_id: str,
+    options: RunOptions,
+    backend: str,
+    *,
+    again: bool = False,
 ) -> Sandbox:
     """A sandbox object (not started) for an agent of a run, from the settings."""
-    host = _place(engine, run_id, agent_id, options) if options.hosts else options.host
-    pool = engine.pools.get(run_id)
-    placed = pool.placed.get(agent_id) if pool is not None and options.hosts else None
-    return engine._make_sandbox(
-        run_id,
-        agent_id,
-        backend,
-        workspace=options.workspace,
-        network=options.network,
-        gpus=[str(i) for i in placed.gpus] if placed else None,
-        host=host,
-    )
+    if not options.hosts:
+        return engine._make_sandbox(
+            run_id,
+            agent_id,
+            backend,
+            workspace=options.workspace,
+            network=options.network,
+            host=options.host,
+        )
+    host = _place(engine, run_id, agent_id, options, again=again)
+    pool = engine.pools[run_id]
+    placed = pool.placed.get(agent_id)
+    try:
+        return engine._make_sandbox(
+            run_id,
+            agent_id,
+            backend,
+            workspace=options.workspace,
+            network=options.network,
+            gpus=[str(i) for i in placed.gpus] if placed else None,
+            host=host,
+        )
+    except BaseException:
+        _release_place(engine, pool, agent_id)  # no sandbox: its place and GPUs go back
+        raise
 
 
 def step_sandbox(

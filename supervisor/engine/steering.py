@@ -129,7 +129,13 @@ async def _resume_agent(engine: Engine, agent: Agent) -> str:
     agent.summary = ""
     agent.started = time.monotonic()
     engine._reopen_run(agent.run_id)
+    pool, options = engine.pools.get(agent.run_id), engine.runs.get(agent.run_id)
     try:
+        if options is not None and options.hosts and (pool is None or agent.id not in pool.placed):
+            # A restarted agent of a pool: its place and GPUs went when it ended.
+            agent.sandbox = engine._new_sandbox(
+                agent.run_id, agent.id, options, agent.sandbox.backend, again=True
+            )
         agent.set_status("starting", "re-adopting its sandbox")
         if not await engine._reattach(agent):
             await engine._start_sandbox(agent)

@@ -44,7 +44,8 @@ class GpuSlots:
         self._devices = list(devices) if devices is not None else None
         self._held: dict[str, str] = {}  # device -> holder
         self._cond: asyncio.Condition | None = None
-        self._queue: list[object] = []  # waiting acquirers, first come first served
+        # Waiting acquirers and the devices each may take, first come first served.
+        self._queue: list[tuple[object, frozenset[str]]] = []
 
     @property
     def devices(self) -> list[str]:
@@ -76,12 +77,13 @@ class GpuSlots:
             )
         if self._cond is None:
             self._cond = asyncio.Condition()
-        ticket = object()
+        wanted = frozenset(among or self.devices)
+        ticket = (object(), wanted)
         async with self._cond:
             self._queue.append(ticket)
             try:
                 await self._cond.wait_for(
-                    lambda: self._queue[0] is ticket and len(self.free(among)) >= count
+                    lambda: self._first_for(ticket) and len(self.free(among)) >= count
                 )
             finally:
                 self._queue.remove(ticket)
@@ -90,6 +92,17 @@ class GpuSlots:
             for device in taken:
                 self._held[device] = holder
             return taken
+
+    def _first_for(self, ticket: tuple[object, frozenset[str]]) -> bool:
+        """No earlier acquirer waits for any device this one could take: first come, first
+        served per device, so a loop waiting for its own GPU never holds up one whose GPU
+        is free."""
+        for earlier in self._queue:
+            if earlier is ticket:
+                return True
+            if earlier[1] & ticket[1]:
+                return False
+        return True
 
     def take(self, holder: str, devices: Sequence[str]) -> None:
         """Give ``devices``, all free now, to ``holder`` without waiting (a placement that

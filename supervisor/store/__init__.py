@@ -29,7 +29,6 @@ from supervisor.errors import StoreError
 from supervisor.events import Event
 from supervisor.store.migrations import migrations
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 BATCH_MAX = 10_000
 EVENT_COLUMNS = ("id", "ts", "run_id", "agent_id", "type", "data", "text")
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * 7)})"
@@ -65,25 +64,29 @@ _OPEN_LOCK = threading.Lock()
 def check_file(path: Path) -> None:
     """Refuse, without touching it, a file that is not a SQLite database.
 
-    Never while this process has the database open: closing any descriptor of the file
-    drops every POSIX lock the process holds on it — SQLite's included — and then another
+    Read through SQLite itself (read-only), never a descriptor of our own: closing any
+    descriptor of the file drops every POSIX lock the process holds on it — SQLite's
+    connections' included, which SQLite guards against only for its own — and then another
     process closing its last connection deletes the WAL under this one, losing every write
     committed after (a pool run's host lookups opened a Store beside the engine's, and a
-    CLI command at the same time lost the run). A database already open was checked when
-    it was first opened.
+    CLI command at the same time lost the run). A database a Store of this process has
+    open was checked when it was first opened.
     """
     with _OPEN_LOCK:
         if _OPEN_HERE.get(path.resolve()):
             return
-    try:
-        with path.open("rb") as fh:
-            header = fh.read(len(SQLITE_HEADER))
-    except FileNotFoundError:
+    if not path.exists():
         return
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot be read: {exc.strerror}") from None
-    if header and header != SQLITE_HEADER:
-        raise StoreError(f"{path}: not a SQLite database (refusing to touch it)")
+    try:
+        probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            probe.execute("PRAGMA schema_version").fetchone()
+        finally:
+            probe.close()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise StoreError(f"{path}: not a SQLite database (refusing to touch it)") from None
+        # Anything else (unreadable, corrupt) is said by inspect_existing.
 
 
 def inspect_existing(path: Path) -> None:

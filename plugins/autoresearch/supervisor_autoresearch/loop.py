@@ -27,7 +27,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from supervisor import InputError, SandboxError
 
@@ -36,9 +36,11 @@ from supervisor_autoresearch.judge import KEEP, RERUN, Noise, judge
 from supervisor_autoresearch.spec import Spec, load
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Coroutine
 
     from supervisor import GpuSlots, Sandbox, StepContext
+
+T = TypeVar("T")
 
 # The repository's examples/ in a checkout; the copy inside the package when installed.
 _HERE = Path(__file__).resolve().parent
@@ -158,11 +160,14 @@ def places(ctx: StepContext, loops: int) -> list[Place]:
             ]
             continue
         cores = [str(i) for i in range(max(host.cpus, 1))]
-        size = per or len(cores)
+        size = min(per or len(cores), len(cores))
+        # Results compare within slots of one size: a 64-core slot beats a 4-core one.
         found += [
-            Place(host.name, SlotPool([",".join(cores[i : i + size])], "cpu"), "CPU")
+            Place(
+                host.name, SlotPool([",".join(cores[i : i + size])], "cpu"), f"CPU ({size} cores)"
+            )
             for i in range(0, len(cores) - size + 1, size)
-        ] or [Place(host.name, SlotPool([",".join(cores)], "cpu"), "CPU")]
+        ]
     if not found:
         raise InputError(f"hosts={spec}: no free GPU or CPU slot on any of its hosts")
     return found
@@ -214,6 +219,7 @@ def load_board(ctx: StepContext) -> Board:
     rows = list(
         ctx.store.db.query("SELECT * FROM experiments WHERE target = ? ORDER BY id", [board.target])
     )
+    numbers: list[int] = []
     for row in rows:
         if row["params"]:
             board.tried.add(proposers.key(json.loads(row["params"])))
@@ -224,7 +230,7 @@ def load_board(ctx: StepContext) -> Board:
         runs = json.loads(row.get("runs") or "[]")
         standing = board.at(row.get("device_class") or "")
         if row["n"] > 0:
-            board.count += 1
+            numbers.append(row["n"])
         elif row["status"] == "keep" and runs:
             standing.noise = Noise(tuple(runs), spec.noise_spreads)
         if row["status"] == "keep" and row["files"] and spec.better(row["metric"], standing.metric):
@@ -234,6 +240,10 @@ def load_board(ctx: StepContext) -> Board:
             standing.runs = max(len(runs), 1)
             board.best_files = json.loads(row["files"])
             board.best_by = row["agent_id"]
+    # Numbers taken but never recorded (lost with a host, nothing left to propose, a
+    # crash of the supervisor) stay taken: a resumed run numbers on, counting what ran.
+    board.count = max(numbers, default=0)
+    board.lost = board.count - len(numbers)
     # After a crash the file may lack the last lines, or hold ones the store never
     # committed: the store is the truth.
     ours = [r for r in rows if r["run_id"] == ctx.run_id]
@@ -379,26 +389,46 @@ async def baseline(ctx: StepContext) -> dict[str, Any]:
     """Run the unmodified target N times: the result to beat, and the metric's noise —
     on each device class of the run's slots (one, unless a pool mixes GPU models)."""
     board = load_board(ctx)
-    todo: dict[str, Place] = {}
     # Measured on a slot like the loops' own: a metric under a time budget depends on it.
-    for place in places(ctx, max(int(ctx.params.get("agents") or 0), 1)):
-        if board.at(place.device_class).metric is None:
-            todo.setdefault(place.device_class, place)
-    if todo:
-        image = await _environment(ctx, board.spec)
-        records = await asyncio.gather(
-            *(_baseline_on(ctx, board, place, image, len(todo) > 1) for place in todo.values())
-        )
-        for record in records:
-            if record["status"] != "keep":
-                raise RuntimeError(
-                    f"the baseline did not give a result ({record['description']}); the end "
-                    f"of its log:\n{record['log']}"
-                )
+    await _baselines(ctx, board, places(ctx, max(int(ctx.params.get("agents") or 0), 1)))
     shown = {cls: (st.metric, st.noise.floor) for cls, st in board.standings.items()}
     if list(shown) == [""]:
         return {"metric": shown[""][0], "noise_floor": shown[""][1]}
     return {"by_device": {cls: {"metric": m, "noise_floor": f} for cls, (m, f) in shown.items()}}
+
+
+async def _baselines(ctx: StepContext, board: Board, found: list[Place]) -> None:
+    """A baseline on each device class of ``found`` that has none yet, all at once."""
+    todo: dict[str, Place] = {}
+    for place in found:
+        if board.at(place.device_class).metric is None:
+            todo.setdefault(place.device_class, place)
+    if not todo:
+        return
+    several = len({p.device_class for p in found}) > 1
+    image = await _environment(ctx, board.spec)
+    records = await _together(
+        [_baseline_on(ctx, board, place, image, several) for place in todo.values()]
+    )
+    for record in records:
+        if record["status"] != "keep":
+            raise RuntimeError(
+                f"the baseline did not give a result ({record['description']}); the end "
+                f"of its log:\n{record['log']}"
+            )
+
+
+async def _together(work: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run ``work`` at once; when one fails, the others are cancelled (and awaited) before
+    the failure goes on: no loop trains on, unseen, for a step that has failed."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _baseline_on(
@@ -427,11 +457,17 @@ async def run_loops(ctx: StepContext) -> dict[str, Any]:
         ctx.emit(
             f"{agents} loop(s) over {len(found)} slot(s): " + "; ".join(p.describe() for p in found)
         )
+    missing = sorted({p.device_class for p in found if board.at(p.device_class).metric is None})
+    if missing:
+        # A slot that was not free when the baseline ran (a host added or back, a GPU no
+        # longer busy): its results would be judged against nothing.
+        ctx.emit(f"no baseline yet on {', '.join(missing)}: measuring it first")
+        await _baselines(ctx, board, found)
     for cls, standing in sorted(board.standings.items()):
         ctx.emit((f"{cls}: " if cls else "") + standing.noise.describe(board.spec.metric_name))
     image = await _environment(ctx, board.spec)
-    results = await asyncio.gather(
-        *(_one_loop(ctx, board, i + 1, found[i % len(found)], image) for i in range(agents))
+    results = await _together(
+        [_one_loop(ctx, board, i + 1, found[i % len(found)], image) for i in range(agents)]
     )
     if all(r.get("ended") for r in results):
         raise RuntimeError(f"every loop's host failed; the last: {results[-1]['ended']}")
@@ -473,11 +509,14 @@ async def _one_loop(
                 record = await loop.experiment(proposer, n=n)
                 n = 0
                 if record["status"] == "exhausted":
+                    async with board.lock:
+                        board.lost += 1  # its number was taken, nothing was run: not counted
                     break
                 done += 1
                 kept += record["status"] == "keep"
             await loop.bring_back()
-    except (SandboxError, InputError, OSError) as exc:
+    except (SandboxError, InputError, OSError, RuntimeError) as exc:
+        # RuntimeError: the target's setup failed there (a host without what it needs).
         if not place.host:
             raise
         # A host of the pool failed under this loop (gone, or its sandbox could not be
@@ -486,7 +525,7 @@ async def _one_loop(
         async with board.lock:
             board.lost += 1 if n else 0
         ctx.emit(
-            f"{label} on {place.describe()} ended: its host failed ({exc}); "
+            f"{label} on {place.describe()} ended: its host failed ({str(exc)[:500]}); "
             + (
                 f"experiment #{n} was not finished and another loop runs one in its place; "
                 if n

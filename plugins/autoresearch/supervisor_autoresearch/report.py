@@ -137,11 +137,16 @@ def report(ctx: StepContext) -> dict[str, Any]:
     spec = prepared["spec"]
     metric, direction = _metric_name(spec), spec.get("direction", "lower")
     png = ctx.run_dir / "progress.png"
-    baseline = next((r for r in rows if r["n"] == 0), None)
-    noise = _noise(baseline, spec)
-    plot(rows, metric, direction, png, noise.floor)
     kept = [r for r in rows if r["status"] == "keep" and r["n"] > 0]
     best = best_kept(rows, direction)
+    # With several device classes the best is compared with its own class's baseline
+    # (the device classes table gives each class's).
+    baseline = next(
+        (r for r in rows if r["n"] == 0 and r.get("device_class") == best.get("device_class")),
+        next((r for r in rows if r["n"] == 0), None),
+    )
+    noise = _noise(baseline, spec)
+    plot(rows, metric, direction, png, noise.floor)
     experiments = sum(r["n"] > 0 for r in rows)
     hours = (rows[-1]["started_at"] + (rows[-1]["duration_s"] or 0) - rows[0]["started_at"]) / 3600
     per_hour = experiments / hours if hours > 0 else 0.0
@@ -242,7 +247,7 @@ def report(ctx: StepContext) -> dict[str, Any]:
 
 def _where(row: dict[str, Any]) -> str:
     slot = row.get("slot") or ""
-    if row.get("device_class") in ("CPU", "", None):
+    if _cpu(row.get("device_class")):
         return f"{row.get('host') or 'local'} CPU {slot}".rstrip()
     return f"{row['host']} GPU {slot} ({row['device_class']})"
 
@@ -289,13 +294,17 @@ def where_they_ran(
             if (r.get("host") or "", r.get("slot") or "", r.get("device_class") or "")
             == (host, slot, cls)
         ]
-        kind = f"GPU {slot} ({cls})" if cls not in ("CPU", "") else f"CPU {slot}"
+        kind = f"CPU {slot}" if _cpu(cls) else f"GPU {slot} ({cls})"
         busy = sum(r.get("duration_s") or 0 for r in mine)
         lines.append(
             f"| {host or 'local'} | {kind} | {sum(r['n'] > 0 for r in mine)} "
             f"| {sum(r['status'] == 'keep' and r['n'] > 0 for r in mine)} | {busy:.1f} |"
         )
     return [*lines, ""]
+
+
+def _cpu(device_class: str | None) -> bool:
+    return not device_class or device_class.startswith("CPU")
 
 
 def _value(metric: float | None) -> str:
