@@ -557,18 +557,12 @@ def _new_sandbox(
     again: bool = False,
 ) -> Sandbox:
     """A sandbox object (not started) for an agent of a run, from the settings."""
-    if not options.hosts:
-        return engine._make_sandbox(
-            run_id,
-            agent_id,
-            backend,
-            workspace=options.workspace,
-            network=options.network,
-            host=options.host,
-        )
-    host = _place(engine, run_id, agent_id, options, again=again)
-    pool = engine.pools[run_id]
-    placed = pool.placed.get(agent_id)
+    pool, host, gpus = None, options.host, None
+    if options.hosts:
+        host = _place(engine, run_id, agent_id, options, again=again)
+        pool = engine.pools[run_id]
+        placed = pool.placed.get(agent_id)
+        gpus = [str(i) for i in placed.gpus] if placed else None
     try:
         return engine._make_sandbox(
             run_id,
@@ -576,11 +570,12 @@ def _new_sandbox(
             backend,
             workspace=options.workspace,
             network=options.network,
-            gpus=[str(i) for i in placed.gpus] if placed else None,
+            gpus=gpus,
             host=host,
         )
     except BaseException:
-        _release_place(engine, pool, agent_id)  # no sandbox: its place and GPUs go back
+        if pool is not None:  # no sandbox: its place and GPUs go back
+            _release_place(engine, pool, agent_id)
         raise
 
 
