@@ -40,6 +40,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd_kit.SSHSer
             sshd_kit.remove_user(u)
 
 
+@pytest.fixture(scope="module")
+def narrow(
+    server: sshd_kit.SSHServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[sshd_kit.SSHServer]:
+    """A second sshd for the folder user that allows only 3 sessions per connection."""
+    srv = sshd_kit.SSHServer(
+        tmp_path_factory.mktemp("narrow"), users=[server.users[0]], max_sessions=3
+    )
+    try:
+        yield srv.start()
+    finally:
+        srv.stop()
+
+
 def register(server: sshd_kit.SSHServer, name: str, u: sshd_kit.User) -> h.Host:
     return h.add_host(
         name,
@@ -329,3 +343,38 @@ async def test_images_on_a_host(
             if marker in " ".join(c.attrs["Config"].get("Cmd") or []):  # the failed step's
                 c.remove(force=True)
         client.images.remove(tag, force=True)
+
+
+@pytest.mark.parametrize("max_sessions", [10, 3])
+async def test_ten_sandboxes_on_one_host_run_their_commands_at_once(
+    server: sshd_kit.SSHServer, narrow: sshd_kit.SSHServer, home: Path, max_sessions: int
+) -> None:
+    """Every sandbox on a host runs its command at the same time as the others (none waits
+    for another's to end), also where sshd allows fewer sessions per connection than
+    supervisor would open; files move meanwhile."""
+    srv = server if max_sessions == 10 else narrow
+    assert srv.max_sessions == max_sessions
+    u = server.users[0]
+    register(srv, "busy", u)
+    boxes = [SSHSandbox(SandboxSpec(run_id="r", agent_id=f"a{i}"), host="busy") for i in range(10)]
+
+    async def work(i: int, box: SSHSandbox) -> tuple[str, bytes]:
+        command = "date +%s.%N; sleep 2; date +%s.%N; whoami"
+        ran = box.exec(command, timeout=60)
+        moved = box.write_file(f"f{i}.txt", f"file {i}".encode())
+        result, _ = await asyncio.gather(ran, moved)
+        assert result.exit_code == 0 and result.stderr == "", result
+        return result.stdout, await box.read_file(f"f{i}.txt")
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(b.start() for b in boxes)), 90)
+        done = await asyncio.wait_for(
+            asyncio.gather(*(work(i, b) for i, b in enumerate(boxes))), 60
+        )
+    finally:
+        await asyncio.gather(*(b.destroy() for b in boxes), return_exceptions=True)
+    assert [read for _, read in done] == [f"file {i}".encode() for i in range(10)]
+    assert all(out.split()[2] == u.name for out, _ in done)
+    starts = [float(out.split()[0]) for out, _ in done]
+    ends = [float(out.split()[1]) for out, _ in done]
+    assert max(starts) < min(ends), "a sandbox's command waited for another's to end"
