@@ -351,7 +351,9 @@ async def test_ten_sandboxes_on_one_host_run_their_commands_at_once(
 ) -> None:
     """Every sandbox on a host runs its command at the same time as the others (none waits
     for another's to end), also where sshd allows fewer sessions per connection than
-    supervisor would open; files move meanwhile."""
+    supervisor would open; files move meanwhile. Then half of them end while the others
+    keep working: sshd still counts a closed shell's session until its bash has exited,
+    and the others' commands must not fail for it."""
     srv = server if max_sessions == 10 else narrow
     assert srv.max_sessions == max_sessions
     u = server.users[0]
@@ -371,6 +373,22 @@ async def test_ten_sandboxes_on_one_host_run_their_commands_at_once(
         done = await asyncio.wait_for(
             asyncio.gather(*(work(i, b) for i, b in enumerate(boxes))), 60
         )
+
+        async def keep_working(box: SSHSandbox) -> list[str]:
+            outs = []
+            for k in range(10):
+                result, _ = await asyncio.gather(
+                    box.exec("whoami", timeout=60), box.write_file(f"g{k}.txt", b"g")
+                )
+                outs.append(f"{result.exit_code} {result.stdout.strip()} {result.stderr}")
+            return outs
+
+        ending = asyncio.gather(*(b.destroy() for b in boxes[1::2]))
+        working = asyncio.gather(*(keep_working(b) for b in boxes[::2]))
+        _, worked = await asyncio.wait_for(asyncio.gather(ending, working), 60)
+        assert all(outs == [f"0 {u.name} "] * 10 for outs in worked), worked
+        # sshd never dropped a connection for a message on a channel it had closed.
+        assert "nonexistent channel" not in srv.log
     finally:
         await asyncio.gather(*(b.destroy() for b in boxes), return_exceptions=True)
     assert [read for _, read in done] == [f"file {i}".encode() for i in range(10)]

@@ -46,7 +46,6 @@ MAX_CHANNELS = 8  # per connection at first; sshd's MaxSessions defaults to 10
 ONE_OFF_ROOM = 2  # of each connection's channels, kept from shells for files and kills
 MAX_LANES = 32  # connections to one host at most; past that a channel waits for a free one
 REFUSED_RETRY_S = 20.0  # how long a channel the host refuses is asked for again
-SHELL_EXIT_S = 1.0  # how long a closing shell is given to exit after its end of input
 HOST_LABEL = "supervisor.host"  # SandboxSpec.labels key naming the host
 USER = "1000:1000"
 IO_TIMEOUT_S = 600.0
@@ -397,7 +396,6 @@ class _ChannelShell:
         self._loop = asyncio.get_running_loop()
         self._fd = chan.fileno()
         self._done = False
-        self._ended = asyncio.Event()
         self._loop.add_reader(self._fd, self._drain)
         self._drain()
 
@@ -421,7 +419,6 @@ class _ChannelShell:
         self._done = True
         self._loop.remove_reader(self._fd)
         self._queue.put_nowait(None)
-        self._ended.set()
 
     async def send(self, data: bytes) -> None:
         if self.chan.closed:
@@ -438,13 +435,10 @@ class _ChannelShell:
         return frame
 
     async def close(self) -> None:
-        if not self.ended:
-            # End of input first, and a moment for bash to exit: sshd counts a session
-            # against MaxSessions until its process is gone, and our count of this
-            # connection's channels drops when the slot is given back below.
-            with contextlib.suppress(Exception):
-                self.chan.shutdown_write()
-                await asyncio.wait_for(self._ended.wait(), SHELL_EXIT_S)
+        # Closed at once, never first an EOF for bash to exit on (which sshd would count
+        # less): paramiko may send that EOF after our reply to sshd's CLOSE if bash ends
+        # meanwhile, and sshd then drops the whole connection. A channel open that sshd
+        # refuses while it still counts this session is asked for again instead.
         self._finish()
         self.chan.close()
         if self._release is not None:
