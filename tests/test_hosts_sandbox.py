@@ -20,7 +20,7 @@ from conftest import run_cli
 
 from supervisor import hosts as h
 from supervisor.engine import RunOptions
-from supervisor.sandbox.base import SandboxSpec
+from supervisor.sandbox.base import SandboxError, SandboxSpec
 from supervisor.sandbox.ssh import SSHSandbox
 from supervisor.testing import Reply
 
@@ -396,3 +396,26 @@ async def test_ten_sandboxes_on_one_host_run_their_commands_at_once(
     starts = [float(out.split()[0]) for out, _ in done]
     ends = [float(out.split()[1]) for out, _ in done]
     assert max(starts) < min(ends), "a sandbox's command waited for another's to end"
+
+
+async def test_a_host_that_keeps_refusing_channels_is_said_plainly(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sshd with MaxSessions 0 logs in but opens no session: after the retries, the
+    sandbox's error says what the host refused and where to look."""
+    from supervisor.sandbox import ssh
+
+    monkeypatch.setattr(ssh, "REFUSED_RETRY_S", 2.0)  # the product waits 20 s
+    srv = sshd_kit.SSHServer(tmp_path / "closed", users=[server.users[0]])
+    srv.start()
+    try:
+        register(srv, "closed", server.users[0])
+        srv.max_sessions = 0
+        srv.restart()
+        box = SSHSandbox(SandboxSpec(run_id="r", agent_id="a"), host="closed")
+        with pytest.raises(SandboxError) as refused:
+            await asyncio.wait_for(box.start(), 30)
+    finally:
+        srv.stop()
+    assert str(refused.value).startswith("host closed refused to open an SSH channel ")
+    assert "over 2 s" in str(refused.value) and "MaxSessions" in str(refused.value)
