@@ -7,8 +7,9 @@ no-new-privileges, read-only root, limits, no network unless granted; GPUs passe
 device when asked for). Otherwise it is a folder of its own under ``~/.supervisor`` on the
 host, NOT isolated from the host account — and the agent's status says which, in words.
 
-Every sandbox on a host shares one SSH connection (:class:`HostLink`) with at most
-:data:`MAX_CHANNELS` channels open at once, under sshd's MaxSessions. Commands go to one
+The sandboxes on a host share its SSH connections (:class:`HostLink`), each carrying
+at most :data:`MAX_CHANNELS` channels (under sshd's MaxSessions, and fewer where sshd
+refuses more); another connection is made when they are full. Commands go to one
 persistent bash per agent on one channel, with the same nonce-marker protocol as the local
 backends (:mod:`supervisor.sandbox.shell`), so a command costs a round trip, not a new
 channel and shell. A heartbeat (a global request answered by the host, under a watchdog)
@@ -195,10 +196,17 @@ class HostLink:
         while True:
             lane = await self._slot(shell)
             try:
-                return lane, await asyncio.to_thread(fn, lane)
-            except Exception as exc:
+                result = await asyncio.to_thread(fn, lane)
+            except BaseException as exc:
                 self._unslot(lane, shell)
-                if not _refused(exc) or not lane.active:
+                if not isinstance(exc, Exception) or isinstance(exc, hosts.HostLost):
+                    raise
+                if not lane.active:
+                    # The connection died as the channel opened: nothing ran; the next
+                    # command connects again.
+                    why = lane.lost_reason or f"the connection to host {self.host.name} closed"
+                    raise SandboxError(f"{why} ({type(exc).__name__}: {exc})") from None
+                if not _refused(exc):
                     raise
                 refusals += 1
                 # sshd allows fewer sessions on this connection than we counted.
@@ -209,6 +217,8 @@ class HostLink:
                         f"times over {REFUSED_RETRY_S:.0f} s ({exc}); check sshd's "
                         "MaxSessions and the host's process limits"
                     ) from None
+            else:
+                return lane, result
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
