@@ -710,13 +710,24 @@ def run(
     # First the session's pid, after a marker (a login shell's rc files may print before
     # it): sshd makes every session its own process group, so killing that group stops
     # everything the command started.
-    chan.exec_command(f"echo {PID_MARKER}$$; exec /bin/sh -c {shlex.quote(command)}")
-    if isinstance(stdin, bytes):
-        chan.sendall(stdin)
-    elif stdin is not None:
-        while chunk := stdin.read(256 * 1024):
+    #
+    # Nothing is sent on a channel the command may have ended: paramiko sends a channel's
+    # data and EOF after releasing its lock, so they can reach sshd after our reply to its
+    # CLOSE, and sshd then drops the whole connection ("packet referred to nonexistent
+    # channel"), every other channel on it with it. A command given no input reads
+    # /dev/null instead of waiting for our EOF.
+    redirect = " </dev/null" if stdin is None else ""
+    chan.exec_command(f"echo {PID_MARKER}$$; exec /bin/sh -c {shlex.quote(command)}{redirect}")
+    if stdin is not None:
+        chunks = (
+            iter([stdin]) if isinstance(stdin, bytes) else iter(lambda: stdin.read(256 * 1024), b"")
+        )
+        for chunk in chunks:
+            if _ended(chan):
+                break  # it ended without reading all of it (a failed mkdir, say)
             chan.sendall(chunk)
-    chan.shutdown_write()
+        if not _ended(chan):
+            chan.shutdown_write()
     buf_out, buf_err = bytearray(), bytearray()
     pid = ""
     head = bytearray()
@@ -781,6 +792,10 @@ def run(
         buf_err.decode(errors="replace"),
         timed_out,
     )
+
+
+def _ended(chan: paramiko.Channel) -> bool:
+    return bool(chan.closed or chan.eof_received or chan.exit_status_ready())
 
 
 def kill_script(pid: str) -> str:

@@ -4,7 +4,11 @@ plugin author's code takes in the product: the engine, the CLI, the recipe runne
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -266,3 +270,55 @@ async def test_hook_register_migrations(home: Path) -> None:
     assert plugins.info["good"].ok
     assert (plugins.info["bad"].error or "").startswith("raised in register_migrations:")
     assert len(errors) == 1 and errors[0].startswith("plugin bad failed in register_migrations")
+
+
+async def test_plugin_tables_are_made_while_another_process_writes(home: Path) -> None:
+    """Plugins' migrations apply while another process (the CLI beside a running server)
+    keeps taking the database's write lock, also a migration that reads before it writes."""
+    from supervisor.store import open_default
+
+    open_default().close()  # the database exists already, as beside a running server
+    made = Migrations("made")
+
+    @made()
+    def m001(db: Database) -> None:
+        if "made_things" not in db.table_names():
+            db.table("made_things").create({"id": int}, pk="id")
+
+    class Made:
+        @hookimpl
+        def register_migrations(self, register: Callable[[Migrations], None]) -> None:
+            register(made)
+
+    stop = threading.Event()
+    commits = 0
+
+    def other_process() -> None:
+        nonlocal commits
+        conn = sqlite3.connect(home / "supervisor.db", isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        while not stop.is_set():
+            conn.execute("BEGIN IMMEDIATE")
+            time.sleep(0.004)  # a short write, over and over
+            conn.execute("COMMIT")
+            commits += 1
+            time.sleep(0.001)
+        conn.close()
+
+    plugins = get_plugins()
+    plugins._add("made", "entry point", Made)
+    writer = threading.Thread(target=other_process, daemon=True)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while commits < 3:
+            assert time.monotonic() < deadline, "the other writer never wrote"
+            await asyncio.sleep(0.01)
+        async with engine() as eng:
+            eng.store.flush()
+            errors = [e.text for e in eng.store.events() if e.type == "plugin.error"]
+    finally:
+        stop.set()
+        writer.join(10)
+    assert errors == []
+    assert {"made_things", "experiments"} <= set(Database(home / "supervisor.db").table_names())

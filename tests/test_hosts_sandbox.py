@@ -20,7 +20,7 @@ from conftest import run_cli
 
 from supervisor import hosts as h
 from supervisor.engine import RunOptions
-from supervisor.sandbox.base import SandboxSpec
+from supervisor.sandbox.base import SandboxError, SandboxSpec
 from supervisor.sandbox.ssh import SSHSandbox
 from supervisor.testing import Reply
 
@@ -38,6 +38,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd_kit.SSHSer
         srv.stop()
         for u in users:
             sshd_kit.remove_user(u)
+
+
+@pytest.fixture(scope="module")
+def narrow(
+    server: sshd_kit.SSHServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[sshd_kit.SSHServer]:
+    """A second sshd for the folder user that allows only 3 sessions per connection."""
+    srv = sshd_kit.SSHServer(
+        tmp_path_factory.mktemp("narrow"), users=[server.users[0]], max_sessions=3
+    )
+    try:
+        yield srv.start()
+    finally:
+        srv.stop()
 
 
 def register(server: sshd_kit.SSHServer, name: str, u: sshd_kit.User) -> h.Host:
@@ -329,3 +343,79 @@ async def test_images_on_a_host(
             if marker in " ".join(c.attrs["Config"].get("Cmd") or []):  # the failed step's
                 c.remove(force=True)
         client.images.remove(tag, force=True)
+
+
+@pytest.mark.parametrize("max_sessions", [10, 3])
+async def test_ten_sandboxes_on_one_host_run_their_commands_at_once(
+    server: sshd_kit.SSHServer, narrow: sshd_kit.SSHServer, home: Path, max_sessions: int
+) -> None:
+    """Every sandbox on a host runs its command at the same time as the others (none waits
+    for another's to end), also where sshd allows fewer sessions per connection than
+    supervisor would open; files move meanwhile. Then half of them end while the others
+    keep working: sshd still counts a closed shell's session until its bash has exited,
+    and the others' commands must not fail for it."""
+    srv = server if max_sessions == 10 else narrow
+    assert srv.max_sessions == max_sessions
+    u = server.users[0]
+    register(srv, "busy", u)
+    boxes = [SSHSandbox(SandboxSpec(run_id="r", agent_id=f"a{i}"), host="busy") for i in range(10)]
+
+    async def work(i: int, box: SSHSandbox) -> tuple[str, bytes]:
+        command = "date +%s.%N; sleep 2; date +%s.%N; whoami"
+        ran = box.exec(command, timeout=60)
+        moved = box.write_file(f"f{i}.txt", f"file {i}".encode())
+        result, _ = await asyncio.gather(ran, moved)
+        assert result.exit_code == 0 and result.stderr == "", result
+        return result.stdout, await box.read_file(f"f{i}.txt")
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(b.start() for b in boxes)), 90)
+        done = await asyncio.wait_for(
+            asyncio.gather(*(work(i, b) for i, b in enumerate(boxes))), 60
+        )
+
+        async def keep_working(box: SSHSandbox) -> list[str]:
+            outs = []
+            for k in range(10):
+                result, _ = await asyncio.gather(
+                    box.exec("whoami", timeout=60), box.write_file(f"g{k}.txt", b"g")
+                )
+                outs.append(f"{result.exit_code} {result.stdout.strip()} {result.stderr}")
+            return outs
+
+        ending = asyncio.gather(*(b.destroy() for b in boxes[1::2]))
+        working = asyncio.gather(*(keep_working(b) for b in boxes[::2]))
+        _, worked = await asyncio.wait_for(asyncio.gather(ending, working), 60)
+        assert all(outs == [f"0 {u.name} "] * 10 for outs in worked), worked
+        # sshd never dropped a connection for a message on a channel it had closed.
+        assert "nonexistent channel" not in srv.log
+    finally:
+        await asyncio.gather(*(b.destroy() for b in boxes), return_exceptions=True)
+    assert [read for _, read in done] == [f"file {i}".encode() for i in range(10)]
+    assert all(out.split()[2] == u.name for out, _ in done)
+    starts = [float(out.split()[0]) for out, _ in done]
+    ends = [float(out.split()[1]) for out, _ in done]
+    assert max(starts) < min(ends), "a sandbox's command waited for another's to end"
+
+
+async def test_a_host_that_keeps_refusing_channels_is_said_plainly(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sshd with MaxSessions 0 logs in but opens no session: after the retries, the
+    sandbox's error says what the host refused and where to look."""
+    from supervisor.sandbox import ssh
+
+    monkeypatch.setattr(ssh, "REFUSED_RETRY_S", 2.0)  # the product waits 20 s
+    srv = sshd_kit.SSHServer(tmp_path / "closed", users=[server.users[0]])
+    srv.start()
+    try:
+        register(srv, "closed", server.users[0])
+        srv.max_sessions = 0
+        srv.restart()
+        box = SSHSandbox(SandboxSpec(run_id="r", agent_id="a"), host="closed")
+        with pytest.raises(SandboxError) as refused:
+            await asyncio.wait_for(box.start(), 30)
+    finally:
+        srv.stop()
+    assert str(refused.value).startswith("host closed refused to open an SSH channel ")
+    assert "over 2 s" in str(refused.value) and "MaxSessions" in str(refused.value)

@@ -301,7 +301,9 @@ async def test_pause_resume_keep_stop_and_restart(home: Path) -> None:
     def script(messages: list[dict[str, Any]]) -> Reply:
         if said(messages, "please finish"):
             return finish("finished after the restart")
-        return Reply(tool_calls=[("shell", {"command": "true"})], delay_s=0.1)
+        # A step every half second: enough to watch, without a transcript so long that
+        # drawing it on a loaded machine outlasts the pilot's 30 s wait for the screen.
+        return Reply(tool_calls=[("shell", {"command": "true"})], delay_s=0.5)
 
     with scripted(script, sandbox__backend="local", agent__max_steps="100000"):
         app = SupervisorApp()
@@ -336,7 +338,9 @@ async def test_connection_lost_shows_a_banner_then_reconnects_and_resumes(home: 
     def script(messages: list[dict[str, Any]]) -> Reply:
         if said(messages, "wrap up"):
             return finish("resumed and done")
-        return Reply(tool_calls=[("shell", {"command": "true"})], delay_s=0.1)
+        # A step every half second: enough to watch, without a transcript so long that
+        # drawing it on a loaded machine outlasts the pilot's 30 s wait for the screen.
+        return Reply(tool_calls=[("shell", {"command": "true"})], delay_s=0.5)
 
     with scripted(
         script, sandbox__backend="local", server__auto_resume="false", agent__max_steps="100000"

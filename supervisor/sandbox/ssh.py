@@ -7,8 +7,9 @@ no-new-privileges, read-only root, limits, no network unless granted; GPUs passe
 device when asked for). Otherwise it is a folder of its own under ``~/.supervisor`` on the
 host, NOT isolated from the host account — and the agent's status says which, in words.
 
-Every sandbox on a host shares one SSH connection (:class:`HostLink`) with at most
-:data:`MAX_CHANNELS` channels open at once, under sshd's MaxSessions. Commands go to one
+The sandboxes on a host share its SSH connections (:class:`HostLink`), each carrying
+at most :data:`MAX_CHANNELS` channels (under sshd's MaxSessions, and fewer where sshd
+refuses more); another connection is made when they are full. Commands go to one
 persistent bash per agent on one channel, with the same nonce-marker protocol as the local
 backends (:mod:`supervisor.sandbox.shell`), so a command costs a round trip, not a new
 channel and shell. A heartbeat (a global request answered by the host, under a watchdog)
@@ -30,7 +31,7 @@ import tempfile
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from supervisor import hosts
 from supervisor.sandbox.base import ExecResult, FileInfo, Sandbox, SandboxError, SandboxSpec
@@ -40,8 +41,12 @@ if TYPE_CHECKING:
     import fabric
     import paramiko
 
-MAX_CHANNELS = 8  # sshd's MaxSessions defaults to 10
-MAX_SHELLS = 6  # leaves channels for file operations and kills
+T = TypeVar("T")
+
+MAX_CHANNELS = 8  # per connection at first; sshd's MaxSessions defaults to 10
+ONE_OFF_ROOM = 2  # of each connection's channels, kept from shells for files and kills
+MAX_LANES = 32  # connections to one host at most; past that a channel waits for a free one
+REFUSED_RETRY_S = 20.0  # how long a channel the host refuses is asked for again
 HOST_LABEL = "supervisor.host"  # SandboxSpec.labels key naming the host
 USER = "1000:1000"
 IO_TIMEOUT_S = 600.0
@@ -49,11 +54,58 @@ BUILD_TIMEOUT_S = 1800.0
 MISSING_IMAGE = "missing image"
 
 
-# -- one connection per host
+# -- the connections to a host
+
+
+class _Lane:
+    """One SSH connection of a :class:`HostLink` and the channels it carries."""
+
+    def __init__(self, conn: fabric.Connection) -> None:
+        self.conn = conn
+        self.cap = MAX_CHANNELS
+        self.used = 0  # channels open (or opening) on it, persistent shells included
+        self.shells = 0
+        self.lost_reason = ""
+
+    @property
+    def active(self) -> bool:
+        transport = self.conn.transport
+        return transport is not None and transport.is_active()
+
+    def room(self, shell: bool) -> bool:
+        if not self.active or self.used >= self.cap:
+            return False
+        return not shell or self.shells < max(1, self.cap - ONE_OFF_ROOM)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def _refused(exc: BaseException) -> bool:
+    """Did the host refuse to open a channel (sshd's MaxSessions, or its count of
+    sessions whose processes are still exiting), rather than the connection failing?"""
+    import paramiko
+
+    if isinstance(exc, paramiko.ChannelException):
+        return True
+    # paramiko keeps one failure per connection: a thread opening a channel at the same
+    # time may take another's ChannelException and leave this one without it.
+    return isinstance(exc, paramiko.SSHException) and str(exc) == "Unable to open channel."
 
 
 class HostLink:
-    """One SSH connection to a host, shared by the sandboxes on it in this event loop."""
+    """The SSH connections to a host, shared by the sandboxes on it in this event loop.
+
+    Each connection (a *lane*) carries at most :data:`MAX_CHANNELS` channels, of which
+    :data:`ONE_OFF_ROOM` are kept from persistent shells for one-off commands; when the
+    lanes are full another connection is made, so every sandbox on the host has its shell
+    at once, however many the host's cap allows. A channel the host refuses (sshd still
+    counts a session whose process is exiting after we closed its channel, or its
+    MaxSessions is lower than ours) is asked for again with a short backoff, and that
+    lane carries fewer channels from then on; a refusal that lasts
+    :data:`REFUSED_RETRY_S` is said plainly.
+    """
 
     _links: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, HostLink]]] = (
         weakref.WeakKeyDictionary()
@@ -61,11 +113,10 @@ class HostLink:
 
     def __init__(self, host: hosts.Host) -> None:
         self.host = host
-        self.conn: fabric.Connection | None = None
-        self.lost_reason = ""
+        self.lanes: list[_Lane] = []
+        self.lost_reason = ""  # why the last lane lost was lost
         self._connect_lock = asyncio.Lock()
-        self._channels = asyncio.Semaphore(MAX_CHANNELS)
-        self._shells = asyncio.Semaphore(MAX_SHELLS)
+        self._freed = asyncio.Event()
         self._beat: asyncio.Task[None] | None = None
         self._build_lock = asyncio.Lock()
         self._built: set[str] = set()
@@ -80,64 +131,142 @@ class HostLink:
         return link
 
     @property
-    def transport(self) -> paramiko.Transport:
-        conn = self.conn
-        if conn is None or conn.transport is None or not conn.transport.is_active():
-            raise SandboxError(self.lost_reason or f"host {self.host.name}: not connected")
-        return conn.transport
+    def connected(self) -> bool:
+        return any(lane.active for lane in self.lanes)
 
     async def ensure(self) -> fabric.Connection:
-        """The open connection, connecting (once, whoever asks) if there is none."""
+        """An open connection, connecting (once, whoever asks) if there is none."""
+        for lane in self.lanes:
+            if lane.active:
+                return lane.conn
         async with self._connect_lock:
-            conn = self.conn
-            if conn is not None and conn.transport is not None and conn.transport.is_active():
-                return conn
+            for lane in self.lanes:
+                if lane.active:
+                    return lane.conn
+            return (await self._new_lane()).conn
+
+    async def _new_lane(self) -> _Lane:
+        """Connect once more (the caller holds the connect lock)."""
+        try:
+            conn = await asyncio.to_thread(hosts.connect, self.host)
+        except hosts.HostKeyError:
+            raise
+        except hosts.HostError:
+            # One slow or refused connect does not fail an agent: try once more.
+            await asyncio.sleep(1.0)
+            conn = await asyncio.to_thread(hosts.connect, self.host)
+        self.lanes = [lane for lane in self.lanes if lane.active or lane.used]
+        lane = _Lane(conn)
+        self.lanes.append(lane)
+        if self._beat is None or self._beat.done():
+            self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
+        return lane
+
+    def _pick(self, shell: bool) -> _Lane | None:
+        # The fullest lane with room: idle lanes stay idle, and shells pack together.
+        fits = [lane for lane in self.lanes if lane.room(shell)]
+        return max(fits, key=lambda lane: lane.used) if fits else None
+
+    async def _slot(self, shell: bool) -> _Lane:
+        """A lane with room for one more channel (or shell), taken."""
+        while True:
+            lane = self._pick(shell)
+            if lane is None:
+                async with self._connect_lock:
+                    lane = self._pick(shell)
+                    if lane is None and sum(x.active for x in self.lanes) < MAX_LANES:
+                        lane = await self._new_lane()
+            if lane is not None:
+                lane.used += 1
+                lane.shells += shell
+                return lane
+            self._freed.clear()
+            await self._freed.wait()
+
+    def _unslot(self, lane: _Lane, shell: bool) -> None:
+        lane.used -= 1
+        lane.shells -= shell
+        self._freed.set()
+
+    async def _on_a_lane(self, shell: bool, fn: Callable[[_Lane], T]) -> tuple[_Lane, T]:
+        """``fn(lane)`` (in a thread) opens a channel on a lane with room; a refusal is
+        asked again until :data:`REFUSED_RETRY_S`. The slot stays taken on success."""
+        deadline = asyncio.get_running_loop().time() + REFUSED_RETRY_S
+        delay, refusals = 0.05, 0
+        while True:
+            lane = await self._slot(shell)
             try:
-                conn = await asyncio.to_thread(hosts.connect, self.host)
-            except hosts.HostKeyError:
-                raise
-            except hosts.HostError:
-                # One slow or refused connect does not fail an agent: try once more.
-                await asyncio.sleep(1.0)
-                conn = await asyncio.to_thread(hosts.connect, self.host)
-            self.conn, self.lost_reason = conn, ""
-            if self._beat is None or self._beat.done():
-                self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
-            return conn
+                result = await asyncio.to_thread(fn, lane)
+            except BaseException as exc:
+                self._unslot(lane, shell)
+                if not isinstance(exc, Exception) or isinstance(exc, hosts.HostLost):
+                    raise
+                if not lane.active:
+                    # The connection died as the channel opened: nothing ran; the next
+                    # command connects again.
+                    why = lane.lost_reason or f"the connection to host {self.host.name} closed"
+                    raise SandboxError(f"{why} ({type(exc).__name__}: {exc})") from None
+                if not _refused(exc):
+                    raise
+                refusals += 1
+                # sshd allows fewer sessions on this connection than we counted.
+                lane.cap = max(1, min(lane.cap, lane.used))
+                if asyncio.get_running_loop().time() > deadline:
+                    raise SandboxError(
+                        f"host {self.host.name} refused to open an SSH channel {refusals} "
+                        f"times over {REFUSED_RETRY_S:.0f} s ({exc}); check sshd's "
+                        "MaxSessions and the host's process limits"
+                    ) from None
+            else:
+                return lane, result
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _heartbeat(self) -> None:
-        while self.conn is not None:
+        while self.lanes:
             await asyncio.sleep(hosts.HEARTBEAT_EVERY_S)
-            conn = self.conn
-            if conn is None or conn.transport is None:
+            lanes = [lane for lane in self.lanes if lane.active]
+            if not lanes:
                 return
-            if not await asyncio.to_thread(hosts.heartbeat, conn.transport):
-                self.lose(
-                    f"host {self.host.name} stopped answering (no heartbeat reply within "
-                    f"{hosts.HEARTBEAT_TIMEOUT_S:.0f} s); the connection was closed"
-                )
-                return
+            alive = await asyncio.gather(
+                *(asyncio.to_thread(hosts.heartbeat, lane.conn.transport) for lane in lanes)
+            )
+            for lane, ok in zip(lanes, alive, strict=True):
+                if not ok:
+                    self._lose_lane(
+                        lane,
+                        f"host {self.host.name} stopped answering (no heartbeat reply within "
+                        f"{hosts.HEARTBEAT_TIMEOUT_S:.0f} s); the connection was closed",
+                    )
+
+    def _lose_lane(self, lane: _Lane, reason: str) -> None:
+        """Drop one connection: every channel on it sees its end at once."""
+        lane.lost_reason = self.lost_reason = reason
+        lane.close()
 
     def lose(self, reason: str) -> None:
-        """Drop the connection: every open channel sees its end at once."""
-        self.lost_reason = reason
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        """Drop every connection to the host."""
+        for lane in self.lanes:
+            self._lose_lane(lane, reason)
 
-    async def open_channel(self, command: str) -> paramiko.Channel:
-        """A channel running ``command``; the caller releases :attr:`_channels` on close."""
-        await self._channels.acquire()
-        try:
-            await self.ensure()
-            transport = self.transport
-            chan = await asyncio.to_thread(transport.open_session, timeout=hosts.TIMEOUT_S)
-            chan.exec_command(command)
+    async def open_shell(self, command: str) -> tuple[_Lane, paramiko.Channel]:
+        """A channel running ``command`` for a persistent shell; the caller gives its
+        slot back with :meth:`shell_closed`."""
+
+        def open_exec(lane: _Lane) -> paramiko.Channel:
+            chan = lane.conn.transport.open_session(timeout=hosts.TIMEOUT_S)
+            try:
+                chan.exec_command(command)
+            except BaseException:
+                chan.close()
+                raise
             return chan
-        except BaseException:
-            self._channels.release()
-            raise
+
+        lane, chan = await self._on_a_lane(True, open_exec)
+        return lane, chan
+
+    def shell_closed(self, lane: _Lane) -> None:
+        self._unslot(lane, True)
 
     async def build_default_image(self, tag: str, progress: Any) -> str:
         """Build the default sandbox image on the host (once per link, whoever asks);
@@ -154,9 +283,6 @@ class HostLink:
             self._built.add(tag)
             return ""
 
-    def release_channel(self) -> None:
-        self._channels.release()
-
     async def run(
         self,
         command: str,
@@ -166,37 +292,46 @@ class HostLink:
         timeout: float = IO_TIMEOUT_S,
     ) -> hosts.Result:
         """A one-off command on its own channel (files, kills, docker)."""
-        async with self._channels:
-            conn = await self.ensure()
+
+        def call(lane: _Lane) -> hosts.Result:
+            # A refused open raises before any of stdin is read: asking again is safe.
             try:
-                return await asyncio.to_thread(
-                    hosts.run, conn, command, timeout=timeout, stdin=stdin, out=out
-                )
+                return hosts.run(lane.conn, command, timeout=timeout, stdin=stdin, out=out)
             except hosts.HostLost as exc:
-                raise SandboxError(self.lost_reason or str(exc)) from None
+                # The connection is gone (hosts.run closes one that stopped answering):
+                # the commands of the other channels on it are told why, too.
+                lane.lost_reason = lane.lost_reason or str(exc)
+                raise
+
+        await self.ensure()
+        try:
+            lane, result = await self._on_a_lane(False, call)
+        except hosts.HostLost as exc:
+            self.lost_reason = self.lost_reason or str(exc)
+            raise SandboxError(self.lost_reason) from None
+        self._unslot(lane, False)
+        return result
 
     async def release(self) -> None:
-        """One sandbox fewer on this host; the last one closes the connection."""
+        """One sandbox fewer on this host; the last one closes the connections."""
         self.users -= 1
         if self.users > 0:
             return
         if self._beat is not None:
             self._beat.cancel()
             self._beat = None
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            await asyncio.to_thread(conn.close)
+        lanes, self.lanes = self.lanes, []
+        for lane in lanes:
+            await asyncio.to_thread(lane.close)
 
 
 async def host_down(name: str) -> str:
-    """Why host NAME cannot be reached now, or "" when it can: the connection the
+    """Why host NAME cannot be reached now, or "" when it can: a connection the
     sandboxes here share is up, or a new one can be made (the placement watcher asks this
     every few seconds of the hosts that run agents)."""
     link = HostLink._links.get(asyncio.get_running_loop(), {}).get(name)
-    if link is not None:
-        conn = link.conn
-        if conn is not None and conn.transport is not None and conn.transport.is_active():
-            return ""
+    if link is not None and link.connected:
+        return ""
     try:
         host = await asyncio.to_thread(hosts.get_host, name)
         probe = await asyncio.to_thread(hosts.connect, host)
@@ -263,8 +398,9 @@ class _ChannelShell:
     millisecond on a fast link.
     """
 
-    def __init__(self, chan: paramiko.Channel, release: Any) -> None:
+    def __init__(self, chan: paramiko.Channel, release: Any, lane: _Lane | None = None) -> None:
         self.chan = chan
+        self.lane = lane
         self._release = release
         self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
@@ -309,6 +445,10 @@ class _ChannelShell:
         return frame
 
     async def close(self) -> None:
+        # Closed at once, never first an EOF for bash to exit on (which sshd would count
+        # less): paramiko may send that EOF after our reply to sshd's CLOSE if bash ends
+        # meanwhile, and sshd then drops the whole connection. A channel open that sshd
+        # refuses while it still counts this session is asked for again instead.
         self._finish()
         self.chan.close()
         if self._release is not None:
@@ -582,18 +722,8 @@ class SSHSandbox(Sandbox):
         exports = "".join(f"export {k}={quote(v)}\n" for k, v in env.items())
 
         async def open_transport() -> _ChannelShell:
-            await link._shells.acquire()
-            try:
-                chan = await link.open_channel(self._shell_command())
-            except BaseException:
-                link._shells.release()
-                raise
-
-            def release() -> None:
-                link.release_channel()
-                link._shells.release()
-
-            shell = self._channel = _ChannelShell(chan, release)
+            lane, chan = await link.open_shell(self._shell_command())
+            shell = self._channel = _ChannelShell(chan, lambda: link.shell_closed(lane), lane)
             if exports:
                 await shell.send(exports.encode())
             return shell
@@ -632,9 +762,11 @@ class SSHSandbox(Sandbox):
                 raise
         assert self._shell is not None
         result = await self._shell.run(command, timeout=timeout, env=env, cwd=cwd)
-        if result.exit_code == -1 and not result.timed_out and link.lost_reason:
+        lane = self._channel.lane if self._channel is not None else None
+        if result.exit_code == -1 and not result.timed_out and lane is not None and not lane.active:
             # The connection died under the command: say so; the next command reconnects.
-            raise SandboxError(f"{link.lost_reason}; the command's outcome is unknown")
+            why = lane.lost_reason or f"the connection to host {self.host_name} closed"
+            raise SandboxError(f"{why}; the command's outcome is unknown")
         if reopened:
             note = (
                 f"[the connection to host {self.host_name} was lost and made again; "

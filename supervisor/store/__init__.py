@@ -137,6 +137,29 @@ def _migration_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def _apply_holding_the_write_lock(
+    conn: sqlite3.Connection, db: Database, migration_set: Migrations
+) -> None:
+    """Apply a migration set inside ``BEGIN IMMEDIATE``.
+
+    sqlite-utils runs each migration in a deferred ``BEGIN``: its first read takes a
+    snapshot, and the write after it cannot wait for the lock (SQLite returns "database is
+    locked" at once rather than risk a deadlock) whenever the store's writer thread is
+    committing or indexing at that moment. ``BEGIN IMMEDIATE`` waits for the write lock
+    (busy_timeout) before reading anything. Each migration still runs in its own savepoint,
+    so the ones before a failing one stay applied, as sqlite-utils promises.
+    """
+    if any(not m.transactional for m in migration_set.pending(db)):
+        migration_set.apply(db)  # VACUUM and its kind cannot run inside a transaction
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        migration_set.apply(db)
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
 class _Flush:
     """A marker in the write queue; set once everything queued before it is committed
     (and, with ``index``, searchable)."""
@@ -177,7 +200,7 @@ class Store:
                         failed.append((plugin, "a plugin's migrations may not be named supervisor"))
                         continue
                     try:
-                        migration_set.apply(db)
+                        _apply_holding_the_write_lock(conn, db, migration_set)
                     except Exception as exc:
                         failed.append((plugin, f"{type(exc).__name__}: {exc}"))
             finally:

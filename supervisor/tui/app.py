@@ -261,6 +261,8 @@ class SupervisorApp(App[int]):
 
     def _apply_events(self) -> None:
         """Apply the events that arrived since the last tick, in one screen update."""
+        if not self.is_running:
+            return  # shutting down: the widgets are being removed
         if self._select_due:
             self._select_due = False
             self._load_selection()
@@ -308,7 +310,7 @@ class SupervisorApp(App[int]):
 
     def _tick(self) -> None:
         """Once a second: elapsed times move on."""
-        if not self.loaded:
+        if not self.loaded or not self.is_running:
             return
         keys = {a.id for a in self.fleet.agents.values() if a.status not in FINAL}
         keys |= {r.id for r in self.fleet.runs.values() if r.active}
