@@ -260,7 +260,7 @@ async def _sample_load(engine: Engine, name: str) -> None:
     from supervisor.sandbox.ssh import HostLink
 
     link = HostLink._links.get(asyncio.get_running_loop(), {}).get(name)
-    if link is None or link.conn is None:
+    if link is None or not link.connected:
         return
     try:
         result = await asyncio.wait_for(link.run("cat /proc/loadavg", timeout=5), 6)
