@@ -84,9 +84,19 @@ def check_file(path: Path) -> None:
         finally:
             probe.close()
     except sqlite3.DatabaseError as exc:
-        if "not a database" in str(exc):
+        # Not one SQLite can read, so not one this process holds locks on: its header
+        # may be read directly, to tell a foreign file from a corrupt database.
+        if "not a database" in str(exc) and not _sqlite_header(path):
             raise StoreError(f"{path}: not a SQLite database (refusing to touch it)") from None
         # Anything else (unreadable, corrupt) is said by inspect_existing.
+
+
+def _sqlite_header(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def inspect_existing(path: Path) -> None:
