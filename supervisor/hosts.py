@@ -1110,7 +1110,8 @@ def add_host(
         conn = connect(ep, password=secret, trust=trust)
         del secret
         try:
-            added = install_key(conn, public_line)
+            with _sessions_refused(ep):
+                added = install_key(conn, public_line)
             progress(
                 "installed supervisor's key in ~/.ssh/authorized_keys"
                 if added
@@ -1128,7 +1129,8 @@ def add_host(
     try:
         fp = pin_connection(conn, ep, f"{name} added {time.strftime('%Y-%m-%d %H:%M:%S')}")
         progress("reading facts")
-        host.facts = gather_facts(conn)
+        with _sessions_refused(ep):
+            host.facts = gather_facts(conn)
     finally:
         conn.close()
     host.host_key = fp
@@ -1137,6 +1139,27 @@ def add_host(
     host.error = ""
     save_host(host, store)
     return host
+
+
+@contextlib.contextmanager
+def _sessions_refused(ep: Endpoint) -> Iterator[None]:
+    """A host that logs us in but opens no session (sshd's MaxSessions 0, a process limit
+    reached) is said in one line, not as paramiko's exception."""
+    import paramiko
+
+    try:
+        yield
+    except paramiko.SSHException as exc:
+        refused = isinstance(exc, paramiko.ChannelException) or str(exc) == (
+            "Unable to open channel."
+        )
+        if not refused:
+            raise
+        raise HostError(
+            f"{_describe(ep)}: logged in, but sshd refused to open a session "
+            f"({getattr(exc, 'text', '') or exc}); "
+            "check its MaxSessions and the account's process limit"
+        ) from None
 
 
 def _ensure_trusted(

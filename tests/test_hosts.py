@@ -559,3 +559,19 @@ def test_a_chatty_login_shell_does_not_get_in_the_way(
         assert done.stdout == "hi\n", done.stdout
     finally:
         u.write(".bashrc", old)
+
+
+def test_a_host_that_opens_no_session_is_one_line(
+    server: sshd_kit.SSHServer, home: Path, tmp_path: Path
+) -> None:
+    """sshd with MaxSessions 0 accepts the login but opens no session: `hosts add` says
+    so in one line, exit 2, and records nothing."""
+    closed = sshd_kit.SSHServer(tmp_path / "closed", users=[user(server)], max_sessions=0)
+    closed.start()
+    try:
+        added = add(closed, "closed", user(server))
+    finally:
+        closed.stop()
+    line = refused_after_prompt(added)  # after the password prompt and progress lines
+    assert "logged in, but sshd refused to open a session" in line and "MaxSessions" in line
+    assert json.loads(run_cli("hosts", "ls", "--json").stdout) == []
