@@ -884,6 +884,8 @@ def test_snapshot_new_agent_dialog(home: Path, snap_compare: Any, utc: None) -> 
     async def run_before(pilot: Pilot[Any]) -> None:
         await _ready(pilot)
         await pilot.press("n")
+        # The dialog is on screen (a fixed pause alone missed it on a loaded machine).
+        await until(pilot, lambda: len(pilot.app.screen_stack) > 1, "the new agent dialog")
         await pilot.pause(0.3)
 
     assert snap_compare(_snap_app(home), terminal_size=SNAP_SIZE, run_before=run_before)
@@ -893,6 +895,7 @@ def test_snapshot_run_recipe_dialog(home: Path, snap_compare: Any, utc: None) ->
     async def run_before(pilot: Pilot[Any]) -> None:
         await _ready(pilot)
         await pilot.press("R")
+        await until(pilot, lambda: pilot.app.screen.query("#recipe"), "the recipe dialog")
         await pilot.pause(0.3)
         pilot.app.screen.query_one("#recipe", Select).value = "autoresearch"
         await pilot.pause(0.3)
