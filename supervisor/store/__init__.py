@@ -56,11 +56,6 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-# Databases a Store of this process has open (resolved path -> how many Stores).
-_OPEN_HERE: dict[Path, int] = {}
-_OPEN_LOCK = threading.Lock()
-
-
 def check_file(path: Path) -> None:
     """Refuse, without touching it, a file that is not a SQLite database.
 
@@ -69,12 +64,8 @@ def check_file(path: Path) -> None:
     connections' included, which SQLite guards against only for its own — and then another
     process closing its last connection deletes the WAL under this one, losing every write
     committed after (a pool run's host lookups opened a Store beside the engine's, and a
-    CLI command at the same time lost the run). A database a Store of this process has
-    open was checked when it was first opened.
+    CLI command at the same time lost the run).
     """
-    with _OPEN_LOCK:
-        if _OPEN_HERE.get(path.resolve()):
-            return
     if not path.exists():
         return
     try:
@@ -236,9 +227,6 @@ class Store:
                 conn.close()
         store._thread = threading.Thread(target=store._writer, name="store-writer", daemon=True)
         store._thread.start()
-        with _OPEN_LOCK:
-            key = store.path.resolve()
-            _OPEN_HERE[key] = _OPEN_HERE.get(key, 0) + 1
         return store
 
     def close(self) -> None:
@@ -252,10 +240,6 @@ class Store:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
-        if self._thread is not None:  # opened by :meth:`open`
-            with _OPEN_LOCK:
-                key = self.path.resolve()
-                _OPEN_HERE[key] = _OPEN_HERE.get(key, 1) - 1
 
     def __enter__(self) -> Store:
         return self
